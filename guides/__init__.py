@@ -1,0 +1,13 @@
+"""Amortized guides q(z | x) as Pyro programs: each class has a ``guide(x)`` method."""
+
+from pyro_vae.guides.conv import ConvGaussianEncoder
+from pyro_vae.guides.linear_gaussian import LinearGaussianEncoder
+from pyro_vae.guides.mlp import GaussianMLPEncoder
+from pyro_vae.guides.two_layer import TwoLayerGaussianEncoder
+
+__all__ = [
+    "ConvGaussianEncoder",
+    "GaussianMLPEncoder",
+    "LinearGaussianEncoder",
+    "TwoLayerGaussianEncoder",
+]

@@ -1,0 +1,45 @@
+"""pyro_vae: variational autoencoders written as Pyro programs.
+
+Train a model/guide pair by SVI, estimate log p(x) by importance sampling, and look at the
+results, from Python, the ``pyro-vae`` command line and notebooks. The package follows the
+data one way: :mod:`~pyro_vae.data` -> :mod:`~pyro_vae.objectives` -> :mod:`~pyro_vae.train`
+-> :mod:`~pyro_vae.evaluate`. Generative models live in :mod:`pyro_vae.models`, amortized
+guides in :mod:`pyro_vae.guides`, built-in pairs of them in :mod:`pyro_vae.pairs`.
+"""
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import DATASETS, Dataset, load_dataset
+from pyro_vae.estimators import (
+    elbo_estimate,
+    estimate_log_px,
+    iwae_bound,
+    log_importance_weights,
+    log_mean_exp,
+)
+from pyro_vae.evaluate import evaluate
+from pyro_vae.objectives import OBJECTIVES, make_objective
+from pyro_vae.pairs import PAIRS, VAE, build_pair, check_pair
+from pyro_vae.train import RunResult, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASETS",
+    "OBJECTIVES",
+    "PAIRS",
+    "VAE",
+    "Dataset",
+    "RunResult",
+    "TrainConfig",
+    "build_pair",
+    "check_pair",
+    "elbo_estimate",
+    "estimate_log_px",
+    "evaluate",
+    "iwae_bound",
+    "load_dataset",
+    "log_importance_weights",
+    "log_mean_exp",
+    "make_objective",
+    "train",
+]

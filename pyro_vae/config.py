@@ -1,0 +1,123 @@
+"""Run configuration: one dataclass, read from TOML and flags, written back as resolved TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names file and key."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` means "the data set's default"."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    binarize: str | None = None
+    pair: str | None = None
+    pair_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    guide: str | None = None
+    objective: str = "elbo"
+    num_particles: int = 1
+    alpha: float = 0.5
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    train_limit: int | None = None
+    drop_last: bool = False
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` naming the flag for values that cannot work."""
+        checks = [
+            (self.epochs >= 1, "--epochs", self.epochs, "at least 1"),
+            (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
+            (self.num_particles >= 1, "--num-particles", self.num_particles, "at least 1"),
+            (math.isfinite(self.lr) and self.lr > 0, "--lr", self.lr, "a positive number"),
+            (self.device in ("auto", "cpu") or self.device.startswith("cuda"), "--device",
+             self.device, "auto, cpu or cuda[:N]"),
+            (self.train_limit is None or self.train_limit >= 2, "--train-limit",
+             self.train_limit, "at least 2"),
+        ]  # fmt: skip
+        for ok, flag, value, wanted in checks:
+            if not ok:
+                raise ConfigError(f"{flag} {value!r}: must be {wanted}")
+        if not isinstance(self.pair_kwargs, dict):
+            raise ConfigError(f"--pair-kwargs must be a JSON object, got {self.pair_kwargs!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config (top level or a ``[train]`` table) and check its keys."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise ConfigError(f"--config {str(path)!r}: no such file") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"--config {str(path)!r}: not valid TOML: {error}") from error
+    data = data.get("train", data)
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"--config {str(path)!r}: unknown key(s) {unknown}; known keys: {sorted(FIELDS)}"
+        )
+    return data
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the file, then flags given on the command line (flags win)."""
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    try:
+        config = TrainConfig(**merged)
+    except TypeError as error:
+        raise ConfigError(str(error)) from error
+    return config.validate()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def dumps_toml(values: dict[str, Any], table: str = "train") -> str:
+    """Write a flat config as TOML; ``None`` values are left out (TOML has no null)."""
+    lines = [f"[{table}]"]
+    for key, value in values.items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

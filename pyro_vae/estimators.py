@@ -1,0 +1,199 @@
+"""Per-datapoint estimators of log p(x) and the ELBO from Pyro traces of any pair.
+
+Every estimator here starts from importance log-weights
+
+    log w_k(x) = log p(x, z_k) - log q(z_k | x),    z_k ~ q(z | x),  k = 1..K,
+
+computed per data point (Pyro's ``vectorized_importance_weights`` sums over data points, so
+these are written here). From them:
+
+- the ELBO estimate is the mean over k of log w_k,
+- the importance-sampled estimate of log p(x) (the IWAE bound L_K) is log-mean-exp over k.
+
+E[L_1] = ELBO <= E[L_K] <= E[L_{K+1}] <= log p(x), and L_K -> log p(x) as K grows.
+
+References:
+    Kingma & Welling (2014), Auto-Encoding Variational Bayes, appendix D.
+    Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+
+from pyro_vae.pairs import PairError, data_plate_dim, is_sample_site
+
+_PARTICLE_PLATE = "_pyro_vae_samples"
+
+
+def log_mean_exp(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/K) sum_k exp(log_weights_k) along ``dim``, computed stably."""
+    return torch.logsumexp(log_weights, dim=dim) - math.log(log_weights.shape[dim])
+
+
+def iwae_bound(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The importance-weighted bound L_K = log (1/K) sum_k w_k (Burda et al. 2016)."""
+    return log_mean_exp(log_weights, dim=dim)
+
+
+def elbo_estimate(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The Monte-Carlo ELBO: the mean of log w_k = log p(x, z_k) - log q(z_k|x)."""
+    return log_weights.mean(dim=dim)
+
+
+def _site_log_prob(site: dict, batch_size: int, rank: int, particle_axis: int | None):
+    """A site's log-density summed over every dim but the particle and data-point dims.
+
+    Returns shape ``(K, B)`` (or ``(1, B)`` when ``particle_axis`` is None).
+    """
+    log_prob = site["log_prob"]
+    log_prob = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
+    found = data_plate_dim(site, batch_size)
+    if found is None:
+        raise PairError(
+            f"site {site['name']!r} is not in a plate over the {batch_size} data points; "
+            "per-datapoint log p(x) needs every sample site inside "
+            "`with pyro.plate('data', x.shape[0]):`"
+        )
+    data_axis = rank + found[1]
+    keep = [data_axis] if particle_axis is None else [particle_axis, data_axis]
+    others = [d for d in range(rank) if d not in keep]
+    if others:
+        log_prob = log_prob.sum(dim=others, keepdim=True)
+    log_prob = log_prob.reshape(tuple(log_prob.shape[d] for d in keep))
+    if particle_axis is None:
+        log_prob = log_prob.unsqueeze(0)
+    return log_prob
+
+
+def _trace_log_weights(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int | None,
+    max_plate_nesting: int,
+) -> torch.Tensor:
+    """log p(x,z) - log q(z|x) per sample and point; ``num_samples=None`` means no particle
+    plate (one sample, unvectorized)."""
+    if num_samples is None:
+        wrapped_model, wrapped_guide = model, guide
+        rank, particle_axis = max_plate_nesting, None
+    else:
+        particle_dim = -max_plate_nesting - 1
+        plate = pyro.plate(_PARTICLE_PLATE, num_samples, dim=particle_dim)
+        wrapped_guide, wrapped_model = plate(guide), plate(model)
+        rank, particle_axis = max_plate_nesting + 1, 0
+    guide_trace = poutine.trace(wrapped_guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(wrapped_model, trace=guide_trace)).get_trace(x)
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    batch_size = x.shape[0]
+    log_weights = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for site in trace.nodes.values():
+            if not is_sample_site(site):
+                continue
+            if trace is guide_trace and site["is_observed"]:
+                continue
+            log_weights = log_weights + sign * _site_log_prob(
+                site, batch_size, rank, particle_axis
+            )
+    expected = (num_samples or 1, batch_size)
+    return log_weights.expand(expected)
+
+
+def log_importance_weights(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    max_plate_nesting: int = 1,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+) -> torch.Tensor:
+    """Per-datapoint log importance weights log p(x, z_k) - log q(z_k|x), shape ``(K, B)``.
+
+    Samples are drawn ``chunk_size`` at a time in one vectorized trace (an outer plate over
+    samples, as Pyro vectorizes particles); ``vectorize=None`` tries that and falls back to a
+    loop over samples, with a warning, for pairs that do not broadcast. Runs under
+    ``torch.no_grad``: the result is for evaluation, not for gradients.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    chunk_size = num_samples if chunk_size is None else max(1, min(chunk_size, num_samples))
+    chunks = []
+    with torch.no_grad():
+        if vectorize is not False:
+            try:
+                done = 0
+                while done < num_samples:
+                    k = min(chunk_size, num_samples - done)
+                    chunks.append(_trace_log_weights(model, guide, x, k, max_plate_nesting))
+                    done += k
+                return torch.cat(chunks, dim=0)
+            except PairError:
+                raise
+            except Exception as error:
+                if vectorize:
+                    raise
+                warnings.warn(
+                    "the pair does not run with samples vectorized in an outer plate "
+                    f"({type(error).__name__}: {error}); falling back to one trace per sample, "
+                    "which is slower",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                chunks = []
+        for _ in range(num_samples):
+            chunks.append(_trace_log_weights(model, guide, x, None, max_plate_nesting))
+        return torch.cat(chunks, dim=0)
+
+
+def chunk_size_for(num_points: int, x_dim: int, max_elements: int = 2**24) -> int:
+    """How many samples fit in one vectorized trace so that K * B * D stays bounded."""
+    return max(1, max_elements // max(1, num_points * x_dim))
+
+
+def estimate_log_px(
+    pair: Any,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    max_plate_nesting: int = 1,
+    max_elements: int = 2**24,
+    vectorize: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """Importance-sampled log p(x) and the ELBO for each point of the batch ``x``.
+
+    log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k|x),   z_k ~ q(z|x),
+
+    Returns a dict of per-point tensors: ``log_px`` (the IWAE bound L_K), ``elbo`` (mean of
+    the K log weights) and ``ess`` (effective sample size of the normalized weights).
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, eq. 8.
+    """
+    log_weights = log_importance_weights(
+        pair.model,
+        pair.guide,
+        x,
+        num_samples,
+        max_plate_nesting=max_plate_nesting,
+        chunk_size=chunk_size_for(x.shape[0], x[0].numel(), max_elements),
+        vectorize=vectorize,
+    )
+    normalized = log_weights - torch.logsumexp(log_weights, dim=0, keepdim=True)
+    ess = torch.exp(-torch.logsumexp(2 * normalized, dim=0))
+    return {
+        "log_px": iwae_bound(log_weights, dim=0),
+        "elbo": elbo_estimate(log_weights, dim=0),
+        "ess": ess,
+    }

@@ -1,0 +1,433 @@
+"""Training by SVI: data on the device, a checked pair, atomic checkpoints, exact resume.
+
+A run directory holds:
+
+- ``config.toml``: the resolved configuration,
+- ``metrics.csv``: epoch, train loss per data point, validation ELBO per data point, seconds,
+- ``checkpoint.pt``: the last finished epoch (model, guide, param store, optimizer, RNG),
+- ``best.pt``: the checkpoint with the highest validation ELBO.
+
+Checkpoints are written to a temporary file and renamed, so an interrupted write never
+leaves a broken one. ``resume=True`` restores the last checkpoint, RNG included, and ends
+exactly where an uninterrupted run with the same seed and device would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.optim
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyro_vae.config import ConfigError, TrainConfig, dumps_toml, load_toml
+from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset, minibatches
+from pyro_vae.estimators import log_importance_weights
+from pyro_vae.objectives import make_objective
+from pyro_vae.pairs import PAIRS, PairInfo, build_pair, check_pair, pair_to, resolve_spec
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+CONFIG = "config.toml"
+METRICS = "metrics.csv"
+METRIC_COLUMNS = ("epoch", "train_loss", "valid_elbo", "seconds")
+#: Seed of the fixed binarization of validation and test points (dynamic binarization
+#: trains on fresh draws; evaluation needs one fixed draw so numbers are comparable).
+EVAL_BINARIZE_SEED = 12345
+#: Seed of the Monte-Carlo noise in the validation ELBO, so epochs are compared fairly and
+#: validation never moves the training RNG.
+VALID_SEED = 2024
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, no checkpoint to resume, ...)."""
+
+
+@dataclass
+class RunResult:
+    """What a finished (or resumed) run produced."""
+
+    run_dir: Path
+    config: TrainConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    pair: Any = None
+
+    @property
+    def best_valid_elbo(self) -> float:
+        return max(row["valid_elbo"] for row in self.history)
+
+
+def resolve_device(name: str, *, fall_back_to_cpu: bool = False) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is a clear error, or
+    cpu with ``fall_back_to_cpu`` (a run trained on a GPU, evaluated on a laptop)."""
+    if name.startswith("cuda") and fall_back_to_cpu and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def defaults_for(config: TrainConfig) -> TrainConfig:
+    """Fill ``None`` choices (pair, binarization) from the data set's defaults."""
+    spec = DATASETS.get(config.dataset)
+    if config.pair is None and config.model is None:
+        config.pair = spec.default_pair if spec else "mlp"
+    if config.binarize is None:
+        if spec is not None:
+            config.binarize = spec.default_binarize
+        else:
+            likelihood = PAIRS[config.pair].likelihood if config.pair in PAIRS else None
+            config.binarize = "dynamic" if likelihood == "bernoulli" else "none"
+    if config.pair is not None:
+        config.pair = resolve_spec(config.pair)
+    for key in ("model", "guide"):
+        if getattr(config, key):
+            setattr(config, key, resolve_spec(getattr(config, key)))
+    if config.dataset.endswith((".npy", ".npz")):
+        config.dataset = str(Path(config.dataset).expanduser().resolve())
+    return config
+
+
+def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = None) -> Dataset:
+    """The run's data set on ``device``, checked against its binarization."""
+    data = load_dataset(
+        config.dataset,
+        data_dir if data_dir is not None else config.data_dir,
+        download=config.download,
+        binarize="static" if config.binarize == "static" else "none",
+        seed=config.seed,
+    )
+    if config.binarize == "dynamic":
+        low, high = data.train.min().item(), data.train.max().item()
+        if low < 0 or high > 1:
+            raise ConfigError(
+                f"--binarize dynamic needs data in [0, 1], but data set {config.dataset!r} "
+                f"has values in [{low:.3g}, {high:.3g}]; use --binarize none with a "
+                "Gaussian-likelihood pair"
+            )
+    return data.to(device)
+
+
+def eval_split(data: Dataset, split: str, binarize: str) -> torch.Tensor:
+    """A split as evaluated: dynamically binarized data get one fixed Bernoulli draw."""
+    x = data.split(split)
+    if binarize == "dynamic":
+        x = binarize_static(x, EVAL_BINARIZE_SEED)
+    return x
+
+
+def make_pair(config: TrainConfig, image_shape: tuple, device: torch.device, pair: Any = None):
+    """Build (or take) the pair and move it to ``device``; clears Pyro's global param store
+    first, so parameters of an earlier pair in this process cannot leak in."""
+    pyro.clear_param_store()
+    if pair is None:
+        pair = build_pair(image_shape, config.pair, config.pair_kwargs, config.model, config.guide)
+    return pair_to(pair, device)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to ``path`` atomically (temporary file, then rename)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` onto ``device``.
+
+    ``weights_only=False``: a checkpoint holds RNG states and constraint objects; only load
+    checkpoints from run directories you trust (your own).
+    """
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {str(path)!r}")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:
+        raise TrainingError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
+
+
+def checkpoint_state(pair: Any, optimizer: Any, epoch: int, history: list, config, device):
+    return {
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "module": pair.state_dict() if isinstance(pair, nn.Module) else None,
+        "params": pyro.get_param_store().get_state(),
+        "optimizer": optimizer.get_state() if optimizer is not None else None,
+        "rng": _rng_state(device),
+        "history": list(history),
+        "torch_version": torch.__version__,
+        "pyro_version": pyro.__version__,
+    }
+
+
+def restore_params(pair: Any, state: dict[str, Any], device: torch.device) -> None:
+    """Put a checkpoint's parameters into a pair whose params are already registered.
+
+    Values are copied *into* the registered tensors, because ``pyro.module`` keeps a module's
+    own parameters in the param store; replacing them would silently detach the module.
+    """
+    if isinstance(pair, nn.Module) and state.get("module") is not None:
+        pair.load_state_dict(state["module"])
+    store = pyro.get_param_store()
+    registered = dict(store.named_parameters())
+    saved = state["params"]
+    missing = {}
+    with torch.no_grad():
+        for name, value in saved["params"].items():
+            if name in registered:
+                registered[name].copy_(value.to(device))
+            else:
+                missing[name] = value.to(device).detach().requires_grad_()
+    if missing:
+        constraints = {k: v for k, v in saved["constraints"].items() if k in missing}
+        store.set_state({"params": missing, "constraints": constraints})
+
+
+def restore_pair(run_dir: Path, config: TrainConfig, device: torch.device, pair=None,
+                 checkpoint: str = BEST) -> tuple[Any, PairInfo, Dataset, dict]:  # fmt: skip
+    """Rebuild a run's pair on ``device`` from a checkpoint (``best.pt`` or ``checkpoint.pt``)."""
+    path = run_dir / checkpoint
+    if not path.exists() and checkpoint == BEST:
+        path = run_dir / CHECKPOINT
+    state = load_checkpoint(path, device)
+    data = load_data(config, device)
+    pair = make_pair(config, data.image_shape, device, pair)
+    info = check_pair(pair, _probe_batch(data, config))
+    restore_params(pair, state, device)
+    return pair, info, data, state
+
+
+def _probe_batch(data: Dataset, config: TrainConfig) -> torch.Tensor:
+    x = data.train[: max(2, min(config.batch_size, 16))]
+    if config.binarize == "dynamic":
+        x = torch.bernoulli(x)
+    return x
+
+
+def validation_elbo(pair: Any, x: torch.Tensor, info: PairInfo, batch_size: int) -> float:
+    """Mean single-sample ELBO per data point over ``x``, with its own fixed seed."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    total = 0.0
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(VALID_SEED)
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size]
+            log_weights = log_importance_weights(
+                pair.model,
+                pair.guide,
+                batch,
+                1,
+                max_plate_nesting=info.max_plate_nesting,
+                vectorize=info.vectorizable,
+            )
+            total += log_weights.sum().item()
+    return total / x.shape[0]
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite ``metrics.csv`` from the history kept in the checkpoint (never out of step)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+    atomic_write_bytes(run_dir / METRICS, buffer.getvalue().encode())
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The resolved configuration a run directory was trained with."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ConfigError(
+            f"{str(run_dir)!r} is not a pyro-vae run directory: {CONFIG} is missing "
+            "(train one with `pyro-vae train --out DIR`)"
+        )
+    return TrainConfig(**load_toml(path))
+
+
+def python_spec(pair: Any) -> str:
+    """``module:QualName`` of a pair object's class, recorded so a run can be rebuilt."""
+    cls = type(pair)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    pair: Any = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> RunResult:
+    """Train a pair by SVI as ``config`` says, writing the run directory ``config.out``.
+
+    ``pair`` may be given as an object (from Python); otherwise it is built from
+    ``config.pair`` or ``config.model``/``config.guide``. ``resume=True`` continues from the
+    run directory's last checkpoint up to ``config.epochs``.
+    """
+    if pair is not None and config.pair is None and config.model is None:
+        config.pair = python_spec(pair)
+    config = defaults_for(config.validate())
+    if config.out is None:
+        raise ConfigError("--out RUN_DIR is required: the run directory to write")
+    run_dir = Path(config.out)
+    checkpoint_path = run_dir / CHECKPOINT
+    state = None
+    if resume:
+        if not checkpoint_path.exists():
+            raise TrainingError(
+                f"--resume: no checkpoint in {str(run_dir)!r} ({CHECKPOINT} is missing); "
+                "start the run without --resume"
+            )
+    elif checkpoint_path.exists():
+        raise TrainingError(
+            f"{str(run_dir)!r} already holds a run; pass --resume to continue it, "
+            "or choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    config.device = str(device)
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    pyro.set_rng_seed(config.seed)
+    data = load_data(config, device)
+    train_x = data.train if config.train_limit is None else data.train[: config.train_limit]
+    valid_x = eval_split(data, "valid", config.binarize)
+    pair = make_pair(config, data.image_shape, device, pair)
+    info = check_pair(pair, _probe_batch(data, config))
+    if config.num_particles > 1 and not info.vectorizable:
+        _log("note: the pair does not vectorize over particles; particles run in a loop")
+    elbo = make_objective(
+        config.objective,
+        config.num_particles,
+        vectorize=info.vectorizable,
+        max_plate_nesting=info.max_plate_nesting,
+        alpha=config.alpha,
+    )
+    optimizer = pyro.optim.Adam({"lr": config.lr})
+    svi = pyro.infer.SVI(pair.model, pair.guide, optimizer, loss=elbo)
+    atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
+
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    best = -math.inf
+    if resume:
+        state = load_checkpoint(checkpoint_path, device)
+        restore_params(pair, state, device)
+        optimizer.set_state(state["optimizer"])
+        _set_rng_state(state["rng"], device)
+        history = state["history"]
+        start_epoch = state["epoch"]
+        best = max((row["valid_elbo"] for row in history), default=-math.inf)
+        _log(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
+
+    num_batches = math.ceil(train_x.shape[0] / config.batch_size)
+    if config.drop_last:
+        num_batches = train_x.shape[0] // config.batch_size
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        total, seen = 0.0, 0
+        batches = minibatches(
+            train_x, config.batch_size, binarize=config.binarize, drop_last=config.drop_last
+        )
+        bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not progress, leave=False, unit="step")  # fmt: skip
+        for step, x in enumerate(bar, start=1):
+            loss = svi.step(x)
+            if not math.isfinite(loss):
+                kept = (
+                    f"the checkpoint of epoch {history[-1]['epoch']} in {str(run_dir)!r} is kept"
+                    if history
+                    else "no checkpoint was written yet"
+                )
+                raise TrainingError(
+                    f"loss is {loss} at epoch {epoch}, step {step}: training stopped; {kept}. "
+                    "Try a smaller --lr, or check the data and the pair."
+                )
+            total += loss
+            seen += x.shape[0]
+            if progress and step % 10 == 0:
+                bar.set_postfix(loss=f"{total / seen:.2f}")
+        bar.close()
+        valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500))
+        row = {
+            "epoch": epoch,
+            "train_loss": total / seen,
+            "valid_elbo": valid,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        state = checkpoint_state(pair, optimizer, epoch, history, config, device)
+        save_checkpoint(checkpoint_path, state)
+        if valid > best:
+            best = valid
+            save_checkpoint(run_dir / BEST, state)
+        write_metrics(run_dir, history)
+        _log(
+            f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.3f}  "
+            f"valid ELBO {valid:.3f}  {row['seconds']:.1f}s"
+        )
+        if on_epoch is not None:
+            on_epoch(row)
+    return RunResult(run_dir=run_dir, config=config, history=history, pair=pair)
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[TrainConfig, dict]:
+    """The config of a run directory and its last checkpoint (on CPU)."""
+    run_dir = Path(run_dir)
+    return read_config(run_dir), load_checkpoint(run_dir / CHECKPOINT, "cpu")

@@ -1,0 +1,44 @@
+"""Shared ground for the test suite: seeds, a clean param store, validation, device."""
+
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+TEST_DEVICE = os.environ.get("PYRO_VAE_TEST_DEVICE", "cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _pyro_ground():
+    """Every test starts from seed 0, an empty param store and Pyro validation on."""
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device the suite runs on: `PYRO_VAE_TEST_DEVICE` (default cpu)."""
+    if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("PYRO_VAE_TEST_DEVICE asks for CUDA but none is available")
+    return torch.device(TEST_DEVICE)
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """Root of the real data sets (`$PYRO_VAE_DATA_DIR`, e.g. ../shared/data); skip if absent."""
+    root = os.environ.get("PYRO_VAE_DATA_DIR")
+    if not root or not Path(root).is_dir():
+        pytest.skip("PYRO_VAE_DATA_DIR is not set to a folder with the real data sets")
+    return Path(root)

@@ -1,0 +1,682 @@
+"""Tests for pyro_vae.data: readers, lookup, checksums, download, binarization, minibatches."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from pyro_vae import data
+from pyro_vae.data import DataError
+
+MNIST_TRAIN = "train-images-idx3-ubyte.gz"
+MNIST_TEST = "t10k-images-idx3-ubyte.gz"
+FREY = "frey_rawface.mat"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers that write small files in the real formats
+
+
+def write_idx(path: Path, images: np.ndarray, *, magic: int = 2051, count=None) -> Path:
+    """Gzipped IDX image file; `count` overrides the header's image count (to fake truncation)."""
+    header = [magic, len(images) if count is None else count, *images.shape[1:]]
+    content = b"".join(value.to_bytes(4, "big") for value in header) + images.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(content, compresslevel=1))
+    return path
+
+
+def write_mnist_like(folder: Path, seed: int = 0, num_train: int = 10_002, num_test: int = 3):
+    """MNIST-format train/t10k image files of random bytes; returns the two uint8 arrays."""
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, 256, size=(num_train, 28, 28), dtype=np.uint8)
+    test = rng.integers(0, 256, size=(num_test, 28, 28), dtype=np.uint8)
+    write_idx(folder / MNIST_TRAIN, train)
+    write_idx(folder / MNIST_TEST, test)
+    return train, test
+
+
+def amat_text(rows: np.ndarray) -> bytes:
+    """Rows of 0/1 in the canonical .amat text format."""
+    return b"".join(b" ".join(b"%d" % value for value in row) + b"\n" for row in rows)
+
+
+def write_frey_like(path: Path, num_faces: int = 410, seed: int = 0) -> np.ndarray:
+    """A MATLAB file holding `ff` uint8 (560, num_faces), like frey_rawface.mat; returns ff."""
+    faces = np.random.default_rng(seed).integers(0, 256, size=(560, num_faces), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"ff": faces})
+    return faces
+
+
+def checksum_like(expected: str, path: Path) -> str:
+    """The file's digest in the same algorithm as `expected` (md5 or sha256, told by length)."""
+    algorithm = "md5" if len(expected) == 32 else "sha256"
+    return hashlib.new(algorithm, path.read_bytes()).hexdigest()
+
+
+def trust(monkeypatch, name: str, *paths: Path) -> None:
+    """Make DATASETS[name] accept these generated files: their digests replace the real ones."""
+    by_name = {path.name: path for path in paths}
+    spec = data.DATASETS[name]
+    files = {
+        role: tuple(
+            replace(form, checksum=checksum_like(form.checksum, by_name[form.filename]))
+            if form.filename in by_name
+            else form
+            for form in forms
+        )
+        for role, forms in spec.files.items()
+    }
+    monkeypatch.setitem(data.DATASETS, name, replace(spec, files=files))
+
+
+def as_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 images as the expected flattened float32 / 255."""
+    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32)) / 255
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path) -> Path:
+    """No $PYRO_VAE_DATA_DIR and a fresh cache under tmp_path; returns the cache folder."""
+    monkeypatch.delenv("PYRO_VAE_DATA_DIR", raising=False)
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# --------------------------------------------------------------------------------------------
+# Readers on generated files
+
+
+def test_read_idx_images_round_trip(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    path = write_idx(tmp_path / "images.gz", images)
+    np.testing.assert_array_equal(data.read_idx_images(path), images)
+
+
+def test_mnist_like_split_and_scaling(tmp_path, clean_env, monkeypatch):
+    train, test = write_mnist_like(tmp_path / "root" / "mnist")
+    trust(monkeypatch, "mnist", tmp_path / "root" / "mnist" / MNIST_TRAIN)
+    trust(monkeypatch, "mnist", tmp_path / "root" / "mnist" / MNIST_TEST)
+    dataset = data.load_dataset("mnist", tmp_path / "root")
+    assert torch.equal(dataset.train, as_unit(train[:2]))
+    assert torch.equal(dataset.valid, as_unit(train[2:]))
+    assert torch.equal(dataset.test, as_unit(test))
+    assert dataset.train.dtype == torch.float32
+    assert dataset.image_shape == (1, 28, 28)
+    assert dataset.binary is False
+    assert dataset.train[0, 0].item() == np.float32(train[0, 0, 0]) / np.float32(255)
+
+
+def test_read_amat_canonical_and_loose_text(tmp_path):
+    rows = np.random.default_rng(2).integers(0, 2, size=(3, 784))
+    canonical = tmp_path / "rows.amat.gz"
+    canonical.write_bytes(gzip.compress(amat_text(rows)))
+    loose = tmp_path / "rows.amat"  # \r\n, doubled spaces, trailing blanks, no final newline
+    loose.write_bytes(amat_text(rows).replace(b" ", b"  ").replace(b"\n", b" \r\n").rstrip())
+    for path in (canonical, loose):
+        values = data.read_amat(path)
+        assert values.dtype == np.float32
+        np.testing.assert_array_equal(values, rows)
+
+
+def test_binarized_mnist_from_amat_files(tmp_path, clean_env, monkeypatch):
+    folder = tmp_path / "binarized_mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    expected, written = {}, []
+    for size, split in zip((5, 2, 2), data.SPLITS):
+        expected[split] = rng.integers(0, 2, size=(size, 784))
+        path = folder / f"binarized_mnist_{split}.amat"  # the uncompressed form, sha256-checked
+        path.write_bytes(amat_text(expected[split]))
+        written.append(path)
+    trust(monkeypatch, "binarized-mnist", *written)
+    dataset = data.load_dataset("binarized-mnist", tmp_path)
+    for split in data.SPLITS:
+        assert torch.equal(dataset.split(split), torch.tensor(expected[split], dtype=torch.float32))
+    assert dataset.binary is True
+
+
+def test_frey_face_from_mat(tmp_path, clean_env, monkeypatch):
+    faces = write_frey_like(tmp_path / "frey_face" / FREY)
+    trust(monkeypatch, "frey-face", tmp_path / "frey_face" / FREY)
+    dataset = data.load_dataset("frey-face", tmp_path)
+    assert (len(dataset.train), len(dataset.valid), len(dataset.test)) == (10, 200, 200)
+    assert dataset.image_shape == (1, 28, 20)
+    images = faces.T.reshape(-1, 28, 20)
+    assert torch.equal(dataset.train, as_unit(images[:10]))
+    assert torch.equal(dataset.valid, as_unit(images[10:210]))
+    assert torch.equal(dataset.test, as_unit(images[210:]))
+    assert data.DATASETS["frey-face"].default_pair == "gaussian-mlp"
+
+
+@pytest.mark.parametrize(
+    "shape, image_shape",
+    [((20, 5, 4), (1, 5, 4)), ((20, 3, 4, 4), (3, 4, 4)), ((20, 7), (1, 1, 7))],
+)
+def test_npy_splits_and_image_shape(tmp_path, clean_env, shape, image_shape):
+    array = np.random.default_rng(4).integers(0, 256, size=shape, dtype=np.uint8)
+    np.save(tmp_path / "images.npy", array)
+    dataset = data.load_dataset(str(tmp_path / "images.npy"))
+    assert dataset.image_shape == image_shape
+    flat = as_unit(array)
+    assert torch.equal(dataset.train, flat[:16])
+    assert torch.equal(dataset.valid, flat[16:18])
+    assert torch.equal(dataset.test, flat[18:])
+
+
+def test_npy_float_data_used_as_is(tmp_path, clean_env):
+    array = np.linspace(-1.0, 2.0, 30 * 4).reshape(30, 4)
+    np.save(tmp_path / "values.npy", array)
+    dataset = data.load_dataset(str(tmp_path / "values.npy"))
+    assert torch.equal(dataset.test, torch.tensor(array[27:], dtype=torch.float32))
+
+
+def test_npz_named_splits(tmp_path, clean_env):
+    rng = np.random.default_rng(5)
+    arrays = {
+        split: rng.random((n, 2, 3)).astype(np.float32) for split, n in zip(data.SPLITS, (6, 3, 4))
+    }
+    np.savez(tmp_path / "named.npz", **arrays)
+    dataset = data.load_dataset(str(tmp_path / "named.npz"))
+    for split in data.SPLITS:
+        assert torch.equal(dataset.split(split), torch.from_numpy(arrays[split].reshape(-1, 6)))
+    assert dataset.image_shape == (1, 2, 3)
+
+
+def test_npz_without_valid_takes_last_tenth_of_train(tmp_path, clean_env):
+    train = np.arange(20 * 3, dtype=np.uint8).reshape(20, 3)
+    test = np.full((4, 3), 255, dtype=np.uint8)
+    np.savez(tmp_path / "no_valid.npz", train=train, test=test)
+    dataset = data.load_dataset(str(tmp_path / "no_valid.npz"))
+    assert torch.equal(dataset.train, as_unit(train[:18]))
+    assert torch.equal(dataset.valid, as_unit(train[18:]))
+    assert torch.equal(dataset.test, torch.ones(4, 3))
+
+
+def test_npz_single_array_split_like_npy(tmp_path, clean_env):
+    array = np.random.default_rng(6).random((40, 5)).astype(np.float32)
+    np.savez(tmp_path / "single.npz", images=array)
+    dataset = data.load_dataset(str(tmp_path / "single.npz"))
+    assert [len(dataset.split(split)) for split in data.SPLITS] == [32, 4, 4]
+    assert torch.equal(dataset.valid, torch.from_numpy(array[32:36]))
+
+
+def test_array_path_relative_to_data_dir(tmp_path, clean_env):
+    np.save(tmp_path / "mine.npy", np.zeros((10, 2), dtype=np.float32))
+    assert data.load_dataset("mine.npy", tmp_path).binary is True
+
+
+def test_digits_is_default_and_offline(clean_env):
+    from sklearn.datasets import load_digits
+
+    dataset = data.load_dataset(data.DEFAULT_DATASET)
+    expected = torch.from_numpy((load_digits().data / 16.0).astype(np.float32))
+    assert data.DEFAULT_DATASET == "digits"
+    assert torch.equal(dataset.train, expected[:1297])
+    assert torch.equal(dataset.valid, expected[1297:1497])
+    assert torch.equal(dataset.test, expected[1497:])
+    assert dataset.image_shape == (1, 8, 8)
+    assert dataset.train.max().item() == 1.0 and dataset.train.min().item() == 0.0
+    assert not list(clean_env.parent.glob("cache/**/*"))  # nothing written anywhere
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+
+@pytest.mark.parametrize("name", sorted(data.DATASETS))
+def test_registry_entries_are_consistent(name):
+    spec = data.DATASETS[name]
+    assert spec.name == name
+    assert spec.default_binarize in data.BINARIZATIONS
+    assert spec.default_pair in ("mlp", "gaussian-mlp")
+    assert len(spec.image_shape) == 3 and spec.description
+    for forms in spec.files.values():
+        assert forms and any(form.url for form in forms)  # every file can be downloaded
+        for form in forms:
+            assert len(form.checksum) in (32, 64)
+            int(form.checksum, 16)
+
+
+def test_binarizations_table():
+    assert data.BINARIZATIONS == ("none", "static", "dynamic")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors a user can cause
+
+
+def test_missing_file_lists_names_places_and_fixes(tmp_path, clean_env, monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DATA_DIR", str(tmp_path / "env_root"))
+    with pytest.raises(DataError) as caught:
+        data.load_dataset("mnist", tmp_path / "flag_root")
+    message = str(caught.value)
+    for root in (tmp_path / "flag_root", tmp_path / "env_root", clean_env):
+        for filename in (MNIST_TRAIN, MNIST_TEST):
+            assert str(root / "mnist" / filename) in message
+            assert str(root / filename) in message
+    assert message.index("flag_root") < message.index("env_root") < message.index(str(clean_env))
+    for fix in ("--data-dir", "PYRO_VAE_DATA_DIR", "--download"):
+        assert fix in message
+
+
+def test_missing_array_file(tmp_path, clean_env):
+    with pytest.raises(DataError, match="not found") as caught:
+        data.load_dataset(str(tmp_path / "absent.npz"))
+    assert "absent.npz" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "content, complaint",
+    [(b"this is not gzip at all", "not a valid gzip"), (None, "not a valid gzip")],
+    ids=["garbage", "truncated-gzip"],
+)
+def test_corrupt_gzip(tmp_path, clean_env, monkeypatch, content, complaint):
+    write_mnist_like(tmp_path, num_train=10_001, num_test=1)
+    path = tmp_path / MNIST_TRAIN
+    path.write_bytes(content if content is not None else path.read_bytes()[:5000])
+    trust(monkeypatch, "mnist", path, tmp_path / MNIST_TEST)
+    with pytest.raises(DataError, match=complaint) as caught:
+        data.load_dataset("mnist", tmp_path)
+    assert str(path) in str(caught.value)
+    assert "--download" in str(caught.value)
+
+
+def test_truncated_idx(tmp_path):
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    path = write_idx(tmp_path / "short.gz", images, count=5)
+    with pytest.raises(DataError, match="truncated") as caught:
+        data.read_idx_images(path)
+    assert str(path) in str(caught.value) and "5 images" in str(caught.value)
+
+
+def test_idx_with_wrong_magic(tmp_path):
+    path = write_idx(tmp_path / "labels.gz", np.zeros((3, 28, 28), dtype=np.uint8), magic=2049)
+    with pytest.raises(DataError, match="magic number 2049"):
+        data.read_idx_images(path)
+
+
+def test_mnist_with_too_few_training_images(tmp_path, clean_env, monkeypatch):
+    write_mnist_like(tmp_path, num_train=10, num_test=1)
+    trust(monkeypatch, "mnist", tmp_path / MNIST_TRAIN, tmp_path / MNIST_TEST)
+    with pytest.raises(DataError, match="has 10 images; need more than 10000"):
+        data.load_dataset("mnist", tmp_path)
+
+
+def test_corrupt_amat(tmp_path):
+    path = tmp_path / "bad.amat"
+    path.write_bytes(b"0 1 2\n")
+    with pytest.raises(DataError, match="other than 0, 1") as caught:
+        data.read_amat(path, dim=3)
+    assert str(path) in str(caught.value)
+    path.write_bytes(b"0 1 1\n0 1\n")
+    with pytest.raises(DataError, match="row 2 has 2 values, expected 3"):
+        data.read_amat(path, dim=3)
+
+
+def test_corrupt_mat(tmp_path, clean_env, monkeypatch):
+    path = tmp_path / FREY
+    write_frey_like(path)
+    path.write_bytes(path.read_bytes()[:300])
+    trust(monkeypatch, "frey-face", path)
+    with pytest.raises(DataError, match="could not be read as a MATLAB") as caught:
+        data.load_dataset("frey-face", tmp_path)
+    assert str(path) in str(caught.value)
+
+
+def test_wrong_checksum_names_file_and_both_digests(tmp_path, clean_env):
+    path = tmp_path / "frey_face" / FREY
+    write_frey_like(path)
+    actual = hashlib.md5(path.read_bytes()).hexdigest()
+    with pytest.raises(DataError) as caught:
+        data.load_dataset("frey-face", tmp_path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert data.DATASETS["frey-face"].files["faces"][0].checksum in message
+    assert actual in message
+    assert "delete it" in message and "--download" in message
+
+
+def test_nan_in_npy_counts_bad_values(tmp_path, clean_env):
+    array = np.ones((20, 4), dtype=np.float32)
+    array[1, 2] = np.nan
+    array[3, 0] = np.inf
+    array[3, 1] = np.nan
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(DataError, match="3 non-finite values") as caught:
+        data.load_dataset(str(tmp_path / "bad.npy"))
+    message = str(caught.value)
+    assert "bad.npy" in message and "'train'" in message and "nan_to_num" in message
+
+
+def test_unknown_dataset_lists_known_names(clean_env):
+    with pytest.raises(DataError, match="unknown data set 'mnits'") as caught:
+        data.load_dataset("mnits")
+    for name in data.DATASETS:
+        assert name in str(caught.value)
+    assert ".npy" in str(caught.value)
+
+
+def test_unknown_binarization_lists_choices(clean_env):
+    for call in (
+        lambda: data.load_dataset("digits", binarize="sometimes"),
+        lambda: data.minibatches(torch.zeros(4, 2), 2, binarize="sometimes"),
+    ):
+        with pytest.raises(DataError, match="--binarize") as caught:
+            call()
+        assert "'sometimes'" in str(caught.value)
+        assert all(choice in str(caught.value) for choice in data.BINARIZATIONS)
+
+
+def test_bernoulli_binarization_needs_unit_interval(tmp_path, clean_env):
+    np.save(tmp_path / "wide.npy", np.full((10, 2), 3.0, dtype=np.float32))
+    with pytest.raises(DataError, match=r"needs values in \[0, 1\]"):
+        data.load_dataset(str(tmp_path / "wide.npy"), binarize="static")
+    assert data.load_dataset(str(tmp_path / "wide.npy")).train.max().item() == 3.0
+
+
+def test_dataset_split_and_shape_errors():
+    dataset = data.Dataset(
+        "toy", torch.zeros(3, 4), torch.zeros(1, 4), torch.ones(2, 4), (1, 2, 2), True
+    )
+    assert dataset.split("test") is dataset.test
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        dataset.split("dev")
+    with pytest.raises(DataError, match=r"expected \(N, 5\)"):
+        data.Dataset("toy", torch.zeros(3, 4), torch.zeros(1, 4), torch.ones(2, 4), (1, 1, 5), True)
+
+
+def test_dataset_to_device(device):
+    dataset = data.Dataset(
+        "toy", torch.zeros(3, 4), torch.zeros(1, 4), torch.ones(2, 4), (1, 2, 2), True
+    )
+    moved = dataset.to(device)
+    assert all(moved.split(split).device.type == device.type for split in data.SPLITS)
+    assert torch.equal(moved.test.cpu(), dataset.test) and moved.image_shape == (1, 2, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Where files are looked up
+
+
+def test_search_roots_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "cache"))
+    assert data.search_roots(tmp_path / "flag") == [
+        tmp_path / "flag",
+        tmp_path / "env",
+        tmp_path / "cache",
+    ]
+    monkeypatch.delenv("PYRO_VAE_DATA_DIR")
+    assert data.search_roots() == [tmp_path / "cache"]
+
+
+def test_cache_dir_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYRO_VAE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.cache_dir() == tmp_path / "xdg" / "pyro_vae"
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "mine"))
+    assert data.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("PYRO_VAE_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.cache_dir() == tmp_path / "home" / ".cache" / "pyro_vae"
+
+
+def test_lookup_order_flag_then_env_then_cache(tmp_path, monkeypatch):
+    roots = {place: tmp_path / place for place in ("flag", "env", "cache")}
+    faces = {
+        place: write_frey_like(root / "frey_face" / FREY, seed=i)
+        for i, (place, root) in enumerate(roots.items())
+    }
+    monkeypatch.setenv("PYRO_VAE_DATA_DIR", str(roots["env"]))
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(roots["cache"]))
+    # The checksum accepts only the expected winner, so a wrong pick fails loudly too.
+    for place, data_dir in (("flag", roots["flag"]), ("env", None), ("cache", None)):
+        if place == "cache":
+            monkeypatch.delenv("PYRO_VAE_DATA_DIR")
+        trust(monkeypatch, "frey-face", roots[place] / "frey_face" / FREY)
+        dataset = data.load_dataset("frey-face", data_dir)
+        assert torch.equal(dataset.train[0], as_unit(faces[place].T[:1])[0]), place
+
+
+def test_files_own_folder_accepted(tmp_path, clean_env, monkeypatch):
+    faces = write_frey_like(tmp_path / "anywhere" / FREY)
+    trust(monkeypatch, "frey-face", tmp_path / "anywhere" / FREY)
+    dataset = data.load_dataset("frey-face", tmp_path / "anywhere")
+    assert torch.equal(dataset.test[-1], as_unit(faces.T[-1:])[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Download, against a local HTTP server only
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def http_folder(tmp_path, monkeypatch):
+    """A folder served on 127.0.0.1 (port chosen by the OS); yields (folder, base URL)."""
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_download_success_lands_in_cache(http_folder, clean_env, monkeypatch):
+    folder, base_url = http_folder
+    faces = write_frey_like(folder / FREY)
+    trust(monkeypatch, "frey-face", folder / FREY)
+    with pytest.raises(DataError, match="--download"):
+        data.load_dataset("frey-face")
+    dataset = data.load_dataset("frey-face", download=True, base_url=base_url + "/")
+    assert (clean_env / "frey_face" / FREY).read_bytes() == (folder / FREY).read_bytes()
+    assert [path.name for path in (clean_env / "frey_face").iterdir()] == [FREY]
+    assert torch.equal(dataset.train, as_unit(faces.T[:10]))
+    (folder / FREY).unlink()  # now served from the cache, no second download
+    assert torch.equal(data.load_dataset("frey-face").train, dataset.train)
+
+
+def test_download_fetches_uncompressed_amat(http_folder, clean_env, monkeypatch):
+    folder, base_url = http_folder
+    rows = np.eye(2, 784, dtype=np.int64)
+    names = [f"binarized_mnist_{split}.amat" for split in data.SPLITS]
+    for name in names:
+        (folder / name).write_bytes(amat_text(rows))
+    trust(monkeypatch, "binarized-mnist", *(folder / name for name in names))
+    dataset = data.load_dataset("binarized-mnist", download=True, base_url=base_url)
+    assert sorted(path.name for path in (clean_env / "binarized_mnist").iterdir()) == sorted(names)
+    assert torch.equal(dataset.valid, torch.eye(2, 784))
+
+
+def test_download_checksum_mismatch_leaves_nothing(http_folder, clean_env):
+    folder, base_url = http_folder
+    write_frey_like(folder / FREY)
+    with pytest.raises(DataError, match="checksum mismatch") as caught:
+        data.load_dataset("frey-face", download=True, base_url=base_url)
+    assert FREY in str(caught.value)
+    assert list((clean_env / "frey_face").iterdir()) == []
+
+
+def test_download_http_error_says_how_to_place_by_hand(http_folder, clean_env):
+    _, base_url = http_folder  # serves nothing: 404
+    with pytest.raises(DataError, match="download of .*frey_rawface.mat failed") as caught:
+        data.load_dataset("frey-face", download=True, base_url=base_url)
+    assert "by hand" in str(caught.value) and "--data-dir" in str(caught.value)
+    assert list((clean_env / "frey_face").iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Minibatches
+
+
+def test_minibatches_cover_every_index_once_per_epoch(device):
+    rows = torch.arange(103, dtype=torch.float32, device=device).unsqueeze(1)
+    batches = list(data.minibatches(rows, 10))
+    assert [len(batch) for batch in batches] == [10] * 10 + [3]
+    assert all(batch.device.type == device.type for batch in batches)
+    seen = torch.cat(batches).squeeze(1)
+    assert torch.equal(seen.sort().values, rows.squeeze(1))
+    assert not torch.equal(seen, rows.squeeze(1))  # shuffled
+
+
+def test_minibatches_same_seed_same_order():
+    rows = torch.arange(50, dtype=torch.float32).unsqueeze(1)
+
+    def epoch(seed):
+        torch.manual_seed(seed)
+        return torch.cat(list(data.minibatches(rows, 7)))
+
+    assert torch.equal(epoch(1), epoch(1))
+    assert not torch.equal(epoch(1), epoch(2))
+
+
+def test_minibatches_in_order_and_drop_last():
+    rows = torch.arange(25, dtype=torch.float32).unsqueeze(1)
+    batches = list(data.minibatches(rows, 10, shuffle=False, drop_last=True))
+    assert [len(batch) for batch in batches] == [10, 10]
+    assert torch.equal(torch.cat(batches), rows[:20])
+    assert len(list(data.minibatches(rows, 5, drop_last=True))) == 5
+    with pytest.raises(DataError, match="--batch-size"):
+        data.minibatches(rows, 0)
+
+
+def test_minibatches_static_and_none_pass_values_through():
+    rows = torch.rand(12, 3)
+    for binarize in ("none", "static"):
+        (batch,) = data.minibatches(rows, 12, shuffle=False, binarize=binarize)
+        assert torch.equal(batch, rows)
+
+
+def test_dynamic_binarization_mean_approaches_intensity():
+    intensities = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+    rows = intensities.expand(20_000, 5).contiguous()
+    first = torch.cat(list(data.minibatches(rows, 1000, shuffle=False, binarize="dynamic")))
+    second = torch.cat(list(data.minibatches(rows, 1000, shuffle=False, binarize="dynamic")))
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    # 20000 draws: the standard error is at most 0.0036, so 0.015 is over 4 of them.
+    torch.testing.assert_close(first.mean(0), intensities, atol=0.015, rtol=0)
+    assert torch.equal(first[:, [0, 4]], rows[:, [0, 4]])  # p = 0 and p = 1 are exact
+    assert not torch.equal(first, second)  # a fresh draw every time a batch is used
+
+
+# --------------------------------------------------------------------------------------------
+# Static binarization
+
+
+def test_binarize_static_is_deterministic_and_leaves_global_rng():
+    intensities = torch.full((4000, 5), 0.3)
+    state = torch.get_rng_state()
+    first = data.binarize_static(intensities, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, data.binarize_static(intensities, seed=7))
+    assert not torch.equal(first, data.binarize_static(intensities, seed=8))
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert abs(first.mean().item() - 0.3) < 0.01  # 20000 draws: standard error 0.0032
+
+
+def test_load_static_binarization(clean_env):
+    intensities = data.load_dataset("digits")
+    assert intensities.binary is False
+    static = data.load_dataset("digits", binarize="static", seed=3)
+    assert static.binary is True
+    assert torch.equal(static.train, data.binarize_static(intensities.train, 3))
+    assert torch.equal(static.valid, data.binarize_static(intensities.valid, 4))
+    assert torch.equal(static.test, data.binarize_static(intensities.test, 5))
+    again = data.load_dataset("digits", binarize="static", seed=3)
+    assert torch.equal(again.test, static.test)
+    dynamic = data.load_dataset("digits", binarize="dynamic")
+    assert torch.equal(dynamic.train, intensities.train) and dynamic.binary is False
+
+
+# --------------------------------------------------------------------------------------------
+# The real files ($PYRO_VAE_DATA_DIR), each read once per module
+
+
+@pytest.fixture(scope="module")
+def loaded_once() -> dict:
+    """Data sets already read in this module, by name."""
+    return {}
+
+
+def load_real(loaded_once: dict, name: str, root: Path) -> data.Dataset:
+    if name not in loaded_once:
+        loaded_once[name] = data.load_dataset(name, root)
+    return loaded_once[name]
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(
+    "name, mean, std",
+    [("mnist", 0.1307, 0.3081), ("fashion-mnist", 0.2860, 0.3530)],
+)
+def test_real_grey_level_sets(real_data_dir, loaded_once, name, mean, std):
+    dataset = load_real(loaded_once, name, real_data_dir)
+    assert [tuple(dataset.split(split).shape) for split in data.SPLITS] == [
+        (50_000, 784),
+        (10_000, 784),
+        (10_000, 784),
+    ]
+    all_train = torch.cat([dataset.train, dataset.valid])  # the 60000 original train images
+    # The published normalisation constants, over all 60000 train images.
+    assert abs(all_train.mean().item() - mean) < 5e-4
+    assert abs(all_train.std().item() - std) < 5e-4
+    assert all_train.min().item() == 0.0 and all_train.max().item() == 1.0
+    levels = dataset.test * 255
+    assert torch.equal(levels, levels.round())  # exactly k / 255
+    assert dataset.binary is False
+
+
+@pytest.mark.real_data
+def test_real_mnist_test_mean(real_data_dir, loaded_once):
+    dataset = load_real(loaded_once, "mnist", real_data_dir)
+    assert abs(dataset.test.mean().item() - 0.1325) < 5e-4  # the known t10k mean
+
+
+@pytest.mark.real_data
+def test_real_binarized_mnist(real_data_dir, loaded_once):
+    dataset = load_real(loaded_once, "binarized-mnist", real_data_dir)
+    assert [tuple(dataset.split(split).shape) for split in data.SPLITS] == [
+        (50_000, 784),
+        (10_000, 784),
+        (10_000, 784),
+    ]
+    assert dataset.binary is True
+    assert set(dataset.train.unique().tolist()) == {0.0, 1.0}
+    # A Bernoulli draw of the MNIST intensities: its mean is MNIST's mean intensity.
+    assert abs(dataset.train.mean().item() - 0.1307) < 2e-3
+
+
+@pytest.mark.real_data
+def test_real_frey_face(real_data_dir, loaded_once):
+    dataset = load_real(loaded_once, "frey-face", real_data_dir)
+    assert [tuple(dataset.split(split).shape) for split in data.SPLITS] == [
+        (1565, 560),
+        (200, 560),
+        (200, 560),
+    ]
+    faces = torch.cat([dataset.train, dataset.valid, dataset.test])
+    assert faces.min().item() * 255 == pytest.approx(8)  # the file's range is 8..238
+    assert faces.max().item() * 255 == pytest.approx(238)
+    assert dataset.image_shape == (1, 28, 20)
