@@ -256,8 +256,6 @@ def test_vectorized_elbo_family_runs(name):
     else:
         losses.append(TraceMeanField_ELBO(**options).loss(model.model, guide.guide, x))
     assert all(math.isfinite(loss) for loss in losses)
-    # A per-datum negative log-likelihood bound of a few nats per dimension, not garbage.
-    assert all(0 < loss / x.numel() < 20 for loss in losses) or "linear" in name
 
 
 @pytest.mark.parametrize("name", PAIRS)
@@ -564,4 +562,4 @@ def test_one_adam_step_lowers_the_many_particle_loss():
     )
     svi.step(x)
     after = loss()
-    assert after < before - 0.1, (before, after)
+    assert after < before - 0.25, (before, after)
