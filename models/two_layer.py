@@ -68,6 +68,6 @@ class TwoLayerBernoulliDecoder(nn.Module):
             z2_loc = x.new_zeros(batch_size, self.z2_dim)
             z2_scale = x.new_ones(batch_size, self.z2_dim)
             z2 = pyro.sample("z2", dist.Normal(z2_loc, z2_scale).to_event(1))
-            z1_loc, z1_scale = self.z1_params(z2); z1_scale = z1_scale.detach() * 0 + 1
+            z1_loc, z1_scale = self.z1_params(z2)
             z1 = pyro.sample("z1", dist.Normal(z1_loc, z1_scale).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self(z1)).to_event(1), obs=x)
