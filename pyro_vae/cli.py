@@ -23,7 +23,9 @@ def _json_object(text: str) -> dict:
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"z_dim\": 20}}': {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object like '{{\"z_dim\": 20}}': {text!r}"
+        )
     return value
 
 
@@ -34,15 +36,28 @@ def _add_train(subparsers) -> None:
         description="Train a model/guide pair by SVI. Flags override --config; unset flags "
         "take the config file's value, then the data set's default.",
     )
-    p.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys as the flags")
+    p.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file with the same keys as the flags"
+    )
     p.add_argument("--dataset", help=f"data set name ({', '.join(DATASETS)}) or a .npy/.npz path")
-    p.add_argument("--data-dir", help="root holding the data files (else $PYRO_VAE_DATA_DIR, cache)")
-    p.add_argument("--download", action="store_const", const=True, default=None,
-                   help="download missing data files (checksum-verified) into the cache")
+    p.add_argument(
+        "--data-dir", help="root holding the data files (else $PYRO_VAE_DATA_DIR, cache)"
+    )
+    p.add_argument(
+        "--download",
+        action="store_const",
+        const=True,
+        default=None,
+        help="download missing data files (checksum-verified) into the cache",
+    )
     p.add_argument("--binarize", choices=BINARIZATIONS, help="default: the data set's")
     p.add_argument("--pair", help=f"built-in ({', '.join(PAIRS)}), FILE.py:NAME or module:NAME")
-    p.add_argument("--pair-kwargs", type=_json_object, metavar="JSON",
-                   help="keyword arguments for the pair, e.g. '{\"z_dim\": 50}'")
+    p.add_argument(
+        "--pair-kwargs",
+        type=_json_object,
+        metavar="JSON",
+        help="keyword arguments for the pair, e.g. '{\"z_dim\": 50}'",
+    )
     p.add_argument("--model", metavar="SPEC", help="model function, FILE.py:NAME or module:NAME")
     p.add_argument("--guide", metavar="SPEC", help="guide function, FILE.py:NAME or module:NAME")
     p.add_argument("--objective", choices=list(OBJECTIVES))
@@ -56,10 +71,19 @@ def _add_train(subparsers) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N points only")
-    p.add_argument("--drop-last", action="store_const", const=True, default=None,
-                   help="drop the last short batch of each epoch")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+    p.add_argument(
+        "--drop-last",
+        action="store_const",
+        const=True,
+        default=None,
+        help="drop the last short batch of each epoch",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     p.set_defaults(run=_run_train)  # fmt: skip
 
 

@@ -102,9 +102,7 @@ def _trace_log_weights(
                 continue
             if trace is guide_trace and site["is_observed"]:
                 continue
-            log_weights = log_weights + sign * _site_log_prob(
-                site, batch_size, rank, particle_axis
-            )
+            log_weights = log_weights + sign * _site_log_prob(site, batch_size, rank, particle_axis)
     expected = (num_samples or 1, batch_size)
     return log_weights.expand(expected)
 

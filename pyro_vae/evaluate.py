@@ -67,7 +67,9 @@ def evaluate(
     config = read_config(run_dir)
     if data_dir is not None:
         config.data_dir = data_dir
-    torch_device = resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
+    torch_device = (
+        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
+    )
     pyro.set_rng_seed(config.seed)
     pair, info, data, state = restore_pair(run_dir, config, torch_device, pair, checkpoint)
     x_all = eval_split(data, split, config.binarize)

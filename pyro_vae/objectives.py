@@ -91,7 +91,9 @@ def make_objective(
 ) -> pyro.infer.ELBO:
     """Build the Pyro ELBO object for objective ``name`` (see :data:`OBJECTIVES`)."""
     if name not in OBJECTIVES:
-        raise ObjectiveError(f"--objective {name!r} is unknown; choose from {', '.join(OBJECTIVES)}")
+        raise ObjectiveError(
+            f"--objective {name!r} is unknown; choose from {', '.join(OBJECTIVES)}"
+        )
     if num_particles < 1:
         raise ObjectiveError(f"--num-particles must be >= 1, got {num_particles}")
     spec = OBJECTIVES[name]

@@ -291,11 +291,7 @@ class PairInfo:
 
 
 def _sample_sites(trace) -> dict:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if is_sample_site(site)
-    }
+    return {name: site for name, site in trace.nodes.items() if is_sample_site(site)}
 
 
 def is_sample_site(site: dict) -> bool:

@@ -59,7 +59,9 @@ def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...
                 spine.set_visible(False)
             if j < images.shape[0]:
                 image = images[j].permute(1, 2, 0).clamp(0, 1).numpy()
-                ax.imshow(image.squeeze(-1) if channels == 1 else image, cmap="gray", vmin=0, vmax=1)
+                ax.imshow(
+                    image.squeeze(-1) if channels == 1 else image, cmap="gray", vmin=0, vmax=1
+                )
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -79,7 +81,9 @@ def sample_figure(
     """Write a PNG grid: test points, their reconstructions, and samples from the prior."""
     run_dir, out = Path(run_dir), Path(out)
     config = read_config(run_dir)
-    torch_device = resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
+    torch_device = (
+        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
+    )
     pyro.set_rng_seed(config.seed)
     pair, info, data, _ = restore_pair(run_dir, config, torch_device, checkpoint=checkpoint)
     pyro.set_rng_seed(seed)

@@ -100,9 +100,7 @@ def test_vectorized_and_looped_samples_agree():
     vectorized = log_importance_weights(pair.model, pair.guide, x, 4000, vectorize=True)
     looped = log_importance_weights(pair.model, pair.guide, x, 4000, vectorize=False)
     # both ELBO estimates have a Monte-Carlo standard error of about 0.01 here
-    torch.testing.assert_close(
-        elbo_estimate(vectorized), elbo_estimate(looped), atol=0.05, rtol=0
-    )
+    torch.testing.assert_close(elbo_estimate(vectorized), elbo_estimate(looped), atol=0.05, rtol=0)
 
 
 def _non_broadcasting_pair():

@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.pairs import PAIRS, FunctionPair, PairError, build_pair, check_pair, load_object
+from pyro_vae.pairs import PAIRS, FunctionPair, PairError, build_pair, check_pair
 
 IMAGE_SHAPES = {"conv": [(1, 8, 8), (1, 28, 20)]}
 
