@@ -27,6 +27,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
+    base_url: str | None = None
     binarize: str | None = None
     pair: str | None = None
     pair_kwargs: dict[str, Any] = field(default_factory=dict)

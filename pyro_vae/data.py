@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -140,10 +141,6 @@ class DatasetSpec:
     default_binarize: str
     default_pair: str
     description: str
-
-    def filenames(self) -> list[str]:
-        """Every accepted file name, all roles."""
-        return [form.filename for forms in self.files.values() for form in forms]
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,11 +549,16 @@ def download_file(url: str, target: Path, checksum: str) -> Path:
     return target
 
 
-def _copy_url(url: str, sink, label: str) -> None:
+def _copy_url(url: str, sink: BinaryIO, label: str) -> None:
     """Stream the body of `url` into `sink`, with a progress bar when stderr is a terminal."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
-    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+    try:
+        response = urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        error.close()  # it holds the connection open; its status and reason are all we need
+        raise
+    with response:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(
             total=total, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty()
@@ -786,8 +788,10 @@ def load_dataset(
 ) -> Dataset:
     """Load a named data set (see DATASETS) or a .npy/.npz file as flattened float32 splits.
 
-    `binarize="static"` replaces the intensities by one fixed Bernoulli draw (seed `seed`);
-    "dynamic" and "none" return intensities, and `minibatches` binarizes per batch.
+    `binarize="static"` replaces the intensities by one fixed Bernoulli draw (seeds `seed`,
+    `seed + 1`, `seed + 2` for train, valid, test); "dynamic" and "none" return intensities,
+    and `minibatches(..., binarize="dynamic")` draws per batch. Raises DataError with what to do
+    for a missing, corrupt or mismatching file, an unknown name or an unknown binarization.
     """
     _check_binarization(binarize)
     roots = search_roots(data_dir)

@@ -110,6 +110,7 @@ def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = 
         config.dataset,
         data_dir if data_dir is not None else config.data_dir,
         download=config.download,
+        base_url=config.base_url,
         binarize="static" if config.binarize == "static" else "none",
         seed=config.seed,
     )
