@@ -50,6 +50,9 @@ def _add_train(subparsers) -> None:
         default=None,
         help="download missing data files (checksum-verified) into the cache",
     )
+    p.add_argument(
+        "--base-url", metavar="URL", help="with --download: fetch the files from this mirror"
+    )
     p.add_argument("--binarize", choices=BINARIZATIONS, help="default: the data set's")
     p.add_argument("--pair", help=f"built-in ({', '.join(PAIRS)}), FILE.py:NAME or module:NAME")
     p.add_argument(

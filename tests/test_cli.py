@@ -186,8 +186,8 @@ def test_the_readme_pair_example_trains_and_evaluates(tmp_path):
     start = readme.index("A complete file, `my_vae.py`:")
     code = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "my_vae.py").write_text(code)
-    pyro_vae("train", "--pair", "my_vae.py:MyVAE", "--pair-kwargs", '{"z_dim": 8}',
-             "--epochs", "1", "--train-limit", "200", "--out", "runs/mine", cwd=tmp_path)  # fmt: skip
+    pyro_vae("train", "--pair", "my_vae.py:MyVAE", "--pair-kwargs", '{"z_dim": 8}', "--epochs",
+             "1", "--train-limit", "200", "--out", "runs/mine", cwd=tmp_path)  # fmt: skip
     out = pyro_vae("evaluate", "runs/mine", "--num-samples", "20", "--limit", "10", "--json",
                    cwd=tmp_path)  # fmt: skip
     assert json.loads(out.stdout)["num_points"] == 10

@@ -1,7 +1,6 @@
 """GPU end to end: data, priors, guides and training on CUDA; checkpoints load on CPU."""
 
 import pytest
-import torch
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.evaluate import evaluate
