@@ -794,6 +794,11 @@ def load_dataset(
     for a missing, corrupt or mismatching file, an unknown name or an unknown binarization.
     """
     _check_binarization(binarize)
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise DataError(
+            f"--data-dir {str(data_dir)!r} is not a folder; give the folder that holds the "
+            "data sets (one subfolder each) or the files themselves"
+        )
     roots = search_roots(data_dir)
     if name.lower().endswith(ARRAY_SUFFIXES):
         arrays, image_shape = _load_array_file(_resolve_array_path(name, roots))

@@ -3,7 +3,8 @@
 A run directory holds:
 
 - ``config.toml``: the resolved configuration,
-- ``metrics.csv``: epoch, train loss per data point, validation ELBO per data point, seconds,
+- ``metrics.csv``: epoch, train loss and validation ELBO per data point, seconds (all, and
+  the SVI steps alone),
 - ``checkpoint.pt``: the last finished epoch (model, guide, param store, optimizer, RNG),
 - ``best.pt``: the checkpoint with the highest validation ELBO.
 
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyro_vae.config import ConfigError, TrainConfig, dumps_toml, load_toml
+from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
 from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset, minibatches
 from pyro_vae.estimators import log_importance_weights
 from pyro_vae.objectives import make_objective
@@ -44,7 +45,7 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.toml"
 METRICS = "metrics.csv"
-METRIC_COLUMNS = ("epoch", "train_loss", "valid_elbo", "seconds")
+METRIC_COLUMNS = ("epoch", "train_loss", "valid_elbo", "seconds", "train_seconds")
 #: Seed of the fixed binarization of validation and test points (dynamic binarization
 #: trains on fresh draws; evaluation needs one fixed draw so numbers are comparable).
 EVAL_BINARIZE_SEED = 12345
@@ -296,6 +297,29 @@ def read_config(run_dir: Path) -> TrainConfig:
     return TrainConfig(**load_toml(path))
 
 
+#: Settings that may change when a run is resumed; any other change would make the resumed
+#: run differ from an uninterrupted one.
+RESUMABLE_CHANGES = ("epochs", "out", "data_dir", "download", "base_url")
+
+
+def _check_resumable(config: TrainConfig, trained: TrainConfig, epoch: int) -> None:
+    changed = [
+        f"{key} (run: {getattr(trained, key)!r}, now: {getattr(config, key)!r})"
+        for key in FIELDS
+        if key not in RESUMABLE_CHANGES and getattr(config, key) != getattr(trained, key)
+    ]
+    if changed:
+        raise ConfigError(
+            "--resume continues a run as it was configured, but these settings differ: "
+            + "; ".join(changed)
+            + ". Drop those flags, or start a new run with another --out."
+        )
+    if config.epochs <= epoch:
+        raise ConfigError(
+            f"--resume: the run already finished epoch {epoch}; pass --epochs N with N > {epoch}"
+        )
+
+
 def python_spec(pair: Any) -> str:
     """``module:QualName`` of a pair object's class, recorded so a run can be rebuilt."""
     cls = type(pair)
@@ -342,6 +366,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     config.device = str(device)
+    if resume:
+        state = load_checkpoint(checkpoint_path, device)
+        _check_resumable(config, TrainConfig(**state["config"]), state["epoch"])
     if progress is None:
         progress = sys.stderr.isatty()
 
@@ -368,7 +395,6 @@ def train(
     start_epoch = 0
     best = -math.inf
     if resume:
-        state = load_checkpoint(checkpoint_path, device)
         restore_params(pair, state, device)
         optimizer.set_state(state["optimizer"])
         _set_rng_state(state["rng"], device)
@@ -405,12 +431,14 @@ def train(
             if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{total / seen:.2f}")
         bar.close()
+        train_seconds = time.perf_counter() - started
         valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500))
         row = {
             "epoch": epoch,
             "train_loss": total / seen,
             "valid_elbo": valid,
             "seconds": time.perf_counter() - started,
+            "train_seconds": train_seconds,
         }
         history.append(row)
         state = checkpoint_state(pair, optimizer, epoch, history, config, device)

@@ -41,7 +41,7 @@ def digits_run(tmp_path_factory):
 def test_train_writes_a_run_and_prints_a_summary(digits_run):
     assert (digits_run / "checkpoint.pt").is_file() and (digits_run / "best.pt").is_file()
     lines = (digits_run / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,valid_elbo,seconds" and len(lines) == 3
+    assert lines[0] == "epoch,train_loss,valid_elbo,seconds,train_seconds" and len(lines) == 3
 
 
 def test_resume_from_the_cli_matches_an_uninterrupted_run(tmp_path, digits_run):
@@ -141,7 +141,8 @@ def test_model_and_guide_functions_train_and_resume(tmp_path):
         (["--pair", "fns.py:Nope"], "has no 'Nope'"),
         (["--model", "fns.py:model", "--guide", "fns.py:bad_guide"],
          r"latent site\(s\) \['z'\] of the model are not sampled by the guide"),
-        (["--dataset", "mnist", "--data-dir", "empty"], "empty"),
+        (["--dataset", "mnist", "--data-dir", "empty"],
+         r"file\(s\) not found: train-images-idx3-ubyte.gz(.|\n)*empty/mnist/(.|\n)*--download"),
         (["--dataset", "grey.npy", "--binarize", "none"], "--binarize dynamic or static"),
         (["--dataset", "nan.npy"], "nan.npy"),
         (["--lr", "0"], "--lr 0.0: must be a positive number"),
@@ -158,8 +159,10 @@ def test_bad_input_gets_a_clear_message_and_exit_2(tmp_path, args, message):
     bad = np.zeros((50, 4, 4), dtype=np.float32)
     bad[3, 1, 1] = np.nan
     np.save(tmp_path / "nan.npy", bad)
+    # no other data root: a missing file must stay missing
+    isolated = {"PYRO_VAE_DATA_DIR": "", "PYRO_VAE_CACHE": str(tmp_path / "cache")}
     result = pyro_vae("train", "--epochs", "1", "--out", "run", *args, cwd=tmp_path,
-                      check=False)  # fmt: skip
+                      check=False, env=isolated)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr

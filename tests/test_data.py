@@ -680,3 +680,9 @@ def test_real_frey_face(real_data_dir, loaded_once):
     assert faces.min().item() * 255 == pytest.approx(8)  # the file's range is 8..238
     assert faces.max().item() * 255 == pytest.approx(238)
     assert dataset.image_shape == (1, 28, 20)
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_fall_through(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="--data-dir '.*nowhere' is not a folder"):
+        data.load_dataset("digits", tmp_path / "nowhere")

@@ -40,7 +40,8 @@ def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path):
     assert config.binarize == "dynamic" and config.device == "cpu"  # resolved defaults
     rows = read_metrics(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_loss", "valid_elbo", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_loss", "valid_elbo", "seconds", "train_seconds"}
+    assert 0 < float(rows[0]["train_seconds"]) < float(rows[0]["seconds"])
     # the loss is per data point: about 64 pixels * log 2 = 44 nats at the start
     assert 20 < float(rows[0]["train_loss"]) < 60
     state = load_checkpoint(run_dir / "checkpoint.pt")
@@ -155,3 +156,11 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(dumps_toml(config.to_dict()))
     assert TrainConfig(**load_toml(path)) == config
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(tmp_path):
+    train(small_config(tmp_path, epochs=1))
+    with pytest.raises(ConfigError, match=r"settings differ: lr \(run: 0.001, now: 0.01\)"):
+        train(small_config(tmp_path, epochs=2, lr=0.01), resume=True)
+    with pytest.raises(ConfigError, match="already finished epoch 1; pass --epochs N with N > 1"):
+        train(small_config(tmp_path, epochs=1), resume=True)
