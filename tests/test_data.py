@@ -257,6 +257,7 @@ def test_binarizations_table():
 
 def test_missing_file_lists_names_places_and_fixes(tmp_path, clean_env, monkeypatch):
     monkeypatch.setenv("PYRO_VAE_DATA_DIR", str(tmp_path / "env_root"))
+    (tmp_path / "flag_root").mkdir()
     with pytest.raises(DataError) as caught:
         data.load_dataset("mnist", tmp_path / "flag_root")
     message = str(caught.value)
