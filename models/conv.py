@@ -9,6 +9,7 @@ import pyro
 import pyro.distributions as dist
 from torch import Tensor, nn
 
+from pyro_vae.models.priors import standard_normal
 from pyro_vae.nn import CropImage, activation_layer, apply_flat, check_flat_data
 
 __all__ = ["ConvBernoulliDecoder"]
@@ -76,7 +77,5 @@ class ConvBernoulliDecoder(nn.Module):
         pyro.module("decoder", self)
         batch_size = x.shape[0]
         with pyro.plate("data", batch_size):
-            z_loc = x.new_zeros(batch_size, self.z_dim)
-            z_scale = x.new_ones(batch_size, self.z_dim)
-            z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            z = pyro.sample("z", standard_normal(x, self.z_dim))
             pyro.sample("x", dist.Bernoulli(logits=self(z)).to_event(1), obs=x)

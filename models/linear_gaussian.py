@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyro_vae.models.priors import standard_normal
 from pyro_vae.nn import check_flat_data
 
 __all__ = ["LinearGaussianDecoder"]
@@ -58,9 +59,7 @@ class LinearGaussianDecoder(nn.Module):
         pyro.module("decoder", self)
         batch_size = x.shape[0]
         with pyro.plate("data", batch_size):
-            z_loc = x.new_zeros(batch_size, self.z_dim)
-            z_scale = x.new_ones(batch_size, self.z_dim)
-            z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            z = pyro.sample("z", standard_normal(x, self.z_dim))
             x_loc = self(z)
             x_scale = self.noise_scale.expand(x_loc.shape)
             pyro.sample("x", dist.Normal(x_loc, x_scale).to_event(1), obs=x)

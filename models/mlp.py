@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 from torch import Tensor, nn
 
+from pyro_vae.models.priors import standard_normal
 from pyro_vae.nn import GaussianHead, activation_layer, check_flat_data, mlp
 
 __all__ = ["BernoulliMLPDecoder", "GaussianMLPDecoder"]
@@ -47,9 +48,7 @@ class BernoulliMLPDecoder(nn.Module):
         pyro.module("decoder", self)
         batch_size = x.shape[0]
         with pyro.plate("data", batch_size):
-            z_loc = x.new_zeros(batch_size, self.z_dim)
-            z_scale = x.new_ones(batch_size, self.z_dim)
-            z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            z = pyro.sample("z", standard_normal(x, self.z_dim))
             pyro.sample("x", dist.Bernoulli(logits=self(z)).to_event(1), obs=x)
 
 
@@ -98,8 +97,6 @@ class GaussianMLPDecoder(nn.Module):
         pyro.module("decoder", self)
         batch_size = x.shape[0]
         with pyro.plate("data", batch_size):
-            z_loc = x.new_zeros(batch_size, self.z_dim)
-            z_scale = x.new_ones(batch_size, self.z_dim)
-            z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            z = pyro.sample("z", standard_normal(x, self.z_dim))
             x_loc, x_scale = self(z)
             pyro.sample("x", dist.Normal(x_loc, x_scale).to_event(1), obs=x)

@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 from torch import Tensor, nn
 
+from pyro_vae.models.priors import standard_normal
 from pyro_vae.nn import GaussianHead, check_flat_data, mlp
 
 __all__ = ["TwoLayerBernoulliDecoder"]
@@ -65,9 +66,7 @@ class TwoLayerBernoulliDecoder(nn.Module):
         pyro.module("decoder", self)
         batch_size = x.shape[0]
         with pyro.plate("data", batch_size):
-            z2_loc = x.new_zeros(batch_size, self.z2_dim)
-            z2_scale = x.new_ones(batch_size, self.z2_dim)
-            z2 = pyro.sample("z2", dist.Normal(z2_loc, z2_scale).to_event(1))
+            z2 = pyro.sample("z2", standard_normal(x, self.z2_dim))
             z1_loc, z1_scale = self.z1_params(z2)
             z1 = pyro.sample("z1", dist.Normal(z1_loc, z1_scale).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self(z1)).to_event(1), obs=x)

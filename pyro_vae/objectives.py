@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro.infer
@@ -22,62 +21,34 @@ class ObjectiveError(ValueError):
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """One objective: a builder ``build(num_particles, vectorize, max_plate_nesting, alpha)``."""
+    """One objective: a Pyro ELBO class and how it takes alpha (Renyi bounds only).
 
-    build: Callable[..., pyro.infer.ELBO]
+    ``alpha`` is a fixed alpha (``iwae``: 0), ``uses_alpha`` takes it from ``--alpha``.
+    """
+
+    elbo: type[pyro.infer.ELBO]
     description: str
+    alpha: float | None = None
     uses_alpha: bool = False
-
-
-def _trace(num_particles, vectorize, max_plate_nesting, alpha):
-    return pyro.infer.Trace_ELBO(
-        num_particles=num_particles,
-        vectorize_particles=vectorize,
-        max_plate_nesting=max_plate_nesting,
-    )
-
-
-def _meanfield(num_particles, vectorize, max_plate_nesting, alpha):
-    return pyro.infer.TraceMeanField_ELBO(
-        num_particles=num_particles,
-        vectorize_particles=vectorize,
-        max_plate_nesting=max_plate_nesting,
-    )
-
-
-def _tracegraph(num_particles, vectorize, max_plate_nesting, alpha):
-    return pyro.infer.TraceGraph_ELBO(
-        num_particles=num_particles,
-        vectorize_particles=vectorize,
-        max_plate_nesting=max_plate_nesting,
-    )
-
-
-def _iwae(num_particles, vectorize, max_plate_nesting, alpha):
-    return pyro.infer.RenyiELBO(
-        alpha=0.0,
-        num_particles=num_particles,
-        vectorize_particles=vectorize,
-        max_plate_nesting=max_plate_nesting,
-    )
-
-
-def _renyi(num_particles, vectorize, max_plate_nesting, alpha):
-    return pyro.infer.RenyiELBO(
-        alpha=alpha,
-        num_particles=num_particles,
-        vectorize_particles=vectorize,
-        max_plate_nesting=max_plate_nesting,
-    )
 
 
 #: The objectives by name. A new objective is one entry here; tests iterate over this table.
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "elbo": ObjectiveSpec(_trace, "Trace_ELBO: the ELBO, reparameterized where possible"),
-    "meanfield": ObjectiveSpec(_meanfield, "TraceMeanField_ELBO: ELBO with analytic KL"),
-    "tracegraph": ObjectiveSpec(_tracegraph, "TraceGraph_ELBO: score function with baselines"),
-    "iwae": ObjectiveSpec(_iwae, "RenyiELBO(alpha=0): the IWAE bound with K = num_particles"),
-    "renyi": ObjectiveSpec(_renyi, "RenyiELBO(alpha): the Renyi bound", uses_alpha=True),
+    "elbo": ObjectiveSpec(
+        pyro.infer.Trace_ELBO, "Trace_ELBO: the ELBO, reparameterized where possible"
+    ),
+    "meanfield": ObjectiveSpec(
+        pyro.infer.TraceMeanField_ELBO, "TraceMeanField_ELBO: ELBO with analytic KL"
+    ),
+    "tracegraph": ObjectiveSpec(
+        pyro.infer.TraceGraph_ELBO, "TraceGraph_ELBO: score function with baselines"
+    ),
+    "iwae": ObjectiveSpec(
+        pyro.infer.RenyiELBO, "RenyiELBO(alpha=0): the IWAE bound with K = num_particles", 0.0
+    ),
+    "renyi": ObjectiveSpec(
+        pyro.infer.RenyiELBO, "RenyiELBO(alpha): the Renyi bound", uses_alpha=True
+    ),
 }
 
 
@@ -99,4 +70,12 @@ def make_objective(
     spec = OBJECTIVES[name]
     if spec.uses_alpha and alpha == 1.0:
         raise ObjectiveError("--alpha 1 is the ELBO itself; use --objective elbo instead")
-    return spec.build(num_particles, vectorize and num_particles > 1, max_plate_nesting, alpha)
+    kwargs = {}
+    if spec.uses_alpha or spec.alpha is not None:
+        kwargs["alpha"] = alpha if spec.uses_alpha else spec.alpha
+    return spec.elbo(
+        num_particles=num_particles,
+        vectorize_particles=vectorize and num_particles > 1,
+        max_plate_nesting=max_plate_nesting,
+        **kwargs,
+    )
