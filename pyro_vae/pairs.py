@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,15 +71,8 @@ class FunctionPair:
         self.guide = guide
 
 
-def _flat_dim(image_shape: tuple[int, ...]) -> int:
-    size = 1
-    for n in image_shape:
-        size *= n
-    return size
-
-
 def _mlp(image_shape, z_dim=50, hidden=(200, 200), activation="tanh") -> VAE:
-    x_dim = _flat_dim(image_shape)
+    x_dim = math.prod(image_shape)
     return VAE(
         BernoulliMLPDecoder(x_dim, z_dim, hidden, activation),
         GaussianMLPEncoder(x_dim, z_dim, hidden, activation),
@@ -86,7 +80,7 @@ def _mlp(image_shape, z_dim=50, hidden=(200, 200), activation="tanh") -> VAE:
 
 
 def _gaussian_mlp(image_shape, z_dim=20, hidden=(200,), activation="tanh") -> VAE:
-    x_dim = _flat_dim(image_shape)
+    x_dim = math.prod(image_shape)
     return VAE(
         GaussianMLPDecoder(x_dim, z_dim, hidden, activation),
         GaussianMLPEncoder(x_dim, z_dim, hidden, activation),
@@ -104,7 +98,7 @@ def _conv(image_shape, z_dim=32, channels=(32, 64), hidden=256) -> VAE:
 def _two_layer(
     image_shape, z1_dim=100, z2_dim=50, hidden1=(100, 100), hidden2=(50, 50), activation="tanh"
 ) -> VAE:
-    x_dim = _flat_dim(image_shape)
+    x_dim = math.prod(image_shape)
     return VAE(
         TwoLayerBernoulliDecoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation),
         TwoLayerGaussianEncoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation),
@@ -114,7 +108,7 @@ def _two_layer(
 def _linear_gaussian(
     image_shape, z_dim=2, noise_scale=1.0, learn_noise=True, covariance="diagonal"
 ) -> VAE:
-    x_dim = _flat_dim(image_shape)
+    x_dim = math.prod(image_shape)
     return VAE(
         LinearGaussianDecoder(x_dim, z_dim, noise_scale, learn_noise),
         LinearGaussianEncoder(x_dim, z_dim, covariance),
@@ -205,7 +199,7 @@ def _call_with_shape(factory: Callable, kwargs: dict, image_shape: tuple, spec: 
     except (TypeError, ValueError):
         parameters = {}
     if "x_dim" in parameters and "x_dim" not in kwargs:
-        kwargs["x_dim"] = _flat_dim(image_shape)
+        kwargs["x_dim"] = math.prod(image_shape)
     if "image_shape" in parameters and "image_shape" not in kwargs:
         kwargs["image_shape"] = tuple(image_shape)
     try:
