@@ -4,12 +4,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
+import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = ["--pair-kwargs", '{"hidden": [32], "z_dim": 4}', "--batch-size", "50",
@@ -146,8 +150,7 @@ def test_model_and_guide_functions_train_and_resume(tmp_path):
         (["--dataset", "grey.npy", "--binarize", "none"], "--binarize dynamic or static"),
         (["--dataset", "nan.npy"], "nan.npy"),
         (["--lr", "0"], "--lr 0.0: must be a positive number"),
-        (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--lr", "0"],
-         "CUDA is not available" if not __import__("torch").cuda.is_available() else "--lr"),
+        (["--device", "cuda:7"], "cuda:7"),  # no GPU: not available; a GPU: no device 7
         (["--pair-kwargs", "[1]"], "must be a JSON object"),
         (["--config", "missing.toml"], "--config 'missing.toml': no such file"),
     ],
@@ -194,3 +197,39 @@ def test_the_readme_pair_example_trains_and_evaluates(tmp_path):
     out = pyro_vae("evaluate", "runs/mine", "--num-samples", "20", "--limit", "10", "--json",
                    cwd=tmp_path)  # fmt: skip
     assert json.loads(out.stdout)["num_points"] == 10
+
+
+def test_config_file_with_a_flag_overriding_it(tmp_path):
+    (tmp_path / "run.toml").write_text(
+        "[train]\nepochs = 5\nbatch_size = 50\ntrain_limit = 200\nlr = 0.002\n"
+        "pair_kwargs = {hidden = [16], z_dim = 3}\n"
+    )
+    pyro_vae("train", "--config", "run.toml", "--epochs", "1", "--out", "run", cwd=tmp_path)
+    resolved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["train"]
+    assert resolved["epochs"] == 1 and resolved["lr"] == 0.002  # flag wins, file fills in
+    assert resolved["pair_kwargs"] == {"hidden": [16], "z_dim": 3}
+    assert resolved["pair"] == "mlp" and resolved["binarize"] == "dynamic"  # data set defaults
+
+
+def test_sigterm_keeps_the_last_epoch_and_the_run_resumes(tmp_path):
+    """A run stopped by a signal exits 130, keeps its last checkpoint, and resumes from it."""
+    script = shutil.which("pyro-vae")
+    command = [script] if script else [sys.executable, "-m", "pyro_vae"]
+    process = subprocess.Popen(
+        [*command, "train", "--epochs", "500", "--out", "run", *SMALL],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint within 120 s"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    done = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert done >= 1
+    out = pyro_vae("train", "--epochs", str(done + 1), "--out", "run", "--resume", cwd=tmp_path)
+    assert f"resuming run after epoch {done}" in out.stderr
