@@ -68,6 +68,22 @@ def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...
     plt.close(fig)
 
 
+def training_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """Save train loss and validation ELBO per epoch (both in nats per data point) as a PNG."""
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(epochs, [-row["train_loss"] for row in history], "o-", label="train objective")
+    ax.plot(epochs, [row["valid_elbo"] for row in history], "s-", label="validation ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def sample_figure(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,

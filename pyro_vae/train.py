@@ -6,7 +6,8 @@ A run directory holds:
 - ``metrics.csv``: epoch, train loss and validation ELBO per data point, seconds (all, and
   the SVI steps alone),
 - ``checkpoint.pt``: the last finished epoch (model, guide, param store, optimizer, RNG),
-- ``best.pt``: the checkpoint with the highest validation ELBO.
+- ``best.pt``: the checkpoint with the highest validation ELBO,
+- ``metrics.png``: the learning curves, drawn when the run finishes.
 
 Checkpoints are written to a temporary file and renamed, so an interrupted write never
 leaves a broken one. ``resume=True`` restores the last checkpoint, RNG included, and ends
@@ -45,6 +46,7 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.toml"
 METRICS = "metrics.csv"
+CURVES = "metrics.png"
 METRIC_COLUMNS = ("epoch", "train_loss", "valid_elbo", "seconds", "train_seconds")
 #: Seed of the fixed binarization of validation and test points (dynamic binarization
 #: trains on fresh draws; evaluation needs one fixed draw so numbers are comparable).
@@ -461,6 +463,10 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(row)
+    if history:
+        from pyro_vae.plots import training_curves  # matplotlib only when a run finishes
+
+        training_curves(history, run_dir / CURVES)
     return RunResult(run_dir=run_dir, config=config, history=history, pair=pair)
 
 

@@ -34,8 +34,9 @@ def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path):
     result = train(small_config(tmp_path))
     run_dir = result.run_dir
     assert {p.name for p in run_dir.iterdir()} >= {
-        "config.toml", "metrics.csv", "checkpoint.pt", "best.pt"
+        "config.toml", "metrics.csv", "checkpoint.pt", "best.pt", "metrics.png"
     }  # fmt: skip
+    assert (run_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     config = read_config(run_dir)
     assert config.binarize == "dynamic" and config.device == "cpu"  # resolved defaults
     rows = read_metrics(run_dir)
