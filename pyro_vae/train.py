@@ -187,11 +187,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file, then rename)."""
+def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
+    """``torch.save`` once, then write the bytes to each path atomically (temp file, rename)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    for path in paths:
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -452,10 +453,11 @@ def train(
         }
         history.append(row)
         state = checkpoint_state(pair, optimizer, epoch, history, config, device)
-        save_checkpoint(checkpoint_path, state)
+        paths = [checkpoint_path]
         if valid > best:
             best = valid
-            save_checkpoint(run_dir / BEST, state)
+            paths.append(run_dir / BEST)
+        save_checkpoint(state, *paths)
         write_metrics(run_dir, history)
         _log(
             f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.3f}  "
@@ -468,9 +470,3 @@ def train(
 
         training_curves(history, run_dir / CURVES)
     return RunResult(run_dir=run_dir, config=config, history=history, pair=pair)
-
-
-def load_run(run_dir: str | os.PathLike) -> tuple[TrainConfig, dict]:
-    """The config of a run directory and its last checkpoint (on CPU)."""
-    run_dir = Path(run_dir)
-    return read_config(run_dir), load_checkpoint(run_dir / CHECKPOINT, "cpu")
