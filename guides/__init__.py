@@ -3,11 +3,13 @@
 from pyro_vae.guides.conv import ConvGaussianEncoder
 from pyro_vae.guides.linear_gaussian import LinearGaussianEncoder
 from pyro_vae.guides.mlp import GaussianMLPEncoder
+from pyro_vae.guides.sbn import SigmoidBeliefNetEncoder
 from pyro_vae.guides.two_layer import TwoLayerGaussianEncoder
 
 __all__ = [
     "ConvGaussianEncoder",
     "GaussianMLPEncoder",
     "LinearGaussianEncoder",
+    "SigmoidBeliefNetEncoder",
     "TwoLayerGaussianEncoder",
 ]

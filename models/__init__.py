@@ -3,6 +3,7 @@
 from pyro_vae.models.conv import ConvBernoulliDecoder
 from pyro_vae.models.linear_gaussian import LinearGaussianDecoder
 from pyro_vae.models.mlp import BernoulliMLPDecoder, GaussianMLPDecoder
+from pyro_vae.models.sbn import SigmoidBeliefNetDecoder
 from pyro_vae.models.two_layer import TwoLayerBernoulliDecoder
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "ConvBernoulliDecoder",
     "GaussianMLPDecoder",
     "LinearGaussianDecoder",
+    "SigmoidBeliefNetDecoder",
     "TwoLayerBernoulliDecoder",
 ]

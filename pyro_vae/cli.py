@@ -6,15 +6,26 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyro_vae.config import FIELDS, ConfigError, load_toml, resolve
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
+from pyro_vae.diagnose import DiagnoseError
+from pyro_vae.estimators import ESTIMATORS, EstimatorError
+from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
 from pyro_vae.objectives import OBJECTIVES, ObjectiveError
 from pyro_vae.pairs import PAIRS, PairError
 from pyro_vae.train import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, ObjectiveError, PairError, TrainingError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    DiagnoseError,
+    EstimatorError,
+    ObjectiveError,
+    PairError,
+    TrainingError,
+)
 
 
 def _json_object(text: str) -> dict:
@@ -82,6 +93,35 @@ def _add_train(subparsers) -> None:
         help="drop the last short batch of each epoch",
     )
     p.add_argument(
+        "--score-function",
+        action="store_const",
+        const=True,
+        default=None,
+        help="train by the score-function estimator: the guide's latent sites are made "
+        "non-reparameterized (any pair)",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=list(BASELINES),
+        help="baseline for score-function terms (needs --objective tracegraph): "
+        + "; ".join(f"{name}: {spec.description}" for name, spec in BASELINES.items()),
+    )
+    p.add_argument(
+        "--baseline-beta", type=float, metavar="BETA", help="decay of --baseline avg (default 0.9)"
+    )
+    p.add_argument(
+        "--baseline-lr",
+        type=float,
+        metavar="LR",
+        help="learning rate of --baseline nn (default 10 x --lr)",
+    )
+    p.add_argument(
+        "--baseline-hidden",
+        type=_comma_list(int),
+        metavar="H1,H2",
+        help="hidden widths of --baseline nn (default 100)",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -127,6 +167,12 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
     p.add_argument("--device", help="default: the run's device")
     p.add_argument("--data-dir", help="where the data files are, if not where training found them")
+    p.add_argument(
+        "--estimator",
+        choices=list(ESTIMATORS),
+        default="is",
+        help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo)",
+    )
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(run=_run_evaluate)
@@ -145,16 +191,219 @@ def _run_evaluate(args) -> int:
         device=args.device,
         data_dir=args.data_dir,
         progress=args.progress,
+        estimator=args.estimator,
     )
     if args.json:
         print(json.dumps(summary))
     else:
         print(
-            f"{summary['split']}: {summary['num_points']} points, K={summary['num_samples']}\n"
+            f"{summary['split']}: {summary['num_points']} points, K={summary['num_samples']}, "
+            f"estimator {summary['estimator']}\n"
             f"  log p(x) ~ {summary['log_px']:.3f} +- {summary['log_px_stderr']:.3f} nats\n"
             f"  ELBO       {summary['elbo']:.3f} +- {summary['elbo_stderr']:.3f} nats\n"
             f"  gap        {summary['gap']:.3f} nats   ({summary['seconds']:.1f}s)"
         )
+    return 0
+
+
+def _comma_list(kind: type) -> Callable[[str], list]:
+    """An argparse type for ``a,b,c``: each item converted by ``kind``."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {kind.__name__}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _add_convergence(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convergence",
+        help="log p(x) estimates against the number of samples K, per estimator",
+        description="For the first points of a split, draw --repeats independent estimates "
+        "of log p(x) per point for each estimator and K; write convergence.json, .csv and "
+        ".png (estimate +- the spread of one estimate against K, with a reference).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--ks",
+        type=_comma_list(int),
+        default=[1, 10, 100, 1000, 5000],
+        metavar="K1,K2,...",
+        help="sample counts (default 1,10,100,1000,5000)",
+    )
+    p.add_argument(
+        "--estimators",
+        type=_comma_list(str),
+        default=["is", "prior"],
+        metavar="E1,E2",
+        help=f"from {', '.join(ESTIMATORS)} (default is,prior)",
+    )
+    p.add_argument("--points", type=int, default=10, metavar="N", help="first N points")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        metavar="R",
+        help="independent estimates per point and K (at least 2)",
+    )
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
+    p.add_argument("--device", help="default: the run's device")
+    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default: RUN_DIR)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(run=_run_convergence)
+
+
+def _run_convergence(args) -> int:
+    from pyro_vae.convergence import convergence_study, format_table
+
+    summary = convergence_study(
+        args.run_dir,
+        ks=args.ks,
+        estimators=args.estimators,
+        num_points=args.points,
+        repeats=args.repeats,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        data_dir=args.data_dir,
+        out=args.out,
+        progress=args.progress,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        format_table(summary)
+    return 0
+
+
+def _add_gradvar(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gradvar",
+        help="variance and SNR of gradient estimators (reparameterized, score function, baselines)",
+        description="On one fixed minibatch of a trained run, draw --num-draws gradients of "
+        "the loss per estimator and report the per-coordinate variance and signal-to-noise "
+        "ratio, averaged over the pair's parameters; write gradvar.json and gradvar.png.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--estimators",
+        type=_comma_list(str),
+        default=list(GRADIENT_ESTIMATORS),
+        metavar="E1,E2",
+        help=f"from {', '.join(GRADIENT_ESTIMATORS)} (default: all)",
+    )
+    p.add_argument("--num-draws", type=int, default=100, metavar="N")
+    p.add_argument("--batch-size", type=int, default=100, help="first B points of the split")
+    p.add_argument("--split", choices=("test", "valid", "train"), default="train")
+    p.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=200,
+        metavar="S",
+        help="draws that warm a baseline up before it is measured",
+    )
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
+    p.add_argument("--device", help="default: the run's device")
+    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default: RUN_DIR)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(run=_run_gradvar)
+
+
+def _run_gradvar(args) -> int:
+    from pyro_vae.gradvar import format_table, gradient_variance, without_groups
+
+    result = gradient_variance(
+        args.run_dir,
+        estimators=args.estimators,
+        num_draws=args.num_draws,
+        batch_size=args.batch_size,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        baseline_steps=args.baseline_steps,
+        device=args.device,
+        data_dir=args.data_dir,
+        out=args.out,
+        progress=args.progress,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(without_groups(result)))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def _add_diagnose(subparsers) -> None:
+    p = subparsers.add_parser(
+        "diagnose",
+        help="per-point posterior diagnostics: PSIS k-hat, gaps, NUTS reference, active units",
+        description="Can the amortized q(z|x) be trusted at each selected point? PSIS k-hat of "
+        "q as an importance proposal, log p(x) and the ELBO, amortization and approximation "
+        "gaps, active units and KL per latent dimension, and with --nuts a NUTS reference "
+        "posterior. Writes diagnose.json, ArviZ netcdf files and PNGs into --out.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--points", type=int, metavar="N", help="the first N points (default 20)")
+    which.add_argument(
+        "--indices", type=_comma_list(int), metavar="I,J,...", help="these indices of the split"
+    )
+    p.add_argument("--num-samples", type=int, default=1000, metavar="S", help="draws from q(z|x)")
+    p.add_argument("--nuts", action="store_true", help="also run NUTS for a reference p(z|x)")
+    p.add_argument("--nuts-chains", type=int, default=4, metavar="C")
+    p.add_argument("--nuts-warmup", type=int, default=200, metavar="W")
+    p.add_argument("--nuts-samples", type=int, default=200, metavar="M", help="draws per chain")
+    p.add_argument("--gap-steps", type=int, default=200, metavar="T", help="Adam steps for q*")
+    p.add_argument("--gap-lr", type=float, default=1e-2, metavar="LR", help="Adam step size")
+    p.add_argument("--gap-particles", type=int, default=8, metavar="P", help="draws per step")
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
+    p.add_argument("--device", help="default: the run's device")
+    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default RUN_DIR/diagnose)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(run=_run_diagnose)
+
+
+def _run_diagnose(args) -> int:
+    from pyro_vae.diagnose import diagnose, format_summary
+
+    summary = diagnose(
+        args.run_dir,
+        points=args.points,
+        indices=args.indices,
+        num_samples=args.num_samples,
+        nuts=args.nuts,
+        split=args.split,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        data_dir=args.data_dir,
+        nuts_chains=args.nuts_chains,
+        nuts_warmup=args.nuts_warmup,
+        nuts_samples=args.nuts_samples,
+        gap_steps=args.gap_steps,
+        gap_lr=args.gap_lr,
+        gap_particles=args.gap_particles,
+        progress=args.progress,
+        seed=args.seed,
+    )
+    print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
 
@@ -195,6 +444,9 @@ def _run_list(args) -> int:
     print("objectives (--objective):")
     for name, spec in OBJECTIVES.items():
         print(f"  {name:16s} {spec.description}")
+    print("log p(x) estimators (evaluate --estimator):")
+    for name, spec in ESTIMATORS.items():
+        print(f"  {name:16s} {spec.description}")
     return 0
 
 
@@ -203,7 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-vae", description="Variational autoencoders as Pyro programs."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_sample, _add_list):
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_sample,
+        _add_list,
+        _add_convergence,
+        _add_gradvar,
+        _add_diagnose,
+    ):
         add(subparsers)
     return parser
 

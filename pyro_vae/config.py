@@ -44,6 +44,12 @@ class TrainConfig:
     out: str | None = None
     train_limit: int | None = None
     drop_last: bool = False
+    # Score-function training (pyro_vae.gradients): baselines need --objective tracegraph.
+    baseline: str = "none"
+    baseline_beta: float = 0.9
+    baseline_lr: float | None = None  # None: 10 x lr (NVIL's faster baseline)
+    baseline_hidden: list[int] = field(default_factory=lambda: [100])
+    score_function: bool = False
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the flag for values that cannot work."""
@@ -62,7 +68,43 @@ class TrainConfig:
                 raise ConfigError(f"{flag} {value!r}: must be {wanted}")
         if not isinstance(self.pair_kwargs, dict):
             raise ConfigError(f"--pair-kwargs must be a JSON object, got {self.pair_kwargs!r}")
+        self._validate_gradient_estimator()
         return self
+
+    def _validate_gradient_estimator(self) -> None:
+        from pyro_vae.gradients import BASELINES  # torch and pyro only when configuring
+
+        if self.baseline not in BASELINES:
+            raise ConfigError(
+                f"--baseline {self.baseline!r} is unknown; choose from {', '.join(BASELINES)}"
+            )
+        if self.baseline != "none" and self.objective != "tracegraph":
+            raise ConfigError(
+                f"--baseline {self.baseline} needs --objective tracegraph: only TraceGraph_ELBO "
+                f"uses baselines (Trace_ELBO, TraceMeanField_ELBO and RenyiELBO ignore them); "
+                f"got --objective {self.objective}"
+            )
+        if self.score_function and self.objective == "meanfield":
+            raise ConfigError(
+                "--score-function cannot train with --objective meanfield: TraceMeanField_ELBO "
+                "needs every guide site reparameterized; use --objective tracegraph or elbo"
+            )
+        beta = self.baseline_beta
+        if not (isinstance(beta, int | float) and 0.0 <= beta < 1.0):
+            raise ConfigError(f"--baseline-beta {beta!r}: must be in [0, 1)")
+        lr = self.baseline_lr
+        if lr is not None and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"--baseline-lr {lr!r}: must be a positive number")
+        hidden = self.baseline_hidden
+        if not (
+            isinstance(hidden, list | tuple)
+            and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)
+        ):
+            raise ConfigError(
+                f"--baseline-hidden {hidden!r}: must be hidden-layer widths >= 1, e.g. 100 or "
+                "200,100"
+            )
+        self.baseline_hidden = [int(h) for h in hidden]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,6 +12,11 @@ these are written here). From them:
 
 E[L_1] = ELBO <= E[L_K] <= E[L_{K+1}] <= log p(x), and L_K -> log p(x) as K grows.
 
+The proposal is a table entry (:data:`ESTIMATORS`): ``is`` draws z_k from the guide q(z|x);
+``prior`` draws them from the model's prior p(z), so log w_k = log p(x | z_k): the naive
+Monte Carlo estimator, whose variance explodes when the posterior is far narrower than the
+prior.
+
 References:
     Kingma & Welling (2014), Auto-Encoding Variational Bayes, appendix D.
     Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -31,6 +37,10 @@ from pyro import poutine
 from pyro_vae.pairs import PairError, data_plate_dim, is_sample_site
 
 _PARTICLE_PLATE = "_pyro_vae_samples"
+
+
+class EstimatorError(ValueError):
+    """An estimator name that does not exist; the message names the flag and the choices."""
 
 
 def log_mean_exp(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -95,14 +105,28 @@ def _trace_log_weights(
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     batch_size = x.shape[0]
+
+    def log_prob(site: dict) -> torch.Tensor:
+        return _site_log_prob(site, batch_size, rank, particle_axis)
+
+    # Each latent's log p - log q is formed before summing over sites: where the proposal is
+    # the prior the two are the same numbers, their difference is exactly 0, and log w is
+    # exactly log p(x|z) rather than (log p(z) + log p(x|z)) - log p(z) with rounding.
+    guide_sites = {
+        name: site
+        for name, site in guide_trace.nodes.items()
+        if is_sample_site(site) and not site["is_observed"]
+    }
     log_weights = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if not is_sample_site(site):
-                continue
-            if trace is guide_trace and site["is_observed"]:
-                continue
-            log_weights = log_weights + sign * _site_log_prob(site, batch_size, rank, particle_axis)
+    for name, site in model_trace.nodes.items():
+        if not is_sample_site(site):
+            continue
+        term = log_prob(site)
+        if not site["is_observed"] and name in guide_sites:
+            term = term - log_prob(guide_sites.pop(name))
+        log_weights = log_weights + term
+    for site in guide_sites.values():  # guide sites the model lacks (check_pair forbids them)
+        log_weights = log_weights - log_prob(site)
     expected = (num_samples or 1, batch_size)
     return log_weights.expand(expected)
 
@@ -118,6 +142,9 @@ def log_importance_weights(
     vectorize: bool | None = None,
 ) -> torch.Tensor:
     """Per-datapoint log importance weights log p(x, z_k) - log q(z_k|x), shape ``(K, B)``.
+
+    ``guide`` is the proposal program q: the pair's guide, or any other, such as
+    :func:`prior_proposal` ``(model)`` for weights p(x|z_k).
 
     Samples are drawn ``chunk_size`` at a time in one vectorized trace (an outer plate over
     samples, as Pyro vectorizes particles); ``vectorize=None`` tries that and falls back to a
@@ -160,6 +187,49 @@ def chunk_size_for(num_points: int, x_dim: int, max_elements: int = 2**24) -> in
     return max(1, max_elements // max(1, num_points * x_dim))
 
 
+def prior_proposal(model: Callable) -> Callable:
+    """The model's prior p(z) as a proposal program: the model run forward, observed sites
+    hidden, so its latents are drawn from p(z) and the weights are p(x,z)/p(z) = p(x|z)."""
+    return poutine.block(model, hide_fn=lambda msg: msg["type"] == "sample" and msg["is_observed"])
+
+
+def _guide_proposal(pair: Any) -> Callable:
+    return pair.guide
+
+
+def _prior_proposal(pair: Any) -> Callable:
+    return prior_proposal(pair.model)
+
+
+@dataclass(frozen=True)
+class LogPxEstimatorSpec:
+    """One estimator of log p(x): ``proposal(pair)`` is the program z_k ~ r(z|x) is drawn
+    from; log w_k = log p(x, z_k) - log r(z_k|x) and log p(x) ~= log (1/K) sum_k w_k."""
+
+    proposal: Callable[[Any], Callable]
+    description: str
+
+
+#: The log p(x) estimators by name (``--estimator``); tests iterate over this table.
+ESTIMATORS: dict[str, LogPxEstimatorSpec] = {
+    "is": LogPxEstimatorSpec(
+        _guide_proposal, "importance sampling with the guide: z_k ~ q(z|x) (the IWAE bound)"
+    ),
+    "prior": LogPxEstimatorSpec(
+        _prior_proposal, "naive Monte Carlo with the prior: z_k ~ p(z), mean of p(x|z_k)"
+    ),
+}
+
+
+def check_estimator(name: str) -> LogPxEstimatorSpec:
+    """The :data:`ESTIMATORS` entry ``name``, or an :class:`EstimatorError` naming the flag."""
+    if name not in ESTIMATORS:
+        raise EstimatorError(
+            f"--estimator {name!r} is unknown; choose from {', '.join(ESTIMATORS)}"
+        )
+    return ESTIMATORS[name]
+
+
 def estimate_log_px(
     pair: Any,
     x: torch.Tensor,
@@ -168,20 +238,27 @@ def estimate_log_px(
     max_plate_nesting: int = 1,
     max_elements: int = 2**24,
     vectorize: bool | None = None,
+    estimator: str = "is",
 ) -> dict[str, torch.Tensor]:
-    """Importance-sampled log p(x) and the ELBO for each point of the batch ``x``.
+    """Importance-sampled log p(x) and the mean log weight for each point of the batch ``x``.
 
-    log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k|x),   z_k ~ q(z|x),
+    log p(x) ~= log (1/K) sum_k p(x, z_k) / r(z_k|x),   z_k ~ r(z|x),
 
-    Returns a dict of per-point tensors: ``log_px`` (the IWAE bound L_K), ``elbo`` (mean of
-    the K log weights) and ``ess`` (effective sample size of the normalized weights).
+    with the proposal r of ``estimator`` (see :data:`ESTIMATORS`): ``"is"``, the guide
+    q(z|x); ``"prior"``, the model's prior p(z), where the weights are p(x|z_k).
+
+    Returns a dict of per-point tensors: ``log_px`` (log-mean-exp of the K log weights; for
+    ``"is"`` the IWAE bound L_K), ``elbo`` (the mean of the K log weights: for ``"is"`` the
+    ELBO; for ``"prior"`` E_p(z)[log p(x|z)], the ELBO of q = p(z), a loose bound) and ``ess``
+    (effective sample size of the normalized weights, 1 / sum_k wbar_k^2).
 
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, eq. 8.
     """
+    spec = check_estimator(estimator)
     log_weights = log_importance_weights(
         pair.model,
-        pair.guide,
+        spec.proposal(pair),
         x,
         num_samples,
         max_plate_nesting=max_plate_nesting,

@@ -7,6 +7,8 @@ point, K draws z_k ~ q(z|x) from the trained guide give
 
 a lower bound in expectation that tightens as K grows (Burda et al. 2016); the ELBO is the
 mean of the same log weights, and ``gap = log_px - elbo`` measures how far the ELBO is from it.
+``estimator="prior"`` draws z_k from the prior p(z) instead (the naive Monte Carlo estimator,
+see :data:`pyro_vae.estimators.ESTIMATORS`), for comparison.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyro
@@ -25,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.config import ConfigError
-from pyro_vae.estimators import estimate_log_px
+from pyro_vae.estimators import check_estimator, estimate_log_px
+from pyro_vae.pairs import PairInfo
 from pyro_vae.train import (
     BEST,
     atomic_write_bytes,
@@ -37,6 +40,46 @@ from pyro_vae.train import (
 
 #: Seed of the importance samples, so evaluating twice gives the same numbers.
 EVAL_SEED = 0
+
+
+class RestoredRun(NamedTuple):
+    """A trained run ready to evaluate: its pair, the evaluated split, and where it came from."""
+
+    pair: Any
+    info: PairInfo
+    x: torch.Tensor
+    state: dict[str, Any]
+    dataset: str
+    device: torch.device
+
+
+def restore_run(
+    run_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    checkpoint: str = BEST,
+    device: str | None = None,
+    data_dir: str | None = None,
+    pair: Any = None,
+) -> RestoredRun:
+    """Rebuild a run's pair from ``checkpoint`` and the split it is evaluated on (a fixed
+    binarization for dynamically binarized data), on the run's device or ``device``."""
+    config = read_config(Path(run_dir))
+    if data_dir is not None:
+        config.data_dir = data_dir
+    torch_device = (
+        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
+    )
+    pyro.set_rng_seed(config.seed)
+    pair, info, data, state = restore_pair(Path(run_dir), config, torch_device, pair, checkpoint)
+    x = eval_split(data, split, config.binarize)
+    return RestoredRun(pair, info, x, state, config.dataset, torch_device)
+
+
+def evaluation_stem(split: str, estimator: str = "is") -> str:
+    """File name stem of saved evaluations: ``evaluation_<split>`` for importance sampling
+    with the guide, ``evaluation_<split>_<estimator>`` for the others."""
+    return f"evaluation_{split}" if estimator == "is" else f"evaluation_{split}_{estimator}"
 
 
 def evaluate(
@@ -52,27 +95,31 @@ def evaluate(
     pair: Any = None,
     progress: bool | None = None,
     save: bool = True,
+    estimator: str = "is",
 ) -> dict[str, Any]:
-    """Estimate log p(x) by importance sampling with the guide, and the ELBO, on a split.
+    """Estimate log p(x) by importance sampling, and the mean log weight, on a split.
 
-    Returns (and saves as ``evaluation_<split>.json`` in the run directory) a summary with
-    ``log_px``, ``elbo``, ``gap`` (means over points, nats), their standard errors,
-    ``num_points``, ``num_samples``; per-point values go to ``evaluation_<split>.npz``.
+    log p(x) ~= log (1/K) sum_k p(x, z_k) / r(z_k|x),  z_k ~ r, with r the guide q(z|x)
+    (``estimator="is"``) or the prior p(z) (``"prior"``).
+
+    Returns (and saves as ``evaluation_<split>.json``, or ``evaluation_<split>_prior.json``
+    for the prior, in the run directory) a summary with ``log_px``, ``elbo`` (the mean log
+    weight: the ELBO for ``is``, E_p(z)[log p(x|z)] for ``prior``), ``gap`` (means over
+    points, nats), their standard errors, ``num_points``, ``num_samples``, ``estimator``;
+    per-point values go to the ``.npz`` of the same name.
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
     run_dir = Path(run_dir)
+    check_estimator(estimator)
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
-    config = read_config(run_dir)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    torch_device = (
-        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
-    )
-    pyro.set_rng_seed(config.seed)
-    pair, info, data, state = restore_pair(run_dir, config, torch_device, pair, checkpoint)
-    x_all = eval_split(data, split, config.binarize)
+    restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
+                           data_dir=data_dir, pair=pair)  # fmt: skip
+    pair, info, x_all, state = restored.pair, restored.info, restored.x, restored.state
     if limit is not None:
         x_all = x_all[:limit]
     if progress is None:
@@ -88,6 +135,7 @@ def evaluate(
             num_samples,
             max_plate_nesting=info.max_plate_nesting,
             vectorize=info.vectorizable,
+            estimator=estimator,
         )
         log_px.append(out["log_px"].cpu())
         elbo.append(out["elbo"].cpu())
@@ -108,19 +156,21 @@ def evaluate(
         "ess_mean": float(ess_t.mean()),
         "num_points": n,
         "num_samples": num_samples,
+        "estimator": estimator,
         "split": split,
         "checkpoint": checkpoint,
         "epoch": state["epoch"],
-        "dataset": config.dataset,
-        "device": str(torch_device),
+        "dataset": restored.dataset,
+        "device": str(restored.device),
         "seconds": seconds,
     }
     if save:
+        stem = evaluation_stem(split, estimator)
         atomic_write_bytes(
-            run_dir / f"evaluation_{split}.json", (json.dumps(summary, indent=2) + "\n").encode()
+            run_dir / f"{stem}.json", (json.dumps(summary, indent=2) + "\n").encode()
         )
         np.savez(
-            run_dir / f"evaluation_{split}.npz",
+            run_dir / f"{stem}.npz",
             log_px=log_px_t.numpy(),
             elbo=elbo_t.numpy(),
             ess=ess_t.numpy(),

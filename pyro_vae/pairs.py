@@ -29,6 +29,7 @@ from pyro_vae.guides import (
     ConvGaussianEncoder,
     GaussianMLPEncoder,
     LinearGaussianEncoder,
+    SigmoidBeliefNetEncoder,
     TwoLayerGaussianEncoder,
 )
 from pyro_vae.models import (
@@ -36,6 +37,7 @@ from pyro_vae.models import (
     ConvBernoulliDecoder,
     GaussianMLPDecoder,
     LinearGaussianDecoder,
+    SigmoidBeliefNetDecoder,
     TwoLayerBernoulliDecoder,
 )
 
@@ -115,6 +117,30 @@ def _linear_gaussian(
     )
 
 
+def _sbn(image_shape, z_dim=200, hidden=(), activation="tanh") -> VAE:
+    x_dim = math.prod(image_shape)
+    return VAE(
+        SigmoidBeliefNetDecoder(x_dim, z_dim, hidden, activation),
+        SigmoidBeliefNetEncoder(x_dim, z_dim, hidden, activation),
+    )
+
+
+def _sbn_nonlinear(image_shape, z_dim=200, hidden=(200,), activation="tanh") -> VAE:
+    return _sbn(image_shape, z_dim, hidden, activation)
+
+
+def _sbn_straight_through(
+    image_shape, z_dim=200, hidden=(), activation="tanh", temperature=0.5
+) -> VAE:
+    x_dim = math.prod(image_shape)
+    return VAE(
+        SigmoidBeliefNetDecoder(x_dim, z_dim, hidden, activation),
+        SigmoidBeliefNetEncoder(
+            x_dim, z_dim, hidden, activation, straight_through=True, temperature=temperature
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class PairSpec:
     """One built-in pair: its factory ``factory(image_shape, **kwargs)`` and what it suits."""
@@ -140,6 +166,24 @@ PAIRS: dict[str, PairSpec] = {
     ),
     "linear-gaussian": PairSpec(
         _linear_gaussian, "gaussian", "linear-Gaussian VAE with closed-form log p(x)"
+    ),
+    "sbn": PairSpec(
+        _sbn,
+        "bernoulli",
+        "sigmoid belief net SBN-200 (Mnih & Gregor 2014): 200 binary latents, linear; "
+        "train with --objective tracegraph",
+    ),
+    "sbn-nonlinear": PairSpec(
+        _sbn_nonlinear,
+        "bernoulli",
+        "sigmoid belief net with a deterministic tanh layer (hidden=[200]) in decoder and "
+        "encoder; train with --objective tracegraph",
+    ),
+    "sbn-st": PairSpec(
+        _sbn_straight_through,
+        "bernoulli",
+        "linear SBN-200 with a straight-through guide (biased, reparameterized gradient; "
+        "same discrete model); train with --objective elbo; kwargs temperature, hidden",
     ),
 }
 

@@ -39,6 +39,15 @@ from tqdm.auto import tqdm
 from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
 from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset, minibatches
 from pyro_vae.estimators import log_importance_weights
+from pyro_vae.gradients import (
+    BASELINE_MODULE,
+    BASELINES,
+    forget_stale_optimizers,
+    neural_baselines,
+    non_reparameterized_sites,
+    score_function,
+    with_baseline,
+)
 from pyro_vae.objectives import make_objective
 from pyro_vae.pairs import PAIRS, PairInfo, build_pair, check_pair, pair_to, resolve_spec
 
@@ -112,7 +121,55 @@ def defaults_for(config: TrainConfig) -> TrainConfig:
             setattr(config, key, resolve_spec(getattr(config, key)))
     if config.dataset.endswith((".npy", ".npz")):
         config.dataset = str(Path(config.dataset).expanduser().resolve())
+    if BASELINES[config.baseline].fixed_batch_size and not config.drop_last:
+        # Pyro keeps the decaying average per data point with the first batch's shape.
+        _log(f"note: --baseline {config.baseline} needs equal batches: --drop-last is set")
+        config.drop_last = True
+    if BASELINES[config.baseline].needs_module and config.baseline_lr is None:
+        config.baseline_lr = 10 * config.lr
     return config
+
+
+def training_guide(
+    pair: Any, config: TrainConfig, x: torch.Tensor, device: torch.device
+) -> tuple[Callable, nn.Module | None]:
+    """The guide SVI differentiates, and its neural baselines (or ``None``).
+
+    ``pair.guide``, made non-reparameterized by ``--score-function``, with the
+    ``--baseline`` at its non-reparameterized sites (found by tracing it on ``x``); the
+    neural baselines, one per such site, are registered as ``pyro.module("baseline")``
+    so that a resume restores them in place. Evaluation always uses the plain ``pair.guide``.
+    """
+    guide = score_function(pair.guide) if config.score_function else pair.guide
+    if config.baseline == "none":
+        return guide, None
+    sites = non_reparameterized_sites(guide, x)
+    if not sites:
+        raise ConfigError(
+            f"--baseline {config.baseline}: every latent site of the guide is "
+            "reparameterized, so TraceGraph_ELBO has no score-function term to apply a "
+            "baseline to; add --score-function to train by the score function, or drop "
+            "--baseline"
+        )
+    baselines = None
+    if BASELINES[config.baseline].needs_module:
+        baselines = neural_baselines(x[0].numel(), sites, config.baseline_hidden).to(device)
+        pyro.module(BASELINE_MODULE, baselines)
+    return with_baseline(
+        guide, config.baseline, beta=config.baseline_beta, module=baselines
+    ), baselines
+
+
+def optimizer_args(config: TrainConfig) -> Callable[[str], dict[str, float]]:
+    """Adam's arguments per parameter: ``--baseline-lr`` for the neural baseline's
+    parameters (``baseline.*``), ``--lr`` for all others."""
+
+    def args(name: str) -> dict[str, float]:
+        if config.baseline_lr is not None and name.startswith(BASELINE_MODULE + "."):
+            return {"lr": config.baseline_lr}
+        return {"lr": config.lr}
+
+    return args
 
 
 def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = None) -> Dataset:
@@ -398,8 +455,9 @@ def train(
         max_plate_nesting=info.max_plate_nesting,
         alpha=config.alpha,
     )
-    optimizer = pyro.optim.Adam({"lr": config.lr})
-    svi = pyro.infer.SVI(pair.model, pair.guide, optimizer, loss=elbo)
+    guide, _ = training_guide(pair, config, train_x[:2], device)
+    optimizer = pyro.optim.Adam(optimizer_args(config))
+    svi = pyro.infer.SVI(pair.model, guide, optimizer, loss=elbo)
     atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
 
     history: list[dict[str, float]] = []
@@ -427,6 +485,8 @@ def train(
                    disable=not progress, leave=False, unit="step")  # fmt: skip
         for step, x in enumerate(bar, start=1):
             loss = svi.step(x)
+            if config.baseline != "none":
+                forget_stale_optimizers(optimizer)
             if not math.isfinite(loss):
                 kept = (
                     f"the checkpoint of epoch {history[-1]['epoch']} in {str(run_dir)!r} is kept"

@@ -1,0 +1,247 @@
+"""How estimates of log p(x) converge with the number of samples K, for each proposal.
+
+For the first points of a split, every estimator of :data:`pyro_vae.estimators.ESTIMATORS`
+and every K, ``repeats`` independent estimates
+
+    log p_K(x) = log (1/K) sum_k p(x, z_k) / r(z_k|x),   z_k ~ r,
+
+are drawn per point. Their mean shows the bias (each is a stochastic lower bound whose mean
+rises towards log p(x) with K), their spread the noise of one estimate. With the guide as
+proposal the estimate is close after few samples; with the prior as proposal (the naive Monte
+Carlo estimator) it can stay many nats low for any practical K, because almost all prior
+draws explain x badly: that is why amortized importance sampling is used.
+
+References:
+    Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+    Wu, Burda, Salakhutdinov & Grosse (2017), On the Quantitative Analysis of Decoder-Based
+        Generative Models.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae.config import ConfigError
+from pyro_vae.estimators import ESTIMATORS, EstimatorError, estimate_log_px
+from pyro_vae.evaluate import restore_run
+from pyro_vae.pairs import PairInfo
+from pyro_vae.train import BEST, atomic_write_bytes
+
+__all__ = ["CONVERGENCE_COLUMNS", "convergence_study", "exact_log_marginal"]
+
+#: Columns of ``convergence.csv``, one row per estimator and K.
+CONVERGENCE_COLUMNS = (
+    "estimator",
+    "num_samples",
+    "estimate",
+    "stderr",
+    "ess",
+    "elbo",
+    "difference",
+    "seconds",
+)
+#: Rows (point x repeat) per vectorized call, as ``evaluate``'s batch size; within a call the
+#: samples are chunked so that K * rows * x_dim stays bounded.
+ROWS_PER_CALL = 100
+
+
+def exact_log_marginal(pair: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """The exact log p(x) per point when the pair (or its ``decoder``) has a closed form
+    ``exact_log_marginal(x)``; None when it has none or raises ``NotImplementedError``."""
+    for owner in (pair, getattr(pair, "decoder", None)):
+        method = getattr(owner, "exact_log_marginal", None)
+        if callable(method):
+            try:
+                with torch.no_grad():
+                    return method(x)
+            except NotImplementedError:
+                return None
+    return None
+
+
+def _repeated_estimates(
+    pair: Any, info: PairInfo, x: torch.Tensor, num_samples: int, repeats: int, estimator: str
+) -> dict[str, torch.Tensor]:
+    """``repeats`` independent estimates for each point of ``x``: tensors of shape (R, N)."""
+    rows = x.repeat(repeats, 1)
+    parts: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": []}
+    for start in range(0, rows.shape[0], ROWS_PER_CALL):
+        out = estimate_log_px(
+            pair,
+            rows[start : start + ROWS_PER_CALL],
+            num_samples,
+            max_plate_nesting=info.max_plate_nesting,
+            vectorize=info.vectorizable,
+            estimator=estimator,
+        )
+        for key, values in parts.items():
+            values.append(out[key].cpu())
+    return {key: torch.cat(values).reshape(repeats, x.shape[0]) for key, values in parts.items()}
+
+
+def _reference(
+    results: list[dict[str, Any]], exact: torch.Tensor | None, largest_k: int
+) -> tuple[float | None, str | None]:
+    """The exact mean log p(x) if known, else the ``is`` estimate at the largest K."""
+    if exact is not None:
+        return float(exact.mean()), "exact"
+    for row in results:
+        if row["estimator"] == "is" and row["num_samples"] == largest_k:
+            return row["estimate"], "is"
+    return None, None
+
+
+def _check_arguments(
+    ks: Sequence[int], estimators: Sequence[str], num_points: int, repeats: int
+) -> tuple[list[int], list[str]]:
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"--ks must be sample counts >= 1, got {list(ks)}")
+    unknown = [name for name in estimators if name not in ESTIMATORS]
+    if unknown or not estimators:
+        raise EstimatorError(
+            f"--estimators {','.join(estimators)!r}: unknown {unknown}; choose from "
+            f"{', '.join(ESTIMATORS)}"
+        )
+    if num_points < 1:
+        raise ConfigError(f"--points must be >= 1, got {num_points}")
+    if repeats < 2:
+        raise ConfigError(
+            f"--repeats must be >= 2, got {repeats}: the spread of one estimate needs two"
+        )
+    return ks, list(dict.fromkeys(estimators))
+
+
+def convergence_study(
+    run_dir: str | os.PathLike,
+    *,
+    ks: Sequence[int] = (1, 10, 100, 1000, 5000),
+    estimators: Sequence[str] = ("is", "prior"),
+    num_points: int = 10,
+    repeats: int = 10,
+    split: str = "test",
+    checkpoint: str = BEST,
+    device: str | None = None,
+    data_dir: str | None = None,
+    pair: Any = None,
+    out: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    save: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Estimates of log p(x) against K for each estimator, on the first points of a split.
+
+    log p_K(x) = log (1/K) sum_k w_k,  w_k = p(x, z_k) / r(z_k|x),  z_k ~ r  (r: q or p(z))
+
+    Returns a summary whose ``results`` hold one row per (estimator, K): ``estimate`` (mean
+    over points of the mean over repeats), ``stderr`` (mean over points of the standard
+    deviation over repeats: the noise of one estimate), ``ess`` (mean effective sample size),
+    ``elbo`` (mean log weight), ``seconds``, and ``difference`` = estimate - ``reference``.
+    The reference is the exact log p(x) (mean over the points) when the pair has a closed
+    form, else the ``is`` estimate at the largest K (``reference_kind`` says which; None
+    without either). With ``save``, writes ``convergence.json``, ``convergence.csv`` and
+    ``convergence.png`` into ``out`` (default: the run directory).
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+    """
+    ks, estimators = _check_arguments(ks, estimators, num_points, repeats)
+    restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
+                           data_dir=data_dir, pair=pair)  # fmt: skip
+    x = restored.x[:num_points]
+    exact = exact_log_marginal(restored.pair, x)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    pyro.set_rng_seed(seed)
+    started = time.perf_counter()
+    cells = [(estimator, k) for estimator in estimators for k in ks]
+    results = []
+    for estimator, k in tqdm(cells, desc="convergence", disable=not progress, unit="cell"):
+        cell_started = time.perf_counter()
+        out_k = _repeated_estimates(restored.pair, restored.info, x, k, repeats, estimator)
+        results.append(
+            {
+                "estimator": estimator,
+                "num_samples": k,
+                "estimate": float(out_k["log_px"].mean()),
+                "stderr": float(out_k["log_px"].std(dim=0, unbiased=True).mean()),
+                "ess": float(out_k["ess"].mean()),
+                "elbo": float(out_k["elbo"].mean()),
+                "seconds": time.perf_counter() - cell_started,
+            }
+        )
+    reference, reference_kind = _reference(results, exact, ks[-1])
+    for row in results:
+        row["difference"] = None if reference is None else row["estimate"] - reference
+    summary = {
+        "run_dir": str(run_dir),
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": restored.state["epoch"],
+        "dataset": restored.dataset,
+        "num_points": x.shape[0],
+        "repeats": repeats,
+        "ks": ks,
+        "estimators": estimators,
+        "reference": reference,
+        "reference_kind": reference_kind,
+        "seed": seed,
+        "device": str(restored.device),
+        "seconds": time.perf_counter() - started,
+        "results": results,
+    }
+    if save:
+        save_convergence(summary, Path(run_dir) if out is None else Path(out))
+    return summary
+
+
+def save_convergence(summary: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write ``convergence.json``, ``convergence.csv`` and ``convergence.png`` into ``out``."""
+    from pyro_vae.plots import convergence_figure  # matplotlib only when saving
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {suffix: out / f"convergence.{suffix}" for suffix in ("json", "csv", "png")}
+    atomic_write_bytes(paths["json"], (json.dumps(summary, indent=2) + "\n").encode())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CONVERGENCE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in summary["results"]:
+        writer.writerow({key: row[key] for key in CONVERGENCE_COLUMNS})
+    atomic_write_bytes(paths["csv"], buffer.getvalue().encode())
+    convergence_figure(summary, paths["png"])
+    return paths
+
+
+def format_table(summary: dict[str, Any], write: Callable[[str], Any] = print) -> None:
+    """Print a convergence summary as a table, one line per estimator and K."""
+    reference = summary["reference"]
+    kind = {"exact": "exact log p(x)", "is": f"is, K={max(summary['ks'])}"}.get(
+        summary["reference_kind"], "none"
+    )
+    ref_text = "none" if reference is None else f"{reference:.3f} ({kind})"
+    write(
+        f"{summary['split']}: {summary['num_points']} points x {summary['repeats']} repeats; "
+        f"reference {ref_text}"
+    )
+    write(
+        f"  {'estimator':10s} {'K':>7s} {'estimate':>10s} {'stderr':>8s} {'ess':>9s} "
+        f"{'minus ref':>10s} {'seconds':>8s}"
+    )
+    for row in summary["results"]:
+        difference = "-" if row["difference"] is None else f"{row['difference']:.3f}"
+        write(
+            f"  {row['estimator']:10s} {row['num_samples']:7d} {row['estimate']:10.3f} "
+            f"{row['stderr']:8.3f} {row['ess']:9.1f} {difference:>10s} {row['seconds']:8.2f}"
+        )

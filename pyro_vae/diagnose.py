@@ -1,0 +1,1163 @@
+"""Posterior diagnostics of a trained run: per data point, can the amortized q(z|x) be trusted?
+
+For a few selected points of a split this module measures
+
+- **PSIS k-hat** of the guide as an importance proposal for p(z|x): the shape of a generalized
+  Pareto distribution fitted to the largest weights w_s = p(x, z_s) / q(z_s|x), z_s ~ q(z|x).
+  k < 0.5: importance sampling (and the ELBO's picture of the posterior) can be trusted;
+  0.5 <= k <= 0.7: usable, slowly converging; k > 0.7: unreliable (Yao et al. 2018).
+- importance-sampled **log p(x)**, the **ELBO**, and their gap, from the same weights.
+- the **amortization and approximation gaps** (Cremer et al. 2018): a fully factorized
+  Gaussian q*(z|x) fitted to each point alone. L[q*] - L[q] is what amortization costs;
+  log p(x) - L[q*] is what the Gaussian family costs.
+- with ``nuts=True``, a **NUTS reference posterior** p(z|x) with the decoder fixed, and the
+  guide compared with it dimension by dimension.
+- **active units** and the **KL to the prior per latent dimension**: posterior collapse shows
+  as dimensions with KL ~ 0 whose mean does not move with x (Burda et al. 2016).
+
+References:
+    Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?: Evaluating Variational
+        Inference.
+    Vehtari, Simpson, Gelman, Yao & Gabry (2024), Pareto Smoothed Importance Sampling.
+    Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
+    Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders (active units).
+    Hoffman & Gelman (2014), The No-U-Turn Sampler.
+    Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), Rank-Normalization, Folding, and
+        Localization: An Improved R-hat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch.distributions import biject_to, constraints
+from tqdm.auto import tqdm
+
+from pyro_vae.estimators import chunk_size_for, log_importance_weights, log_mean_exp
+from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim
+from pyro_vae.train import (
+    BEST,
+    atomic_write_bytes,
+    eval_split,
+    read_config,
+    resolve_device,
+    restore_pair,
+)
+
+#: k-hat below this: the importance weights (and q) can be trusted (Yao et al. 2018).
+KHAT_GOOD = 0.5
+#: k-hat above this: importance sampling with q is unreliable (Yao et al. 2018).
+KHAT_UNRELIABLE = 0.7
+#: A latent dimension is active when Var_x E_q[z_d|x] exceeds this (Burda et al. 2016).
+ACTIVE_UNIT_THRESHOLD = 0.01
+#: A latent dimension whose mean KL to the prior is below this many nats counts as collapsed.
+COLLAPSED_KL = 0.01
+#: How many points of the split ``diagnose`` takes when neither points nor indices is given.
+DEFAULT_POINTS = 20
+#: The fewest draws for which PSIS fits its Pareto tail: the tail holds
+#: ceil(min(S / 5, 3 sqrt(S))) draws and needs at least 5 (arviz returns inf below that).
+MIN_KHAT_SAMPLES = 21
+#: Log weights whose spread max - min is at most this many nats count as all equal: every
+#: normalized weight is then within 0.1% of 1/S, importance sampling is exact to that
+#: precision whatever the tail, and a Pareto fit would only see float rounding (a guide equal
+#: to p(z|x) gives weights equal in exact arithmetic but not in float32).
+EQUAL_WEIGHTS_SPREAD = 1e-3
+#: The fewest NUTS draws per chain for which split R-hat and ESS mean something.
+MIN_NUTS_SAMPLES = 10
+#: Default folder for the outputs, inside the run directory.
+DIAGNOSE_DIR = "diagnose"
+_PARTICLE_PLATE = "_pyro_vae_diagnose_samples"
+
+
+class DiagnoseError(ValueError):
+    """Diagnostics that cannot run as asked; the message names the flag or the site."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions of arrays
+
+
+def psis_khat(
+    log_weights: np.ndarray | torch.Tensor, equal_spread: float = EQUAL_WEIGHTS_SPREAD
+) -> np.ndarray:
+    """Pareto k-hat of the importance weights of each data point.
+
+    Fits a generalized Pareto distribution to the M = ceil(min(S/5, 3 sqrt S)) largest of the
+    S weights w_s = exp(log_weights[s, b]) of each point b and returns its shape k, one per
+    point (``arviz.psislw``). Points whose S log weights are all equal, up to a spread of
+    ``equal_spread`` nats (float rounding), get k = -inf: the weights have no tail at all (q
+    is proportional to p(z|x) there and importance sampling is exact), the limit of a Pareto
+    shape k -> -inf; arviz would return inf (too few distinct tail values), which reads as
+    the opposite. Other weights tied so that fewer than 5 exceed the tail cut-off keep
+    arviz's inf (flagged unreliable, the cautious reading).
+
+    ``log_weights`` has shape (S,) or (S, B) with S >= 21; -inf entries (zero weights) are
+    allowed, NaN and +inf are not.
+
+    References:
+        Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?: Evaluating Variational
+            Inference, section 3.
+        Vehtari, Simpson, Gelman, Yao & Gabry (2024), Pareto Smoothed Importance Sampling.
+    """
+    import arviz as az
+
+    if isinstance(log_weights, torch.Tensor):
+        log_weights = log_weights.detach().cpu().numpy()
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    one_point = log_weights.ndim == 1
+    if one_point:
+        log_weights = log_weights[:, None]
+    if log_weights.ndim != 2:
+        raise ValueError(f"log_weights must have shape (S,) or (S, B), got {log_weights.shape}")
+    num_samples = log_weights.shape[0]
+    if num_samples < MIN_KHAT_SAMPLES:
+        raise ValueError(
+            f"PSIS k-hat needs at least {MIN_KHAT_SAMPLES} draws per point to fit its Pareto "
+            f"tail, got {num_samples}"
+        )
+    if np.isnan(log_weights).any() or np.isposinf(log_weights).any():
+        raise ValueError("log_weights hold NaN or +inf; k-hat is undefined for them")
+    khat = np.full(log_weights.shape[1], -np.inf)
+    varying = log_weights.max(axis=0) - log_weights.min(axis=0) > equal_spread
+    if varying.any():
+        _, fitted = az.psislw(np.ascontiguousarray(log_weights[:, varying].T))
+        khat[varying] = np.asarray(fitted, dtype=np.float64)
+    return khat[0:1] if one_point else khat
+
+
+def khat_counts(khat: np.ndarray) -> dict[str, Any]:
+    """How many k-hats are good (k < 0.5), usable (0.5 <= k <= 0.7), unreliable (k > 0.7).
+
+    References:
+        Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?, section 3.
+    """
+    khat = np.asarray(khat, dtype=np.float64)
+    n = max(len(khat), 1)
+    good = int((khat < KHAT_GOOD).sum())
+    unreliable = int(((khat > KHAT_UNRELIABLE) | np.isnan(khat)).sum())
+    usable = len(khat) - good - unreliable
+    return {
+        "khat_max": float(np.nanmax(khat)) if len(khat) else None,
+        "khat_count_below_0_5": good,
+        "khat_count_0_5_to_0_7": usable,
+        "khat_count_above_0_7": unreliable,
+        "khat_fraction_below_0_5": good / n,
+        "khat_fraction_0_5_to_0_7": usable / n,
+        "khat_fraction_above_0_7": unreliable / n,
+    }
+
+
+def active_units(posterior_means: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD):
+    """Which latent dimensions are active: A_d = Var_x E_q[z_d | x] > threshold.
+
+    ``posterior_means`` has shape (B, D): E_q[z_d | x_b] for B >= 2 points. Returns the
+    boolean mask (D,) and the variances A_d (unbiased, over the B points).
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, section 5.2.
+    """
+    posterior_means = np.asarray(posterior_means, dtype=np.float64)
+    if posterior_means.ndim != 2 or posterior_means.shape[0] < 2:
+        raise ValueError(
+            f"active units need E_q[z|x] for at least 2 points, shape (B, D); "
+            f"got {posterior_means.shape}"
+        )
+    variance = posterior_means.var(axis=0, ddof=1)
+    return variance > threshold, variance
+
+
+# ---------------------------------------------------------------------------------------------
+# The latent sites of a pair, and per-point arrays from traces
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """One latent sample site as the diagnostics see it: ``size`` numbers per data point."""
+
+    name: str
+    size: int
+    value_shape: tuple[int, ...]  # the site's value in one unvectorized trace
+    event_shape: tuple[int, ...]
+    dim_name: str  # the netcdf / InferenceData dimension of its latent coordinates
+    distribution: str  # the model's distribution at the site, e.g. "Normal", "Bernoulli"
+    real: bool  # support is the whole real line (a Gaussian q* can cover it)
+    discrete: bool
+
+    def labels(self) -> list[str]:
+        return [f"{self.name}[{i}]" for i in range(self.size)]
+
+
+def _base_distribution(fn: Any) -> Any:
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn
+
+
+def _base_support(support: Any) -> Any:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def latent_sites(pair: Any, x: torch.Tensor, info: PairInfo) -> list[LatentSite]:
+    """The model's latent sites (in model order) with their per-point sizes and supports."""
+    with torch.no_grad():
+        guide_trace = poutine.trace(pair.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(x)
+    names = info.latent_sites
+    sites = []
+    for name in names:
+        site = model_trace.nodes[name]
+        value = site["value"]
+        fn = site["fn"]
+        support = _base_support(fn.support)
+        sites.append(
+            LatentSite(
+                name=name,
+                size=value.numel() // x.shape[0],
+                value_shape=tuple(value.shape),
+                event_shape=tuple(fn.event_shape),
+                dim_name="latent_dim" if len(names) == 1 else f"{name}_dim",
+                distribution=type(_base_distribution(fn)).__name__,
+                real=support is constraints.real,
+                discrete=bool(fn.support.is_discrete),
+            )
+        )
+    return sites
+
+
+def _per_point(tensor: torch.Tensor, site: dict, event_dims: int, num_draws: int,
+               num_points: int, rank: int) -> torch.Tensor:  # fmt: skip
+    """Reshape a site-shaped tensor (draws and plates as batch dims) to (draws, points, -1).
+
+    ``rank`` counts the particle plate and every plate; the particle axis is the leftmost.
+    """
+    batch_dims = tensor.dim() - event_dims
+    tensor = tensor.reshape((1,) * (rank - batch_dims) + tuple(tensor.shape))
+    data_axis = rank + data_plate_dim(site, num_points)[1]
+    tensor = tensor.movedim(data_axis, 1)
+    tensor = tensor.expand(num_draws, num_points, *tensor.shape[2:])
+    return tensor.reshape(num_draws, num_points, -1)
+
+
+def _particle_traces(pair: Any, x: torch.Tensor, num_samples: int, info: PairInfo,
+                     progress: bool, desc: str) -> Iterator[tuple[Any, Any, int]]:  # fmt: skip
+    """Guide traces z ~ q(z|x) and the model replayed on them, ``k`` draws at a time."""
+    rank = info.max_plate_nesting + 1
+    chunk = chunk_size_for(x.shape[0], x[0].numel()) if info.vectorizable else 1
+    bar = tqdm(total=num_samples, desc=desc, disable=not progress, unit="draw", leave=False)
+    done = 0
+    while done < num_samples:
+        k = min(chunk, num_samples - done)
+        guide, model = pair.guide, pair.model
+        if info.vectorizable:
+            plate = pyro.plate(_PARTICLE_PLATE, k, dim=-rank)
+            guide, model = plate(guide), plate(model)
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        yield guide_trace, model_trace, k
+        done += k
+        bar.update(k)
+    bar.close()
+
+
+def _per_dimension(fn: Any) -> Any:
+    """The distribution of each latent coordinate alone (marginals), or None if unknown."""
+    fn = _base_distribution(fn)
+    if isinstance(fn, torch.distributions.MultivariateNormal):
+        return dist.Normal(fn.loc, fn.variance.sqrt())
+    if len(fn.event_shape) == 0:
+        return fn
+    return None
+
+
+def _moments(fn: Any, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[z | parents] and Var[z | parents] of a site, or (value, 0) without closed forms."""
+    try:
+        return fn.mean.expand(value.shape), fn.variance.expand(value.shape)
+    except NotImplementedError:
+        return value, torch.zeros_like(value)
+
+
+@dataclass
+class GuideDraws:
+    """Draws z ~ q(z|x) per site, (S, B, D) each, and the guide's moments and KL per dim."""
+
+    draws: dict[str, np.ndarray]
+    mean: dict[str, np.ndarray]  # E_q[z|x], (B, D)
+    sd: dict[str, np.ndarray]  # sd_q[z|x], (B, D)
+    kl: dict[str, np.ndarray | None]  # E_q KL(q(z_d|.) || p(z_d|.)), (B, D)
+    kl_method: dict[str, str | None]
+    conditional: dict[str, bool]  # whether q's distribution at the site moves with other z
+
+
+def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
+                num_samples: int, *, progress: bool = False) -> GuideDraws:  # fmt: skip
+    """Draw ``num_samples`` z ~ q(z|x) for every point and site; estimate moments and KLs.
+
+    Moments are Rao-Blackwellized over the guide's own conditionals (law of total variance):
+    E_q[z] = E_q[E_q[z|pa]], Var_q[z] = E_q[Var_q[z|pa]] + Var_q[E_q[z|pa]], exact for a site
+    whose guide distribution depends on x only. The KL per dimension is
+    E_{z~q}[KL(q(z_d | guide parents, x) || p(z_d | model parents))], both conditionals taken
+    at the same joint draw: the closed form where torch has one (Normal-Normal,
+    Bernoulli-Bernoulli, ...), else the Monte-Carlo log ratio of the draw. For one latent site
+    with a fixed prior it is KL(q(z_d|x) || p(z_d)); for the marginal of a full-covariance q
+    it is the KL of that marginal.
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, section 5.2.
+    """
+    num_points = x.shape[0]
+    rank = info.max_plate_nesting + 1
+    draws = {s.name: [] for s in latents}
+    sums = {s.name: {"mean": 0.0, "variance": 0.0, "mean_sq": 0.0, "kl": 0.0} for s in latents}
+    kl_method: dict[str, str | None] = {}
+    conditional = {s.name: False for s in latents}
+    with torch.no_grad():
+        for guide_trace, model_trace, k in _particle_traces(
+            pair, x, num_samples, info, progress, "q(z|x) draws"
+        ):
+            for latent in latents:
+                guide_site = guide_trace.nodes[latent.name]
+                model_site = model_trace.nodes[latent.name]
+                event_dims = len(guide_site["fn"].event_shape)
+
+                def flat(t, site=guide_site, event_dims=event_dims, k=k):
+                    return _per_point(t, site, event_dims, k, num_points, rank)
+
+                value = guide_site["value"]
+                mean, variance = _moments(guide_site["fn"], value)
+                draws[latent.name].append(flat(value).float().cpu().numpy())
+                # a site whose q depends on x only has one mean for all draws, bit for bit
+                conditional[latent.name] |= bool((flat(mean) != flat(mean)[:1]).any())
+                total = sums[latent.name]
+                total["mean"] = total["mean"] + flat(mean).sum(0)
+                total["variance"] = total["variance"] + flat(variance).sum(0)
+                total["mean_sq"] = total["mean_sq"] + flat(mean).pow(2).sum(0)
+                q_dims = _per_dimension(guide_site["fn"])
+                p_dims = _per_dimension(model_site["fn"])
+                if q_dims is None or p_dims is None:
+                    kl_method[latent.name] = None
+                    continue
+                try:
+                    kl = torch.distributions.kl_divergence(q_dims, p_dims)
+                    kl_method.setdefault(latent.name, "analytic")
+                except NotImplementedError:
+                    kl = q_dims.log_prob(value) - p_dims.log_prob(value)
+                    kl_method.setdefault(latent.name, "monte carlo")
+                kl = kl.expand(value.shape)
+                total["kl"] = total["kl"] + flat(kl).sum(0)
+    mean, sd, kl = {}, {}, {}
+    for latent in latents:
+        total = sums[latent.name]
+        m = total["mean"] / num_samples
+        v = total["variance"] / num_samples + (total["mean_sq"] / num_samples - m**2).clamp(min=0)
+        mean[latent.name] = m.double().cpu().numpy()
+        sd[latent.name] = v.sqrt().double().cpu().numpy()
+        kl[latent.name] = (
+            None
+            if kl_method.get(latent.name) is None
+            else (total["kl"] / num_samples).double().cpu().numpy()
+        )
+    return GuideDraws(
+        draws={name: np.concatenate(chunks, axis=0) for name, chunks in draws.items()},
+        mean=mean,
+        sd=sd,
+        kl=kl,
+        kl_method=kl_method,
+        conditional=conditional,
+    )
+
+
+@contextlib.contextmanager
+def frozen_parameters(pair: Any) -> Iterator[None]:
+    """Hold every parameter of the pair (module and param store) fixed: requires_grad False,
+    restored on exit, so q* and NUTS move z only and never the decoder.
+
+    Modules go to eval mode meanwhile (restored too): ``pyro.module`` warns about a frozen
+    parameter of a module in training mode.
+    """
+    tensors = [value for _, value in pyro.get_param_store().named_parameters()]
+    modules = list(pair.modules()) if isinstance(pair, torch.nn.Module) else []
+    if isinstance(pair, torch.nn.Module):
+        tensors += list(pair.parameters())
+    unique = list({id(t): t for t in tensors}.values())
+    flags = [t.requires_grad for t in unique]
+    training = [module.training for module in modules]
+    try:
+        for t in unique:
+            t.requires_grad_(False)
+        for module in modules:
+            module.train(False)
+        yield
+    finally:
+        for t, flag in zip(unique, flags, strict=True):
+            t.requires_grad_(flag)
+        for module, mode in zip(modules, training, strict=True):
+            module.train(mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Amortization and approximation gaps (Cremer et al. 2018)
+
+
+class FactorizedGaussian:
+    """Per-datapoint fully factorized Gaussian guide q*(z|x_b) = prod_s,d N(z_sd; m_bsd, s_bsd^2).
+
+    One free (m, log s) per point, site and coordinate, not a function of x: fitted to each
+    point alone, it is the best the Gaussian family can do without amortization.
+
+    References:
+        Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
+    """
+
+    def __init__(self, latents: Sequence[LatentSite], loc: dict[str, torch.Tensor],
+                 scale: dict[str, torch.Tensor], plate_name: str) -> None:  # fmt: skip
+        self.latents = list(latents)
+        self.plate_name = plate_name
+        self.loc = {n: v.detach().clone().requires_grad_() for n, v in loc.items()}
+        self.log_scale = {n: v.detach().log().clone().requires_grad_() for n, v in scale.items()}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.loc.values(), *self.log_scale.values()]
+
+    def __call__(self, x: torch.Tensor) -> None:
+        num_points = x.shape[0]
+        with pyro.plate(self.plate_name, num_points, dim=-1):
+            for latent in self.latents:
+                shape = (num_points, *latent.event_shape)
+                loc = self.loc[latent.name].reshape(shape)
+                scale = self.log_scale[latent.name].exp().reshape(shape)
+                pyro.sample(latent.name, dist.Normal(loc, scale).to_event(len(latent.event_shape)))
+
+
+def gaps_unavailable(latents: Sequence[LatentSite], num_points: int) -> str | None:
+    """Why the Gaussian q* cannot be fitted to these latents, or None if it can."""
+    for latent in latents:
+        if not latent.real:
+            return (
+                f"site {latent.name!r} is {latent.distribution} (not real-valued): the "
+                "per-datapoint Gaussian q* of Cremer et al. needs real-valued latent sites"
+            )
+        if latent.value_shape != (num_points, *latent.event_shape):
+            return (
+                f"site {latent.name!r} has value shape {latent.value_shape}: the per-datapoint "
+                "q* handles sites whose only batch dim is the data plate"
+            )
+    return None
+
+
+def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
+                   loc: dict[str, np.ndarray], scale: dict[str, np.ndarray], *,
+                   num_samples: int, steps: int = 200, lr: float = 1e-2, particles: int = 8,
+                   progress: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Fit q* to each point by Adam on its ELBO; return its ELBO and IS log p(x) per point.
+
+    q* starts at ``loc``, ``scale`` (the guide's mean and sd per coordinate: for a Gaussian
+    guide site that depends on x only, its own loc and scale) and maximizes
+
+        L[q*] = E_{q*}[log p(x, z) - log q*(z|x)]
+
+    with ``particles`` reparameterized draws per step and the model's parameters frozen.
+    Returns per-point tensors ``elbo`` (L[q*] from ``num_samples`` fresh draws), ``log_px``
+    (log-mean-exp of the same weights: importance sampling with q* as the proposal) and
+    ``elbo_stderr``.
+
+    References:
+        Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
+    """
+    device = x.device
+    q_star = FactorizedGaussian(
+        latents,
+        {n: torch.as_tensor(v, dtype=x.dtype, device=device) for n, v in loc.items()},
+        {
+            n: torch.as_tensor(v, dtype=x.dtype, device=device).clamp(min=1e-6)
+            for n, v in scale.items()
+        },  # fmt: skip
+        info.data_plate,
+    )
+    elbo = pyro.infer.Trace_ELBO(
+        num_particles=particles,
+        vectorize_particles=info.vectorizable,
+        max_plate_nesting=info.max_plate_nesting,
+    )
+    optimizer = torch.optim.Adam(q_star.parameters(), lr=lr)
+    with frozen_parameters(pair):
+        for step in tqdm(range(steps), desc="q* per point", disable=not progress, leave=False):
+            optimizer.zero_grad()
+            loss = elbo.differentiable_loss(pair.model, q_star, x)
+            if not torch.isfinite(loss):
+                raise DiagnoseError(
+                    f"the per-datapoint q* diverged at step {step + 1} (ELBO {-loss.item()}); "
+                    f"try a smaller --gap-lr (now {lr}) or fewer --gap-steps"
+                )
+            loss.backward()
+            optimizer.step()
+        log_weights = log_importance_weights(
+            pair.model,
+            q_star,
+            x,
+            num_samples,
+            max_plate_nesting=info.max_plate_nesting,
+            chunk_size=chunk_size_for(x.shape[0], x[0].numel()),
+            vectorize=info.vectorizable,
+        )
+    return {
+        "elbo": log_weights.mean(0),
+        "log_px": log_mean_exp(log_weights, dim=0),
+        "elbo_stderr": log_weights.std(0) / math.sqrt(num_samples),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# NUTS reference posterior
+
+
+def check_continuous(latents: Sequence[LatentSite]) -> None:
+    """Raise :class:`DiagnoseError` naming the first discrete latent site (NUTS needs
+    gradients of log p(x, z) in z)."""
+    for latent in latents:
+        if latent.discrete:
+            raise DiagnoseError(
+                f"--nuts needs continuous latent sites; site {latent.name!r} is "
+                f"{latent.distribution}. Drop --nuts for this pair."
+            )
+
+
+def nuts_posterior(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo, *,
+                   num_chains: int = 4, warmup: int = 200, num_samples: int = 200,
+                   seed: int = 0, progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Draw from p(z | x) with the decoder fixed by NUTS, ``num_chains`` chains one by one.
+
+    The posterior factorizes over data points, p(z_1..z_B | x_1..x_B) = prod_b p(z_b | x_b),
+    so one run over the whole batch is a valid, cheaper reference for every point. Each chain
+    is its own single-chain ``MCMC`` (Pyro's ``num_chains > 1`` spawns processes), seeded
+    ``seed + chain`` and started from its own draw of q(z|x). Returns ``draws`` per site
+    (chains, draws, B, D), ``diverging`` (chains, draws), ``acceptance_rate`` per chain.
+
+    References:
+        Hoffman & Gelman (2014), The No-U-Turn Sampler.
+    """
+    check_continuous(latents)
+    num_points = x.shape[0]
+    draws: dict[str, list[np.ndarray]] = {latent.name: [] for latent in latents}
+    diverging, acceptance = [], []
+    with frozen_parameters(pair):
+        for chain in range(num_chains):
+            pyro.set_rng_seed(seed + chain)
+            with torch.no_grad():
+                start_trace = poutine.trace(pair.guide).get_trace(x)
+                model_trace = poutine.trace(
+                    poutine.replay(pair.model, trace=start_trace)
+                ).get_trace(x)
+            initial = {
+                latent.name: biject_to(model_trace.nodes[latent.name]["fn"].support)
+                .inv(start_trace.nodes[latent.name]["value"])
+                .detach()
+                for latent in latents
+            }
+            kernel = pyro.infer.NUTS(
+                pair.model,
+                jit_compile=True,
+                ignore_jit_warnings=True,
+                max_plate_nesting=info.max_plate_nesting,
+            )
+            mcmc = pyro.infer.MCMC(
+                kernel,
+                num_samples=num_samples,
+                warmup_steps=warmup,
+                initial_params=initial,
+                disable_progbar=not progress,
+            )
+            with warnings.catch_warnings():
+                # Pyro's jit_compile calls torch.jit.trace, which torch >= 2.9 deprecates;
+                # nothing a user of diagnose can act on.
+                warnings.filterwarnings(
+                    "ignore",
+                    message=r".*torch\.jit\.trace.*deprecated",
+                    category=DeprecationWarning,
+                )
+                mcmc.run(x)
+            samples = mcmc.get_samples()
+            for latent in latents:
+                site = model_trace.nodes[latent.name]
+                draws[latent.name].append(
+                    _per_point(
+                        samples[latent.name],
+                        site,
+                        len(site["fn"].event_shape),
+                        num_samples,
+                        num_points,
+                        info.max_plate_nesting + 1,
+                    )
+                    .double()
+                    .cpu()
+                    .numpy()
+                )
+            stats = mcmc.diagnostics()
+            flags = np.zeros(num_samples, dtype=bool)
+            flags[[i for i in stats["divergences"]["chain 0"] if 0 <= i < num_samples]] = True
+            diverging.append(flags)
+            acceptance.append(float(stats["acceptance rate"]["chain 0"]))
+    return {
+        "draws": {name: np.stack(chains) for name, chains in draws.items()},
+        "diverging": np.stack(diverging),
+        "acceptance_rate": acceptance,
+    }
+
+
+def inference_data(draws: dict[str, np.ndarray], latents: Sequence[LatentSite],
+                   indices: Sequence[int], sample_stats: dict | None = None):  # fmt: skip
+    """ArviZ InferenceData of per-point latent draws (chains, draws, B, D) per site, with
+    dims ``chain, draw, obs_id, <latent dim>`` and ``obs_id`` = the indices into the split."""
+    import arviz as az
+
+    coords: dict[str, Any] = {"obs_id": np.asarray(list(indices), dtype=np.int64)}
+    dims = {}
+    for latent in latents:
+        coords[latent.dim_name] = np.arange(latent.size)
+        dims[latent.name] = ["obs_id", latent.dim_name]
+    return az.from_dict(posterior=draws, sample_stats=sample_stats, coords=coords, dims=dims)
+
+
+def _dataset_extreme(dataset: Any, reduce: Any) -> float:
+    values = [np.asarray(dataset[name].values, dtype=np.float64) for name in dataset.data_vars]
+    values = np.concatenate([v.ravel() for v in values])
+    values = values[~np.isnan(values)]
+    return float(reduce(values)) if values.size else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything together, for a pair and a batch
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose_pair` found: a JSON-ready summary and the draws as InferenceData."""
+
+    summary: dict[str, Any]
+    guide: Any  # arviz.InferenceData of q(z|x) draws
+    nuts: Any = None  # arviz.InferenceData of NUTS draws, or None
+
+
+def _check_settings(num_samples, nuts_chains, nuts_warmup, nuts_samples, gap_steps, gap_lr,
+                    gap_particles) -> None:  # fmt: skip
+    checks = [
+        (num_samples >= MIN_KHAT_SAMPLES, "--num-samples", num_samples,
+         f"at least {MIN_KHAT_SAMPLES} (PSIS k-hat fits a Pareto tail to the largest "
+         "ceil(min(S/5, 3 sqrt S)) weights and needs 5 of them)"),
+        (nuts_chains >= 2, "--nuts-chains", nuts_chains, "at least 2 (R-hat compares chains)"),
+        (nuts_warmup >= 0, "--nuts-warmup", nuts_warmup, "at least 0"),
+        (nuts_samples >= MIN_NUTS_SAMPLES, "--nuts-samples", nuts_samples,
+         f"at least {MIN_NUTS_SAMPLES}"),
+        (gap_steps >= 0, "--gap-steps", gap_steps, "at least 0"),
+        (math.isfinite(gap_lr) and gap_lr > 0, "--gap-lr", gap_lr, "a positive number"),
+        (gap_particles >= 1, "--gap-particles", gap_particles, "at least 1"),
+    ]  # fmt: skip
+    for ok, flag, value, wanted in checks:
+        if not ok:
+            raise DiagnoseError(f"{flag} {value!r}: must be {wanted}")
+
+
+def _concat(per_site: dict[str, np.ndarray], latents: Sequence[LatentSite]) -> np.ndarray:
+    return np.concatenate([per_site[latent.name] for latent in latents], axis=-1)
+
+
+def diagnose_pair(
+    pair: Any,
+    x: torch.Tensor,
+    *,
+    info: PairInfo | None = None,
+    indices: Sequence[int] | None = None,
+    num_samples: int = 1000,
+    nuts: bool = False,
+    nuts_chains: int = 4,
+    nuts_warmup: int = 200,
+    nuts_samples: int = 200,
+    gap_steps: int = 200,
+    gap_lr: float = 1e-2,
+    gap_particles: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+) -> Diagnosis:
+    """Diagnose the amortized posterior q(z|x) of ``pair`` at each point of the batch ``x``.
+
+    Per point: PSIS k-hat of the S log weights log w_s = log p(x, z_s) - log q(z_s|x),
+    z_s ~ q(z|x); log p(x) ~= log (1/S) sum_s w_s and the ELBO (1/S) sum_s log w_s; the
+    amortization gap L[q*] - L[q] and the approximation gap log p(x) - L[q*] with q* fitted
+    to each point alone (:func:`inference_gaps`), where log p(x) is the larger of the two
+    importance-sampling estimates with q and with q* as the proposal (each is a stochastic
+    lower bound, so the larger is the tighter); with ``nuts``, a NUTS reference posterior and
+    q compared with it. Over the points: active units and the KL to the prior per dimension.
+    The larger of two noisy estimates can overshoot log p(x) by about the noise of the larger
+    one; with S draws that noise is small unless the proposal is much narrower than p(z|x)
+    (which the k-hat of that point then shows).
+    ``info`` is :func:`~pyro_vae.pairs.check_pair`'s report (computed here if None; that
+    needs two points or more); ``indices`` label the points (default 0..B-1).
+
+    References:
+        Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?
+        Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+    """
+    _check_settings(num_samples, nuts_chains, nuts_warmup, nuts_samples, gap_steps, gap_lr,
+                    gap_particles)  # fmt: skip
+    if info is None:
+        info = check_pair(pair, x)
+    num_points = x.shape[0]
+    indices = list(range(num_points)) if indices is None else [int(i) for i in indices]
+    if len(indices) != num_points:
+        raise ValueError(f"{len(indices)} indices for {num_points} points")
+    latents = latent_sites(pair, x, info)
+    if nuts:
+        check_continuous(latents)  # before the long parts, not after them
+    notes: list[str] = []
+    seconds: dict[str, float] = {}
+
+    # PSIS k-hat, log p(x), ELBO: one set of S weights from q
+    started = time.perf_counter()
+    pyro.set_rng_seed(seed)
+    log_weights = log_importance_weights(
+        pair.model,
+        pair.guide,
+        x,
+        num_samples,
+        max_plate_nesting=info.max_plate_nesting,
+        chunk_size=chunk_size_for(num_points, x[0].numel()),
+        vectorize=info.vectorizable,
+    )
+    khat = psis_khat(log_weights)
+    log_px = log_mean_exp(log_weights, dim=0)
+    elbo = log_weights.mean(0)
+    elbo_stderr = log_weights.std(0) / math.sqrt(num_samples)
+    normalized = log_weights - torch.logsumexp(log_weights, dim=0, keepdim=True)
+    ess = torch.exp(-torch.logsumexp(2 * normalized, dim=0))
+    if np.isneginf(khat).any():
+        notes.append(
+            f"k-hat is -inf (null in JSON) where all S log weights are equal (to within "
+            f"{EQUAL_WEIGHTS_SPREAD} nats): q(z|x) is proportional to p(z|x) there, the weights "
+            "have no tail, importance sampling is exact"
+        )
+    if np.isposinf(khat).any():
+        notes.append("k-hat is inf (null in JSON) where tied weights left no Pareto tail to fit")
+
+    # draws from q: moments, KL per dimension, InferenceData
+    pyro.set_rng_seed(seed + 1)
+    q = guide_draws(pair, x, latents, info, num_samples, progress=progress)
+    seconds["importance_sampling"] = time.perf_counter() - started
+    q_mean, q_sd = _concat(q.mean, latents), _concat(q.sd, latents)
+    labels = [label for latent in latents for label in latent.labels()]
+
+    summary: dict[str, Any] = {
+        "indices": indices,
+        "num_points": num_points,
+        "num_samples": num_samples,
+        "latent_sites": [latent.name for latent in latents],
+        "latent_dims": labels,
+        "khat": khat,
+        **khat_counts(khat),
+        "log_px": log_px.mean(),
+        "elbo": elbo.mean(),
+        "gap": (log_px - elbo).mean(),
+        "log_px_per_point": log_px,
+        "elbo_per_point": elbo,
+        "elbo_stderr_per_point": elbo_stderr,
+        "gap_per_point": log_px - elbo,
+        "ess_per_point": ess,
+    }
+
+    # amortization and approximation gaps
+    started = time.perf_counter()
+    reason = gaps_unavailable(latents, num_points)
+    if reason is None:
+        pyro.set_rng_seed(seed + 2)
+        fitted = inference_gaps(pair, x, latents, info, q.mean, q.sd, num_samples=num_samples,
+                                steps=gap_steps, lr=gap_lr, particles=gap_particles,
+                                progress=progress)  # fmt: skip
+        log_px_best = torch.maximum(log_px, fitted["log_px"])
+        amortization = fitted["elbo"] - elbo
+        approximation = log_px_best - fitted["elbo"]
+        summary.update({
+            "amortization_gap": amortization.mean(),
+            "approximation_gap": approximation.mean(),
+            "elbo_q_star": fitted["elbo"].mean(),
+            "amortization_gap_per_point": amortization,
+            "approximation_gap_per_point": approximation,
+            "elbo_q_star_per_point": fitted["elbo"],
+            "elbo_q_star_stderr_per_point": fitted["elbo_stderr"],
+            "log_px_q_star_per_point": fitted["log_px"],
+            "log_px_best_per_point": log_px_best,
+            "gap_reason": None,
+        })  # fmt: skip
+        gaussian = all(
+            isinstance(_base_distribution(guide_fn), dist.Normal)
+            for guide_fn in _guide_fns(pair, x, latents)
+        )
+        if not gaussian or any(q.conditional.values()):
+            notes.append(
+                "the guide is not a fully factorized Gaussian given x (as q* is): the "
+                "amortization gap then also holds the difference of the two families and can "
+                "be negative"
+            )
+    else:
+        summary.update({
+            "amortization_gap": None,
+            "approximation_gap": None,
+            "elbo_q_star": None,
+            "amortization_gap_per_point": None,
+            "approximation_gap_per_point": None,
+            "gap_reason": reason,
+        })  # fmt: skip
+    summary["gap_settings"] = {"steps": gap_steps, "lr": gap_lr, "particles": gap_particles}
+    seconds["gaps"] = time.perf_counter() - started
+
+    # active units and KL per dimension
+    if num_points >= 2:
+        active, variance = active_units(q_mean)
+        summary["active_units"] = int(active.sum())
+        summary["active_units_per_site"] = {
+            latent.name: int(part.sum())
+            for latent, part in zip(latents, np.split(active, _splits(latents)), strict=True)
+        }
+        summary["active_dims"] = [label for label, on in zip(labels, active, strict=True) if on]
+        summary["posterior_mean_variance"] = variance
+    else:
+        summary.update({"active_units": None, "active_units_per_site": None,
+                        "active_dims": None, "posterior_mean_variance": None})  # fmt: skip
+        notes.append("active units need at least 2 points (a variance over points)")
+    kl_parts, kl_ok = [], True
+    for latent in latents:
+        if q.kl[latent.name] is None:
+            kl_ok = False
+            notes.append(
+                f"KL per dimension: site {latent.name!r} has no per-dimension distribution"
+            )
+            break
+        kl_parts.append(q.kl[latent.name].mean(axis=0))
+    if kl_ok:
+        kl_per_dim = np.concatenate(kl_parts)
+        summary["kl_per_dim"] = kl_per_dim
+        summary["kl_total"] = float(kl_per_dim.sum())
+        summary["kl_method"] = dict(q.kl_method)
+        summary["collapsed_dims"] = [
+            label for label, value in zip(labels, kl_per_dim, strict=True) if value < COLLAPSED_KL
+        ]
+    else:
+        summary.update({"kl_per_dim": None, "kl_total": None, "kl_method": None,
+                        "collapsed_dims": None})  # fmt: skip
+    summary["posterior_mean"] = q_mean
+    summary["posterior_sd"] = q_sd
+
+    guide_idata = inference_data(
+        {name: value[None] for name, value in q.draws.items()}, latents, indices
+    )
+
+    # NUTS reference
+    nuts_idata = None
+    summary["nuts"] = None
+    if nuts:
+        import arviz as az
+
+        started = time.perf_counter()
+        reference = nuts_posterior(pair, x, latents, info, num_chains=nuts_chains,
+                                   warmup=nuts_warmup, num_samples=nuts_samples,
+                                   seed=seed + 100, progress=progress)  # fmt: skip
+        nuts_idata = inference_data(
+            reference["draws"], latents, indices, {"diverging": reference["diverging"]}
+        )
+        nuts_mean = _concat({n: d.mean(axis=(0, 1)) for n, d in reference["draws"].items()},
+                            latents)  # fmt: skip
+        nuts_sd = _concat(
+            {n: d.reshape(-1, *d.shape[2:]).std(axis=0, ddof=1)
+             for n, d in reference["draws"].items()},
+            latents,
+        )  # fmt: skip
+        with np.errstate(divide="ignore", invalid="ignore"):
+            std_mean_diff = (q_mean - nuts_mean) / nuts_sd
+            scale_ratio = q_sd / nuts_sd
+        summary["nuts"] = {
+            "num_chains": nuts_chains,
+            "num_warmup": nuts_warmup,
+            "num_samples": nuts_samples,
+            "rhat_max": _dataset_extreme(az.rhat(nuts_idata), np.nanmax),
+            "ess_bulk_min": _dataset_extreme(az.ess(nuts_idata, method="bulk"), np.nanmin),
+            "ess_tail_min": _dataset_extreme(az.ess(nuts_idata, method="tail"), np.nanmin),
+            "divergences": int(reference["diverging"].sum()),
+            "acceptance_rate": reference["acceptance_rate"],
+            "mean": nuts_mean,
+            "sd": nuts_sd,
+            "std_mean_diff": std_mean_diff,
+            "scale_ratio": scale_ratio,
+            "std_mean_diff_abs_max": float(np.nanmax(np.abs(std_mean_diff))),
+            "std_mean_diff_abs_mean_per_dim": np.nanmean(np.abs(std_mean_diff), axis=0),
+            "scale_ratio_median": float(np.nanmedian(scale_ratio)),
+            "scale_ratio_median_per_dim": np.nanmedian(scale_ratio, axis=0),
+        }
+        seconds["nuts"] = time.perf_counter() - started
+    summary["notes"] = notes
+    summary["seconds"] = seconds
+    return Diagnosis(summary=summary, guide=guide_idata, nuts=nuts_idata)
+
+
+def _splits(latents: Sequence[LatentSite]) -> list[int]:
+    return list(np.cumsum([latent.size for latent in latents])[:-1])
+
+
+def _guide_fns(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite]) -> list[Any]:
+    with torch.no_grad():
+        trace = poutine.trace(pair.guide).get_trace(x)
+    return [trace.nodes[latent.name]["fn"] for latent in latents]
+
+
+# ---------------------------------------------------------------------------------------------
+# A run directory: select points, diagnose, write files
+
+
+def jsonable(value: Any) -> Any:
+    """Tensors and arrays to lists, non-finite floats to None: strict JSON."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def select_indices(num_available: int, split: str, points: int | None,
+                   indices: Sequence[int] | None) -> list[int]:  # fmt: skip
+    """The indices into the split that ``--points`` or ``--indices`` select, checked."""
+    if points is not None and indices is not None:
+        raise DiagnoseError("give --points or --indices, not both")
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise DiagnoseError("--indices is empty; give comma-separated indices like 0,5,9")
+        bad = [i for i in indices if not 0 <= i < num_available]
+        if bad:
+            raise DiagnoseError(
+                f"--indices {','.join(map(str, bad))} out of range: the {split} split has "
+                f"{num_available} points (indices 0 to {num_available - 1})"
+            )
+        if len(set(indices)) != len(indices):
+            raise DiagnoseError(f"--indices repeats an index: {indices}")
+        return indices
+    if points is None:
+        return list(range(min(DEFAULT_POINTS, num_available)))
+    if not 1 <= points <= num_available:
+        raise DiagnoseError(
+            f"--points {points}: must be between 1 and {num_available}, the size of the "
+            f"{split} split"
+        )
+    return list(range(points))
+
+
+def diagnose(
+    run_dir: str | os.PathLike,
+    *,
+    points: int | None = None,
+    indices: Sequence[int] | None = None,
+    num_samples: int = 1000,
+    nuts: bool = False,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+    checkpoint: str = BEST,
+    device: str | None = None,
+    data_dir: str | None = None,
+    pair: Any = None,
+    nuts_chains: int = 4,
+    nuts_warmup: int = 200,
+    nuts_samples: int = 200,
+    gap_steps: int = 200,
+    gap_lr: float = 1e-2,
+    gap_particles: int = 8,
+    progress: bool | None = None,
+    save: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Diagnose a trained run's amortized posterior at selected points of a split.
+
+    ``indices`` selects points of the split; else the first ``points`` (default 20, or the
+    whole split if smaller); not both. See :func:`diagnose_pair` for what is measured:
+    PSIS k-hat per point, log p(x) ~= log (1/S) sum_s p(x, z_s)/q(z_s|x), the ELBO, the
+    amortization and approximation gaps, active units, KL per dimension, and with ``nuts``
+    a NUTS reference posterior. With ``save``, writes into ``out`` (default
+    RUN_DIR/diagnose): ``diagnose.json``, ``guide.nc`` (and ``nuts.nc``) as ArviZ
+    InferenceData, and PNGs ``khat.png``, ``kl_per_dim.png``, ``forest.png``, ``pair.png``.
+    Returns the JSON-ready summary.
+
+    References:
+        Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?
+        Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+    """
+    run_dir = Path(run_dir)
+    _check_settings(num_samples, nuts_chains, nuts_warmup, nuts_samples, gap_steps, gap_lr,
+                    gap_particles)  # fmt: skip
+    config = read_config(run_dir)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    torch_device = (
+        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
+    )
+    if progress is None:
+        progress = sys.stderr.isatty()
+    pyro.set_rng_seed(config.seed)
+    pair, info, data, state = restore_pair(run_dir, config, torch_device, pair, checkpoint)
+    x_all = eval_split(data, split, config.binarize)
+    chosen = select_indices(x_all.shape[0], split, points, indices)
+    x = x_all[torch.as_tensor(chosen, device=x_all.device)]
+    diagnosis = diagnose_pair(
+        pair, x, info=info, indices=chosen, num_samples=num_samples, nuts=nuts,
+        nuts_chains=nuts_chains, nuts_warmup=nuts_warmup, nuts_samples=nuts_samples,
+        gap_steps=gap_steps, gap_lr=gap_lr, gap_particles=gap_particles, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+    summary = {
+        "run_dir": str(run_dir),
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": state["epoch"],
+        "dataset": config.dataset,
+        "pair": config.pair,
+        "device": str(torch_device),
+        "seed": seed,
+        **diagnosis.summary,
+    }
+    if save:
+        out = Path(out) if out is not None else run_dir / DIAGNOSE_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        summary["out"] = str(out)
+        summary["files"] = write_outputs(diagnosis, summary, out)
+        summary["seconds"]["outputs"] = time.perf_counter() - started
+        atomic_write_bytes(
+            out / "diagnose.json", (json.dumps(jsonable(summary), indent=2) + "\n").encode()
+        )
+    return jsonable(summary)
+
+
+def write_outputs(diagnosis: Diagnosis, summary: dict[str, Any], out: Path) -> list[str]:
+    """Write guide.nc, nuts.nc and the PNGs into ``out``; return the file names written
+    (``diagnose.json`` included, which the caller writes last)."""
+    from pyro_vae.plots import forest_figure, khat_figure, kl_per_dim_figure, pair_figure
+
+    written = ["diagnose.json"]
+    diagnosis.guide.to_netcdf(str(out / "guide.nc"))
+    written.append("guide.nc")
+    if diagnosis.nuts is not None:
+        diagnosis.nuts.to_netcdf(str(out / "nuts.nc"))
+        written.append("nuts.nc")
+    khat_figure(summary["khat"], summary["indices"], out / "khat.png")
+    written.append("khat.png")
+    if summary["kl_per_dim"] is not None:
+        kl_per_dim_figure(summary["kl_per_dim"], summary["latent_dims"], out / "kl_per_dim.png")
+        written.append("kl_per_dim.png")
+    datasets = {"q(z|x)": diagnosis.guide}
+    if diagnosis.nuts is not None:
+        datasets["NUTS"] = diagnosis.nuts
+    first = diagnosis.guide.posterior[summary["latent_sites"][0]]
+    dim_name = first.dims[-1]
+    khat = np.asarray(summary["khat"], dtype=np.float64)
+    worst = int(np.argmax(np.where(np.isfinite(khat), khat, -np.inf))) if len(khat) else 0
+    forest_figure(
+        datasets,
+        out / "forest.png",
+        var_name=first.name,
+        coords={
+            "obs_id": list(summary["indices"][:3]),
+            dim_name: list(range(min(3, first.sizes[dim_name]))),
+        },
+    )
+    written.append("forest.png")
+    if first.sizes[dim_name] >= 2:
+        pair_figure(
+            datasets,
+            out / "pair.png",
+            var_name=first.name,
+            coords={
+                "obs_id": [summary["indices"][worst]],
+                dim_name: list(range(min(4, first.sizes[dim_name]))),
+            },
+        )
+        written.append("pair.png")
+    return written
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+
+    def number(value: Any, spec: str = ".3f") -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    indices = summary["indices"]
+    shown = ",".join(map(str, indices[:10])) + ("..." if len(indices) > 10 else "")
+    lines = [
+        f"{summary.get('split', 'batch')}: {summary['num_points']} points ({shown}), "
+        f"S={summary['num_samples']} draws from q(z|x)",
+        f"  PSIS k-hat   max {number(summary['khat_max'], '.2f').replace('n/a', '-inf')}: "
+        f"{summary['khat_count_below_0_5']} good (< 0.5), "
+        f"{summary['khat_count_0_5_to_0_7']} usable (0.5-0.7), "
+        f"{summary['khat_count_above_0_7']} unreliable (> 0.7)",
+        f"  log p(x) ~ {number(summary['log_px'])}  ELBO {number(summary['elbo'])}  "
+        f"gap {number(summary['gap'])} nats",
+    ]
+    if summary["gap_reason"] is None:
+        lines.append(
+            f"  amortization gap {number(summary['amortization_gap'])}  approximation gap "
+            f"{number(summary['approximation_gap'])} nats  (q*: "
+            f"{summary['gap_settings']['steps']} Adam steps per point)"
+        )
+    else:
+        lines.append(f"  gaps: n/a ({summary['gap_reason']})")
+    total = len(summary["latent_dims"])
+    if summary["active_units"] is not None:
+        lines.append(
+            f"  active units {summary['active_units']} of {total} "
+            f"(Var_x E_q[z_d|x] > {ACTIVE_UNIT_THRESHOLD})"
+        )
+    if summary["kl_per_dim"] is not None:
+        collapsed = summary["collapsed_dims"]
+        listed = ", ".join(collapsed[:12]) + (" ..." if len(collapsed) > 12 else "")
+        lines.append(
+            f"  KL to the prior {number(summary['kl_total'])} nats, summed over {total} dims; "
+            f"collapsed (KL < {COLLAPSED_KL}): {listed or 'none'}"
+        )
+    nuts = summary.get("nuts")
+    if nuts:
+        lines.append(
+            f"  NUTS {nuts['num_chains']} chains x {nuts['num_samples']} draws: R-hat max "
+            f"{number(nuts['rhat_max'])}, ESS bulk min {number(nuts['ess_bulk_min'], '.0f')}, "
+            f"tail min {number(nuts['ess_tail_min'], '.0f')}, {nuts['divergences']} divergences"
+        )
+        lines.append(
+            f"  q vs NUTS: |standardized mean difference| max "
+            f"{number(nuts['std_mean_diff_abs_max'], '.2f')}, sd_q / sd_nuts median "
+            f"{number(nuts['scale_ratio_median'], '.2f')}"
+        )
+    for note in summary.get("notes", []):
+        lines.append(f"  note: {note}")
+    if summary.get("files"):
+        lines.append(f"  wrote {', '.join(summary['files'])} in {summary['out']}")
+    return "\n".join(lines)

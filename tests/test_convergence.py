@@ -1,0 +1,135 @@
+"""The convergence study of log p(x) estimators, and `evaluate --estimator`, on tiny runs."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyro_vae.config import ConfigError, TrainConfig
+from pyro_vae.convergence import CONVERGENCE_COLUMNS, convergence_study, format_table
+from pyro_vae.estimators import EstimatorError
+from pyro_vae.evaluate import evaluate
+from pyro_vae.train import train
+
+
+def pyro_vae(*args, cwd, check=True) -> subprocess.CompletedProcess:
+    """Run the console script (falling back to ``python -m pyro_vae``) in ``cwd``."""
+    script = shutil.which("pyro-vae")
+    command = [script] if script else [sys.executable, "-m", "pyro_vae"]
+    result = subprocess.run(
+        [*command, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+        env=dict(os.environ), timeout=600,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def tiny_run(out, **overrides):
+    values = dict(
+        dataset="digits", pair="mlp", pair_kwargs={"hidden": [32], "z_dim": 4}, epochs=2,
+        batch_size=50, train_limit=300, device="cpu", out=str(out),
+    )  # fmt: skip
+    values.update(overrides)
+    return train(TrainConfig(**values), progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One tiny digits run (MLP VAE, z_dim 4) shared by the tests here."""
+    return tiny_run(tmp_path_factory.mktemp("convergence") / "run")
+
+
+def by_cell(summary):
+    return {(row["estimator"], row["num_samples"]): row for row in summary["results"]}
+
+
+def test_cli_convergence_prints_one_json_object_and_writes_the_files(digits_run, tmp_path):
+    out = pyro_vae("convergence", digits_run, "--ks", "100,1,10", "--points", "5",
+                   "--repeats", "8", "--out", tmp_path / "study", "--json", "--no-progress",
+                   cwd=tmp_path)  # fmt: skip
+    summary = json.loads(out.stdout)  # fails unless stdout is exactly one JSON value
+    assert summary["ks"] == [1, 10, 100] and summary["estimators"] == ["is", "prior"]
+    assert summary["num_points"] == 5 and summary["repeats"] == 8
+    assert summary["reference_kind"] == "is"  # an MLP VAE has no closed-form log p(x)
+    cells = by_cell(summary)
+    assert set(cells) == {(e, k) for e in ("is", "prior") for k in (1, 10, 100)}
+    reference = summary["reference"]
+    assert reference == cells["is", 100]["estimate"]
+    # the noise of one IS estimate falls with K (measured 0.61, 0.35, 0.10 nats)
+    stderrs = [cells["is", k]["stderr"] for k in (1, 10, 100)]
+    assert stderrs[0] > stderrs[1] > stderrs[2] > 0, stderrs
+    for (_, k), row in cells.items():
+        assert row["difference"] == pytest.approx(row["estimate"] - reference)
+        assert 1 <= row["ess"] <= k and row["elbo"] <= row["estimate"] + 1e-6
+        assert -60 < row["estimate"] < -15  # about 64 pixels * log 2 = 44 nats, a little better
+        # each estimate is a stochastic lower bound: not above the reference beyond the noise
+        # of one estimate (the study's means average 40 of them)
+        assert row["estimate"] <= reference + row["stderr"] + cells["is", 100]["stderr"]
+    # K=1 IS and prior estimates sit below their K=100 values (Jensen), by more than noise
+    for estimator in ("is", "prior"):
+        assert cells[estimator, 1]["estimate"] < cells[estimator, 100]["estimate"]
+    files = {p.name for p in (tmp_path / "study").iterdir()}
+    assert files == {"convergence.json", "convergence.csv", "convergence.png"}
+    assert json.loads((tmp_path / "study" / "convergence.json").read_text()) == summary
+    lines = (tmp_path / "study" / "convergence.csv").read_text().splitlines()
+    assert lines[0] == ",".join(CONVERGENCE_COLUMNS) and len(lines) == 1 + 6
+    assert (tmp_path / "study" / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (digits_run / "convergence.json").exists(), "--out DIR, not the run directory"
+
+
+def test_evaluate_with_the_prior_keeps_the_importance_sampled_files(digits_run, tmp_path):
+    is_summary = evaluate(digits_run, num_samples=64, limit=30)
+    out = pyro_vae("evaluate", digits_run, "--estimator", "prior", "--num-samples", "64",
+                   "--limit", "30", "--json", cwd=tmp_path)  # fmt: skip
+    prior_summary = json.loads(out.stdout)
+    assert prior_summary["estimator"] == "prior" and is_summary["estimator"] == "is"
+    assert set(prior_summary) == set(is_summary)
+    saved_is = json.loads((digits_run / "evaluation_test.json").read_text())
+    saved_prior = json.loads((digits_run / "evaluation_test_prior.json").read_text())
+    assert saved_is == is_summary and saved_prior == prior_summary
+    per_point = np.load(digits_run / "evaluation_test_prior.npz")
+    assert per_point["log_px"].mean() == pytest.approx(prior_summary["log_px"], rel=1e-6)
+    # for the prior, "elbo" is E_p(z)[log p(x|z)], below its log-mean-exp
+    assert prior_summary["elbo"] < prior_summary["log_px"] < 0
+    assert prior_summary["gap"] == pytest.approx(
+        prior_summary["log_px"] - prior_summary["elbo"], abs=1e-4
+    )
+
+
+def test_bad_convergence_arguments_name_the_flag(digits_run, tmp_path):
+    result = pyro_vae("convergence", digits_run, "--estimators", "is,bogus", cwd=tmp_path,
+                      check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--estimators 'is,bogus': unknown ['bogus']; choose from is, prior" in result.stderr
+    with pytest.raises(ConfigError, match="--repeats must be >= 2"):
+        convergence_study(digits_run, repeats=1)
+    with pytest.raises(ConfigError, match=r"--ks must be sample counts >= 1, got \[0, 5\]"):
+        convergence_study(digits_run, ks=(0, 5))
+    with pytest.raises(EstimatorError, match="--estimator 'bogus' is unknown"):
+        evaluate(digits_run, estimator="bogus")
+
+
+def test_reference_is_the_exact_log_px_for_the_linear_gaussian_pair(tmp_path):
+    run_dir = tiny_run(
+        tmp_path / "lg", dataset="digits", binarize="none", pair="linear-gaussian",
+        pair_kwargs={"z_dim": 2, "covariance": "full"}, lr=0.01,
+    )  # fmt: skip
+    summary = convergence_study(run_dir, ks=(1, 10, 1000), num_points=5, repeats=8, save=False)
+    assert summary["reference_kind"] == "exact"
+    cells = by_cell(summary)
+    # K=1000: 40 estimates per cell, each with noise about 0.05 nats (measured -0.011 and
+    # +0.006 from exact for is and prior); K=1: the ELBO, about 6 nats below
+    assert abs(cells["is", 1000]["difference"]) < 0.1
+    assert abs(cells["prior", 1000]["difference"]) < 0.1
+    assert cells["is", 1]["difference"] < -1 and cells["prior", 1]["difference"] < -1
+    assert not math.isnan(cells["prior", 10]["stderr"])
+    assert not (run_dir / "convergence.json").exists()  # save=False writes nothing
+    lines = []
+    format_table(summary, lines.append)
+    assert "(exact log p(x))" in lines[0] and len(lines) == 2 + 6
