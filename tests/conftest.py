@@ -3,9 +3,17 @@
 import os
 from pathlib import Path
 
-import pyro
-import pytest
-import torch
+# One intra-op thread, here and in the subprocesses tests start (CLI, notebooks): the suite's
+# tensors are tiny, and torch's thread pool made each Pyro call several times slower on a busy
+# 2-core machine (a diagnose run with NUTS: 132 s with 2 threads, 22 s with 1).
+# PYRO_VAE_TEST_THREADS overrides it, e.g. for the CUDA run.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("PYRO_VAE_TEST_THREADS", "1"))
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 TEST_DEVICE = os.environ.get("PYRO_VAE_TEST_DEVICE", "cpu")
 

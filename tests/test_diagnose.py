@@ -39,14 +39,6 @@ X_DIM, Z_DIM, NOISE = 5, 2, 1.0
 DIGITS_TEST_SIZE = 300
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def linear_gaussian(covariance: str, num_points: int = 4, z_dim: int = Z_DIM,
                     zero_columns: tuple[int, ...] = ()):  # fmt: skip
     """A linear-Gaussian pair with random W (columns ``zero_columns`` zeroed: those latent
@@ -308,14 +300,9 @@ def test_select_indices_checks_its_flags():
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("diagnose") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(TrainConfig(dataset="digits", epochs=2, batch_size=50, train_limit=200,
-                          pair_kwargs={"hidden": [16], "z_dim": 3}, device="cpu",
-                          out=str(out)))  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    train(TrainConfig(dataset="digits", epochs=2, batch_size=50, train_limit=200,
+                      pair_kwargs={"hidden": [16], "z_dim": 3}, device="cpu",
+                      out=str(out)))  # fmt: skip
     return out
 
 
@@ -350,7 +337,7 @@ def test_diagnose_cli_with_nuts_prints_one_json_object(digits_run, tmp_path):
          "--nuts-samples", "50", "--num-samples", "100", "--gap-steps", "30", "--out",
          str(tmp_path / "d"), "--json"],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=os.environ,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # fails unless stdout is exactly one JSON value

@@ -34,16 +34,6 @@ from pyro_vae.train import load_checkpoint, read_config, train
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: these tensors are tiny, and on a loaded machine torch's thread pool
-    makes every Pyro call several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Draws of the unbiasedness test: NUM_CALLS gradient estimates, each the mean of NUM_PARTICLES
 # vectorized particles (Pyro's TraceGraph_ELBO costs milliseconds per call, whatever K is).
 NUM_CALLS = 100
@@ -95,12 +85,7 @@ def estimator_draws(name: str, pair: VAE, x: torch.Tensor, params, *, num_calls=
 @pytest.fixture(scope="module")
 def problem():
     """The problem, its exact gradient and the draws of every estimator (computed once)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _problem()
-    finally:
-        torch.set_num_threads(threads)
+    return _problem()
 
 
 def _problem():

@@ -23,16 +23,6 @@ from pyro_vae.gradvar import (
 from pyro_vae.train import train
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: these tensors are tiny, and on a loaded machine torch's thread pool
-    makes every Pyro call several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_gradient_statistics_exact_answers():
     draws = torch.tensor([[1.0, 2.0, 0.0], [3.0, 2.0, 0.0], [5.0, 2.0, 0.0]])
     stats = gradient_statistics(draws)
@@ -88,12 +78,7 @@ def run_dir(tmp_path_factory):
         epochs=1, batch_size=50, train_limit=100, device="cpu", out=str(out),
         objective="tracegraph", score_function=True, baseline="nn",
     )  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module-scoped: set here, not by the per-test fixture
-    try:
-        train(config)
-    finally:
-        torch.set_num_threads(threads)
+    train(config)
     return out
 
 
@@ -152,7 +137,7 @@ def test_pair_parameters_splits_encoder_and_decoder():
 
 
 def run_cli(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: no thread pool
+    env = dict(os.environ)
     return subprocess.run(
         [sys.executable, "-m", "pyro_vae", *args],
         capture_output=True,
