@@ -152,6 +152,19 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_run_options(p, *, split: str = "test", out_help: str | None = None) -> None:
+    """The flags every command that reads a trained run shares (evaluate, convergence, ...)."""
+    p.add_argument("--split", choices=("test", "valid", "train"), default=split)
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
+    p.add_argument("--device", help="default: the run's device")
+    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
+    if out_help is not None:
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", metavar="DIR", help=out_help)
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
 def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -161,20 +174,15 @@ def _add_evaluate(subparsers) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--num-samples", type=int, default=1000, metavar="K")
-    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
     p.add_argument("--limit", type=int, metavar="N", help="first N points of the split")
     p.add_argument("--batch-size", type=int, default=100, help="data points per chunk")
-    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
-    p.add_argument("--device", help="default: the run's device")
-    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
     p.add_argument(
         "--estimator",
         choices=list(ESTIMATORS),
         default="is",
         help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo)",
     )
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _add_run_options(p)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -251,14 +259,7 @@ def _add_convergence(subparsers) -> None:
         metavar="R",
         help="independent estimates per point and K (at least 2)",
     )
-    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
-    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
-    p.add_argument("--device", help="default: the run's device")
-    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="folder for the files (default: RUN_DIR)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _add_run_options(p, out_help="folder for the files (default: RUN_DIR)")
     p.set_defaults(run=_run_convergence)
 
 
@@ -304,7 +305,6 @@ def _add_gradvar(subparsers) -> None:
     )
     p.add_argument("--num-draws", type=int, default=100, metavar="N")
     p.add_argument("--batch-size", type=int, default=100, help="first B points of the split")
-    p.add_argument("--split", choices=("test", "valid", "train"), default="train")
     p.add_argument(
         "--baseline-steps",
         type=int,
@@ -312,13 +312,7 @@ def _add_gradvar(subparsers) -> None:
         metavar="S",
         help="draws that warm a baseline up before it is measured",
     )
-    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
-    p.add_argument("--device", help="default: the run's device")
-    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="folder for the files (default: RUN_DIR)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _add_run_options(p, split="train", out_help="folder for the files (default: RUN_DIR)")
     p.set_defaults(run=_run_gradvar)
 
 
@@ -369,14 +363,7 @@ def _add_diagnose(subparsers) -> None:
     p.add_argument("--gap-steps", type=int, default=200, metavar="T", help="Adam steps for q*")
     p.add_argument("--gap-lr", type=float, default=1e-2, metavar="LR", help="Adam step size")
     p.add_argument("--gap-particles", type=int, default=8, metavar="P", help="draws per step")
-    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
-    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
-    p.add_argument("--device", help="default: the run's device")
-    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="folder for the files (default RUN_DIR/diagnose)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _add_run_options(p, out_help="folder for the files (default RUN_DIR/diagnose)")
     p.set_defaults(run=_run_diagnose)
 
 

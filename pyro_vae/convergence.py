@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.config import ConfigError
-from pyro_vae.estimators import ESTIMATORS, EstimatorError, estimate_log_px
+from pyro_vae.estimators import ESTIMATORS, EstimatorError, estimate_log_px_in_batches
 from pyro_vae.evaluate import restore_run
 from pyro_vae.pairs import PairInfo
 from pyro_vae.train import BEST, atomic_write_bytes
@@ -75,20 +75,16 @@ def _repeated_estimates(
     pair: Any, info: PairInfo, x: torch.Tensor, num_samples: int, repeats: int, estimator: str
 ) -> dict[str, torch.Tensor]:
     """``repeats`` independent estimates for each point of ``x``: tensors of shape (R, N)."""
-    rows = x.repeat(repeats, 1)
-    parts: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": []}
-    for start in range(0, rows.shape[0], ROWS_PER_CALL):
-        out = estimate_log_px(
-            pair,
-            rows[start : start + ROWS_PER_CALL],
-            num_samples,
-            max_plate_nesting=info.max_plate_nesting,
-            vectorize=info.vectorizable,
-            estimator=estimator,
-        )
-        for key, values in parts.items():
-            values.append(out[key].cpu())
-    return {key: torch.cat(values).reshape(repeats, x.shape[0]) for key, values in parts.items()}
+    out = estimate_log_px_in_batches(
+        pair,
+        x.repeat(repeats, 1),
+        num_samples,
+        batch_size=ROWS_PER_CALL,
+        max_plate_nesting=info.max_plate_nesting,
+        vectorize=info.vectorizable,
+        estimator=estimator,
+    )
+    return {key: value.reshape(repeats, x.shape[0]) for key, value in out.items()}
 
 
 def _reference(

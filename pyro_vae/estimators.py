@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,3 +272,38 @@ def estimate_log_px(
         "elbo": elbo_estimate(log_weights, dim=0),
         "ess": ess,
     }
+
+
+def estimate_log_px_in_batches(
+    pair: Any,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    batch_size: int = 100,
+    max_plate_nesting: int = 1,
+    vectorize: bool | None = None,
+    estimator: str = "is",
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`estimate_log_px` over the rows of ``x``, ``batch_size`` points at a time.
+
+    Memory stays bounded for any number of points; per-point results come back on the CPU,
+    concatenated in the order of ``x``. ``progress`` wraps the iterable of batch starts
+    (e.g. a ``tqdm`` partial) to show a progress bar.
+    """
+    starts: Iterable[int] = range(0, x.shape[0], batch_size)
+    if progress is not None:
+        starts = progress(starts)
+    parts: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": []}
+    for start in starts:
+        out = estimate_log_px(
+            pair,
+            x[start : start + batch_size],
+            num_samples,
+            max_plate_nesting=max_plate_nesting,
+            vectorize=vectorize,
+            estimator=estimator,
+        )
+        for key, values in parts.items():
+            values.append(out[key].cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.config import ConfigError
-from pyro_vae.estimators import check_estimator, estimate_log_px
+from pyro_vae.estimators import check_estimator, estimate_log_px_in_batches
 from pyro_vae.pairs import PairInfo
 from pyro_vae.train import (
     BEST,
@@ -126,22 +127,18 @@ def evaluate(
         progress = sys.stderr.isatty()
     pyro.set_rng_seed(EVAL_SEED)
     started = time.perf_counter()
-    log_px, elbo, ess = [], [], []
-    starts = range(0, x_all.shape[0], batch_size)
-    for start in tqdm(starts, desc=f"evaluate {split}", disable=not progress, unit="batch"):
-        out = estimate_log_px(
-            pair,
-            x_all[start : start + batch_size],
-            num_samples,
-            max_plate_nesting=info.max_plate_nesting,
-            vectorize=info.vectorizable,
-            estimator=estimator,
-        )
-        log_px.append(out["log_px"].cpu())
-        elbo.append(out["elbo"].cpu())
-        ess.append(out["ess"].cpu())
+    out = estimate_log_px_in_batches(
+        pair,
+        x_all,
+        num_samples,
+        batch_size=batch_size,
+        max_plate_nesting=info.max_plate_nesting,
+        vectorize=info.vectorizable,
+        estimator=estimator,
+        progress=partial(tqdm, desc=f"evaluate {split}", disable=not progress, unit="batch"),
+    )
     seconds = time.perf_counter() - started
-    log_px_t, elbo_t, ess_t = torch.cat(log_px), torch.cat(elbo), torch.cat(ess)
+    log_px_t, elbo_t, ess_t = out["log_px"], out["elbo"], out["ess"]
     n = log_px_t.shape[0]
 
     def stderr(values: torch.Tensor) -> float:
