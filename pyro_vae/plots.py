@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -163,14 +164,16 @@ def khat_figure(khat: Any, indices: Any, path: str | os.PathLike) -> Path:
     high = max([1.0, *(finite + 0.1)])
     shown = np.clip(np.nan_to_num(khat, nan=high, posinf=high, neginf=low), low, high)
     colors = np.where(khat > 0.7, "C3", np.where(khat >= 0.5, "C1", "C0"))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(khat) + 2), 3.2))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(4.0, 0.25 * len(khat) + 2)), 3.2))
     positions = np.arange(len(khat))
-    ax.scatter(positions, shown, c=list(colors), zorder=3)
+    ax.scatter(positions, shown, c=list(colors), s=20 if len(khat) <= 40 else 10, zorder=3)
     for level, style in ((0.5, ":"), (0.7, "--")):
         ax.axhline(level, color="gray", linestyle=style, linewidth=1, label=f"k = {level}")
     ax.set_ylim(low - 0.05, high + 0.05)
-    ax.set_xticks(positions)
-    ax.set_xticklabels([str(i) for i in indices], rotation=90, fontsize=7)
+    # one tick per point while the labels stay readable, then about 20 ticks
+    step = max(1, math.ceil(len(khat) / 40))
+    ax.set_xticks(positions[::step])
+    ax.set_xticklabels([str(i) for i in list(indices)[::step]], rotation=90, fontsize=7)
     ax.set_xlabel("data point (index into the split)")
     ax.set_ylabel("PSIS k-hat of q(z|x)")
     ax.grid(alpha=0.3)
@@ -185,10 +188,11 @@ def kl_per_dim_figure(kl_per_dim: Any, labels: Any, path: str | os.PathLike) -> 
     """Save the mean KL(q(z_d|x) || p(z_d)) per latent dimension as bars (nats); dimensions
     at ~0 are collapsed onto the prior."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(labels) + 2), 3.2))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(4.0, 0.18 * len(labels) + 2)), 3.2))
     ax.bar(range(len(labels)), list(kl_per_dim), color="C0")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(list(labels), rotation=90, fontsize=7)
+    step = max(1, math.ceil(len(labels) / 60))
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(list(labels)[::step], rotation=90, fontsize=7)
     ax.set_ylabel("KL to the prior (nats)")
     ax.set_xlabel("latent dimension")
     ax.grid(alpha=0.3, axis="y")
