@@ -1,6 +1,9 @@
 """Shared ground for the test suite: seeds, a clean param store, validation, device."""
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 # One intra-op thread, here and in the subprocesses tests start (CLI, notebooks): the suite's
@@ -50,3 +53,27 @@ def real_data_dir() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("PYRO_VAE_DATA_DIR is not set to a folder with the real data sets")
     return Path(root)
+
+
+def _run_cli(*args, cwd, check=True, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run ``pyro-vae ARGS`` (the console script, else ``python -m pyro_vae``) in ``cwd``.
+
+    ``cwd`` is required and must not be the repository root: there the source ``pyro_vae/``,
+    which has no ``models``/``guides`` inside, would shadow the installed package.
+    ``check`` raises with stdout and stderr unless the exit status is 0.
+    """
+    script = shutil.which("pyro-vae")
+    command = [script] if script else [sys.executable, "-m", "pyro_vae"]
+    result = subprocess.run(
+        [*command, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=timeout,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """The function that runs the ``pyro-vae`` command line in a subprocess (see _run_cli)."""
+    return _run_cli

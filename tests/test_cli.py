@@ -1,7 +1,6 @@
 """The ``pyro-vae`` command line, run as a user runs it: in a subprocess."""
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -20,25 +19,11 @@ SMALL = ["--pair-kwargs", '{"hidden": [32], "z_dim": 4}', "--batch-size", "50",
          "--train-limit", "300", "--device", "cpu"]  # fmt: skip
 
 
-def pyro_vae(*args, cwd, check=True, env=None) -> subprocess.CompletedProcess:
-    """Run the console script (falling back to ``python -m pyro_vae``) in ``cwd``."""
-    script = shutil.which("pyro-vae")
-    command = [script] if script else [sys.executable, "-m", "pyro_vae"]
-    environment = {**os.environ, **(env or {})}
-    result = subprocess.run(
-        [*command, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=environment,
-        timeout=600,
-    )  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(run_cli, tmp_path_factory):
     """One small digits run shared by the evaluate and sample tests."""
     cwd = tmp_path_factory.mktemp("cli")
-    pyro_vae("train", "--epochs", "2", "--out", "run", *SMALL, cwd=cwd)
+    run_cli("train", "--epochs", "2", "--out", "run", *SMALL, cwd=cwd)
     return cwd / "run"
 
 
@@ -48,17 +33,17 @@ def test_train_writes_a_run_and_prints_a_summary(digits_run):
     assert lines[0] == "epoch,train_loss,valid_elbo,seconds,train_seconds" and len(lines) == 3
 
 
-def test_resume_from_the_cli_matches_an_uninterrupted_run(tmp_path, digits_run):
-    pyro_vae("train", "--epochs", "1", "--out", "run", *SMALL, cwd=tmp_path)
-    out = pyro_vae("train", "--epochs", "2", "--out", "run", "--resume", cwd=tmp_path)
+def test_resume_from_the_cli_matches_an_uninterrupted_run(run_cli, tmp_path, digits_run):
+    run_cli("train", "--epochs", "1", "--out", "run", *SMALL, cwd=tmp_path)
+    out = run_cli("train", "--epochs", "2", "--out", "run", "--resume", cwd=tmp_path)
     assert "resuming" in out.stderr and "epoch 2/2" in out.stderr
     assert (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:3] == (
         (digits_run / "metrics.csv").read_text().splitlines()[-1].split(",")[:3]
     )
 
 
-def test_evaluate_json_prints_exactly_one_object(digits_run):
-    out = pyro_vae("evaluate", digits_run, "--num-samples", "64", "--limit", "40", "--json",
+def test_evaluate_json_prints_exactly_one_object(run_cli, digits_run):
+    out = run_cli("evaluate", digits_run, "--num-samples", "64", "--limit", "40", "--json",
                    cwd=digits_run.parent)  # fmt: skip
     summary = json.loads(out.stdout)  # fails unless stdout is exactly one JSON value
     assert {"log_px", "elbo", "gap", "num_points", "num_samples"} <= set(summary)
@@ -69,13 +54,13 @@ def test_evaluate_json_prints_exactly_one_object(digits_run):
     assert -60 < summary["log_px"] < -15
     saved = json.loads((digits_run / "evaluation_test.json").read_text())
     assert saved["log_px"] == summary["log_px"]
-    again = json.loads(pyro_vae("evaluate", digits_run, "--num-samples", "64", "--limit", "40",
+    again = json.loads(run_cli("evaluate", digits_run, "--num-samples", "64", "--limit", "40",
                                 "--json", cwd=digits_run.parent).stdout)  # fmt: skip
     assert again["log_px"] == summary["log_px"], "evaluation is seeded"
 
 
-def test_sample_writes_a_png(digits_run, tmp_path):
-    pyro_vae("sample", digits_run, "--out", tmp_path / "grid.png", "--num", "6", cwd=tmp_path)
+def test_sample_writes_a_png(run_cli, digits_run, tmp_path):
+    run_cli("sample", digits_run, "--out", tmp_path / "grid.png", "--num", "6", cwd=tmp_path)
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -91,16 +76,16 @@ def blobs_npz(tmp_path_factory):
     return path
 
 
-def test_pyro_tutorial_vae_trains_unchanged_through_pair(tmp_path, blobs_npz):
+def test_pyro_tutorial_vae_trains_unchanged_through_pair(run_cli, tmp_path, blobs_npz):
     """examples/tutorial_vae.py is Pyro's tutorial VAE, which knows nothing of pyro_vae."""
-    pyro_vae("train", "--dataset", blobs_npz, "--binarize", "dynamic",
+    run_cli("train", "--dataset", blobs_npz, "--binarize", "dynamic",
              "--pair", EXAMPLES / "tutorial_vae.py:VAE",
              "--pair-kwargs", '{"z_dim": 4, "hidden_dim": 64}', "--epochs", "3",
              "--batch-size", "50", "--lr", "3e-3", "--out", "run", cwd=tmp_path)  # fmt: skip
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(line.split(",")[1]) for line in lines]
     assert losses[-1] < losses[0] - 5, losses
-    out = pyro_vae("evaluate", "run", "--num-samples", "32", "--json", cwd=tmp_path)
+    out = run_cli("evaluate", "run", "--num-samples", "32", "--json", cwd=tmp_path)
     summary = json.loads(out.stdout)
     assert summary["num_points"] == 30 and summary["elbo"] <= summary["log_px"]
 
@@ -125,14 +110,14 @@ def bad_guide(x):
 """
 
 
-def test_model_and_guide_functions_train_and_resume(tmp_path):
+def test_model_and_guide_functions_train_and_resume(run_cli, tmp_path):
     (tmp_path / "fns.py").write_text(MODEL_FILE)
     args = ["--model", "fns.py:model", "--guide", "fns.py:guide", "--train-limit", "200",
             "--batch-size", "100", "--lr", "0.05", "--out", "run"]  # fmt: skip
-    pyro_vae("train", "--epochs", "1", *args, cwd=tmp_path)
-    pyro_vae("train", "--epochs", "2", "--out", "run", "--resume", cwd=tmp_path)
+    run_cli("train", "--epochs", "1", *args, cwd=tmp_path)
+    run_cli("train", "--epochs", "2", "--out", "run", "--resume", cwd=tmp_path)
     # from inside the run directory: the config holds the function file's absolute path
-    out = pyro_vae("evaluate", ".", "--num-samples", "16", "--limit", "20", "--json",
+    out = run_cli("evaluate", ".", "--num-samples", "16", "--limit", "20", "--json",
                    cwd=tmp_path / "run")  # fmt: skip
     assert json.loads(out.stdout)["num_points"] == 20
 
@@ -155,7 +140,7 @@ def test_model_and_guide_functions_train_and_resume(tmp_path):
         (["--config", "missing.toml"], "--config 'missing.toml': no such file"),
     ],
 )  # fmt: skip
-def test_bad_input_gets_a_clear_message_and_exit_2(tmp_path, args, message):
+def test_bad_input_gets_a_clear_message_and_exit_2(run_cli, tmp_path, args, message):
     (tmp_path / "fns.py").write_text(MODEL_FILE)
     (tmp_path / "empty").mkdir()
     np.save(tmp_path / "grey.npy", np.full((50, 4, 4), 0.5, dtype=np.float32))
@@ -164,54 +149,54 @@ def test_bad_input_gets_a_clear_message_and_exit_2(tmp_path, args, message):
     np.save(tmp_path / "nan.npy", bad)
     # no other data root: a missing file must stay missing
     isolated = {"PYRO_VAE_DATA_DIR": "", "PYRO_VAE_CACHE": str(tmp_path / "cache")}
-    result = pyro_vae("train", "--epochs", "1", "--out", "run", *args, cwd=tmp_path,
+    result = run_cli("train", "--epochs", "1", "--out", "run", *args, cwd=tmp_path,
                       check=False, env=isolated)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
 
 
-def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path):
-    result = pyro_vae("evaluate", tmp_path, cwd=tmp_path, check=False)
+def test_evaluate_on_a_folder_that_is_not_a_run(run_cli, tmp_path):
+    result = run_cli("evaluate", tmp_path, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "config.toml is missing" in result.stderr
 
 
-def test_list_names_every_registry_entry(tmp_path):
+def test_list_names_every_registry_entry(run_cli, tmp_path):
     from pyro_vae.data import DATASETS
     from pyro_vae.objectives import OBJECTIVES
     from pyro_vae.pairs import PAIRS
 
-    out = pyro_vae("list", cwd=tmp_path).stdout
+    out = run_cli("list", cwd=tmp_path).stdout
     for name in [*DATASETS, *PAIRS, *OBJECTIVES]:
         assert f"  {name} " in out
 
 
-def test_the_readme_pair_example_trains_and_evaluates(tmp_path):
+def test_the_readme_pair_example_trains_and_evaluates(run_cli, tmp_path):
     """The complete `my_vae.py` shown in README.md is real code that works as documented."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index("A complete file, `my_vae.py`:")
     code = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "my_vae.py").write_text(code)
-    pyro_vae("train", "--pair", "my_vae.py:MyVAE", "--pair-kwargs", '{"z_dim": 8}', "--epochs",
+    run_cli("train", "--pair", "my_vae.py:MyVAE", "--pair-kwargs", '{"z_dim": 8}', "--epochs",
              "1", "--train-limit", "200", "--out", "runs/mine", cwd=tmp_path)  # fmt: skip
-    out = pyro_vae("evaluate", "runs/mine", "--num-samples", "20", "--limit", "10", "--json",
+    out = run_cli("evaluate", "runs/mine", "--num-samples", "20", "--limit", "10", "--json",
                    cwd=tmp_path)  # fmt: skip
     assert json.loads(out.stdout)["num_points"] == 10
 
 
-def test_config_file_with_a_flag_overriding_it(tmp_path):
+def test_config_file_with_a_flag_overriding_it(run_cli, tmp_path):
     (tmp_path / "run.toml").write_text(
         "[train]\nepochs = 5\nbatch_size = 50\ntrain_limit = 200\nlr = 0.002\n"
         "pair_kwargs = {hidden = [16], z_dim = 3}\n"
     )
-    pyro_vae("train", "--config", "run.toml", "--epochs", "1", "--out", "run", cwd=tmp_path)
+    run_cli("train", "--config", "run.toml", "--epochs", "1", "--out", "run", cwd=tmp_path)
     resolved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["train"]
     assert resolved["epochs"] == 1 and resolved["lr"] == 0.002  # flag wins, file fills in
     assert resolved["pair_kwargs"] == {"hidden": [16], "z_dim": 3}
     assert resolved["pair"] == "mlp" and resolved["binarize"] == "dynamic"  # data set defaults
 
 
-def test_sigterm_keeps_the_last_epoch_and_the_run_resumes(tmp_path):
+def test_sigterm_keeps_the_last_epoch_and_the_run_resumes(run_cli, tmp_path):
     """A run stopped by a signal exits 130, keeps its last checkpoint, and resumes from it."""
     script = shutil.which("pyro-vae")
     command = [script] if script else [sys.executable, "-m", "pyro_vae"]
@@ -231,5 +216,5 @@ def test_sigterm_keeps_the_last_epoch_and_the_run_resumes(tmp_path):
     assert "Traceback" not in stderr
     done = torch.load(checkpoint, weights_only=False)["epoch"]
     assert done >= 1
-    out = pyro_vae("train", "--epochs", str(done + 1), "--out", "run", "--resume", cwd=tmp_path)
+    out = run_cli("train", "--epochs", str(done + 1), "--out", "run", "--resume", cwd=tmp_path)
     assert f"resuming run after epoch {done}" in out.stderr

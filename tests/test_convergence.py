@@ -2,10 +2,6 @@
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,19 +11,6 @@ from pyro_vae.convergence import CONVERGENCE_COLUMNS, convergence_study, format_
 from pyro_vae.estimators import EstimatorError
 from pyro_vae.evaluate import evaluate
 from pyro_vae.train import train
-
-
-def pyro_vae(*args, cwd, check=True) -> subprocess.CompletedProcess:
-    """Run the console script (falling back to ``python -m pyro_vae``) in ``cwd``."""
-    script = shutil.which("pyro-vae")
-    command = [script] if script else [sys.executable, "-m", "pyro_vae"]
-    result = subprocess.run(
-        [*command, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-        env=dict(os.environ), timeout=600,
-    )  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def tiny_run(out, **overrides):
@@ -49,8 +32,8 @@ def by_cell(summary):
     return {(row["estimator"], row["num_samples"]): row for row in summary["results"]}
 
 
-def test_cli_convergence_prints_one_json_object_and_writes_the_files(digits_run, tmp_path):
-    out = pyro_vae("convergence", digits_run, "--ks", "100,1,10", "--points", "5",
+def test_cli_convergence_prints_one_json_object_and_writes_the_files(run_cli, digits_run, tmp_path):
+    out = run_cli("convergence", digits_run, "--ks", "100,1,10", "--points", "5",
                    "--repeats", "8", "--out", tmp_path / "study", "--json", "--no-progress",
                    cwd=tmp_path)  # fmt: skip
     summary = json.loads(out.stdout)  # fails unless stdout is exactly one JSON value
@@ -83,9 +66,9 @@ def test_cli_convergence_prints_one_json_object_and_writes_the_files(digits_run,
     assert not (digits_run / "convergence.json").exists(), "--out DIR, not the run directory"
 
 
-def test_evaluate_with_the_prior_keeps_the_importance_sampled_files(digits_run, tmp_path):
+def test_evaluate_with_the_prior_keeps_the_importance_sampled_files(run_cli, digits_run, tmp_path):
     is_summary = evaluate(digits_run, num_samples=64, limit=30)
-    out = pyro_vae("evaluate", digits_run, "--estimator", "prior", "--num-samples", "64",
+    out = run_cli("evaluate", digits_run, "--estimator", "prior", "--num-samples", "64",
                    "--limit", "30", "--json", cwd=tmp_path)  # fmt: skip
     prior_summary = json.loads(out.stdout)
     assert prior_summary["estimator"] == "prior" and is_summary["estimator"] == "is"
@@ -102,8 +85,8 @@ def test_evaluate_with_the_prior_keeps_the_importance_sampled_files(digits_run, 
     )
 
 
-def test_bad_convergence_arguments_name_the_flag(digits_run, tmp_path):
-    result = pyro_vae("convergence", digits_run, "--estimators", "is,bogus", cwd=tmp_path,
+def test_bad_convergence_arguments_name_the_flag(run_cli, digits_run, tmp_path):
+    result = run_cli("convergence", digits_run, "--estimators", "is,bogus", cwd=tmp_path,
                       check=False)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--estimators 'is,bogus': unknown ['bogus']; choose from is, prior" in result.stderr

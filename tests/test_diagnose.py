@@ -8,11 +8,7 @@ synchronization to such small ops (many times slower on a busy 2-core machine).
 
 import json
 import math
-import os
-import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pyro
@@ -329,15 +325,11 @@ def test_diagnose_a_run_from_python(digits_run, tmp_path):
     assert again["khat"] == summary["khat"], "diagnose is seeded"
 
 
-def test_diagnose_cli_with_nuts_prints_one_json_object(digits_run, tmp_path):
-    script = shutil.which("pyro-vae")
-    command = [script] if script else [sys.executable, "-m", "pyro_vae"]
-    result = subprocess.run(
-        [*command, "diagnose", str(digits_run), "--points", "5", "--nuts", "--nuts-warmup", "50",
-         "--nuts-samples", "50", "--num-samples", "100", "--gap-steps", "30", "--out",
-         str(tmp_path / "d"), "--json"],
-        capture_output=True, text=True, timeout=300,
-        env=os.environ,
+def test_diagnose_cli_with_nuts_prints_one_json_object(run_cli, digits_run, tmp_path):
+    result = run_cli(
+        "diagnose", digits_run, "--points", "5", "--nuts", "--nuts-warmup", "50",
+        "--nuts-samples", "50", "--num-samples", "100", "--gap-steps", "30", "--out",
+        tmp_path / "d", "--json", cwd=tmp_path, check=False, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # fails unless stdout is exactly one JSON value

@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pyro
 import pyro.distributions as dist
@@ -136,22 +133,12 @@ def test_pair_parameters_splits_encoder_and_decoder():
     assert parts == {"encoder": "encoder", "decoder": "decoder"}
 
 
-def run_cli(*args):
-    env = dict(os.environ)
-    return subprocess.run(
-        [sys.executable, "-m", "pyro_vae", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
-def test_cli_gradvar_json(run_dir, tmp_path):
+def test_cli_gradvar_json(run_cli, run_dir, tmp_path):
     out = tmp_path / "cli"
     done = run_cli(
         "gradvar", str(run_dir), "--estimators", "reparam,score", "--num-draws", "10",
         "--batch-size", "10", "--out", str(out), "--json", "--no-progress",
+        cwd=tmp_path, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # exactly one JSON object on stdout
@@ -159,6 +146,7 @@ def test_cli_gradvar_json(run_dir, tmp_path):
     for summary in result["estimators"].values():
         assert {"variance", "snr", "seconds", "parts"} <= set(summary)
     assert (out / "gradvar.json").is_file() and (out / "gradvar.png").is_file()
-    done = run_cli("gradvar", str(run_dir), "--estimators", "reparam,bogus", "--json")
+    done = run_cli("gradvar", str(run_dir), "--estimators", "reparam,bogus", "--json",
+                   cwd=tmp_path, check=False)  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert "bogus" in done.stderr and "score+avg" in done.stderr
