@@ -15,7 +15,7 @@ from pyro_vae.estimators import ESTIMATORS, EstimatorError
 from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
 from pyro_vae.objectives import OBJECTIVES, ObjectiveError
 from pyro_vae.pairs import PAIRS, PairError
-from pyro_vae.train import TrainingError
+from pyro_vae.train import TrainingError, jsonable
 
 USER_ERRORS = (
     ConfigError,
@@ -202,7 +202,7 @@ def _run_evaluate(args) -> int:
         estimator=args.estimator,
     )
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(jsonable(summary)))
     else:
         print(
             f"{summary['split']}: {summary['num_points']} points, K={summary['num_samples']}, "
@@ -281,7 +281,7 @@ def _run_convergence(args) -> int:
         seed=args.seed,
     )
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(jsonable(summary)))
     else:
         format_table(summary)
     return 0
@@ -334,7 +334,7 @@ def _run_gradvar(args) -> int:
         seed=args.seed,
     )
     if args.json:
-        print(json.dumps(without_groups(result)))
+        print(json.dumps(jsonable(without_groups(result))))
     else:
         print(format_table(result))
     return 0

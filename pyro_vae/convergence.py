@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ from pyro_vae.config import ConfigError
 from pyro_vae.estimators import ESTIMATORS, EstimatorError, estimate_log_px_in_batches
 from pyro_vae.evaluate import restore_run
 from pyro_vae.pairs import PairInfo
-from pyro_vae.train import BEST, atomic_write_bytes
+from pyro_vae.train import BEST, atomic_write_bytes, json_bytes
 
 __all__ = ["CONVERGENCE_COLUMNS", "convergence_study", "exact_log_marginal"]
 
@@ -209,7 +208,7 @@ def save_convergence(summary: dict[str, Any], out: Path) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {suffix: out / f"convergence.{suffix}" for suffix in ("json", "csv", "png")}
-    atomic_write_bytes(paths["json"], (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(paths["json"], json_bytes(summary))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CONVERGENCE_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -29,7 +29,6 @@ References:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -49,14 +48,13 @@ from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
 from pyro_vae.estimators import chunk_size_for, log_importance_weights, log_mean_exp
+from pyro_vae.evaluate import restore_run
 from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim
 from pyro_vae.train import (
     BEST,
     atomic_write_bytes,
-    eval_split,
-    read_config,
-    resolve_device,
-    restore_pair,
+    json_bytes,
+    jsonable,
 )
 
 #: k-hat below this: the importance weights (and q) can be trusted (Yao et al. 2018).
@@ -143,16 +141,30 @@ def psis_khat(
 def khat_counts(khat: np.ndarray) -> dict[str, Any]:
     """How many k-hats are good (k < 0.5), usable (0.5 <= k <= 0.7), unreliable (k > 0.7).
 
+    Also ``khat_status``, one of those words per point: in JSON both infinities become
+    null, and the status tells -inf (no tail at all: good) from inf (unreliable).
+    ``khat_max`` is the largest k-hat, the string ``"inf"`` when some point has inf.
+
     References:
         Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?, section 3.
     """
     khat = np.asarray(khat, dtype=np.float64)
     n = max(len(khat), 1)
-    good = int((khat < KHAT_GOOD).sum())
-    unreliable = int(((khat > KHAT_UNRELIABLE) | np.isnan(khat)).sum())
+    unreliable_mask = (khat > KHAT_UNRELIABLE) | np.isnan(khat)
+    good_mask = khat < KHAT_GOOD
+    good = int(good_mask.sum())
+    unreliable = int(unreliable_mask.sum())
     usable = len(khat) - good - unreliable
+    status = np.where(good_mask, "good", np.where(unreliable_mask, "unreliable", "usable"))
+    if not len(khat):
+        khat_max: float | str | None = None
+    elif np.isposinf(khat).any():
+        khat_max = "inf"
+    else:
+        khat_max = float(np.nanmax(khat))
     return {
-        "khat_max": float(np.nanmax(khat)) if len(khat) else None,
+        "khat_max": khat_max,
+        "khat_status": status.tolist(),
         "khat_count_below_0_5": good,
         "khat_count_0_5_to_0_7": usable,
         "khat_count_above_0_7": unreliable,
@@ -741,6 +753,13 @@ def diagnose_pair(
         chunk_size=chunk_size_for(num_points, x[0].numel()),
         vectorize=info.vectorizable,
     )
+    broken = torch.isnan(log_weights) | torch.isposinf(log_weights)  # -inf: a zero weight
+    if broken.any():
+        bad = broken.any(0).nonzero()[:, 0].tolist()
+        raise DiagnoseError(
+            f"log p(x, z) - log q(z|x) is NaN or +inf at points {bad[:10]} of the selection: "
+            "the parameters may have diverged; try --checkpoint checkpoint.pt or another run"
+        )
     khat = psis_khat(log_weights)
     log_px = log_mean_exp(log_weights, dim=0)
     elbo = log_weights.mean(0)
@@ -754,7 +773,11 @@ def diagnose_pair(
             "have no tail, importance sampling is exact"
         )
     if np.isposinf(khat).any():
-        notes.append("k-hat is inf (null in JSON) where tied weights left no Pareto tail to fit")
+        notes.append(
+            "k-hat is inf (null in JSON, khat_status 'unreliable') where fewer than 5 of the S "
+            "weights are within exp(-708) of the largest: a few draws carry all the weight, "
+            "the worst case for q as a proposal"
+        )
 
     # draws from q: moments, KL per dimension, InferenceData
     pyro.set_rng_seed(seed + 1)
@@ -928,23 +951,6 @@ def _guide_fns(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite]) -> lis
 # A run directory: select points, diagnose, write files
 
 
-def jsonable(value: Any) -> Any:
-    """Tensors and arrays to lists, non-finite floats to None: strict JSON."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().double().numpy()
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def select_indices(num_available: int, split: str, points: int | None,
                    indices: Sequence[int] | None) -> list[int]:  # fmt: skip
     """The indices into the split that ``--points`` or ``--indices`` select, checked."""
@@ -1015,17 +1021,12 @@ def diagnose(
     run_dir = Path(run_dir)
     _check_settings(num_samples, nuts_chains, nuts_warmup, nuts_samples, gap_steps, gap_lr,
                     gap_particles)  # fmt: skip
-    config = read_config(run_dir)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    torch_device = (
-        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
-    )
     if progress is None:
         progress = sys.stderr.isatty()
-    pyro.set_rng_seed(config.seed)
-    pair, info, data, state = restore_pair(run_dir, config, torch_device, pair, checkpoint)
-    x_all = eval_split(data, split, config.binarize)
+    restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
+                           data_dir=data_dir, pair=pair)  # fmt: skip
+    pair, info, state, config = restored.pair, restored.info, restored.state, restored.config
+    torch_device, x_all = restored.device, restored.x
     chosen = select_indices(x_all.shape[0], split, points, indices)
     x = x_all[torch.as_tensor(chosen, device=x_all.device)]
     diagnosis = diagnose_pair(
@@ -1052,9 +1053,7 @@ def diagnose(
         summary["out"] = str(out)
         summary["files"] = write_outputs(diagnosis, summary, out)
         summary["seconds"]["outputs"] = time.perf_counter() - started
-        atomic_write_bytes(
-            out / "diagnose.json", (json.dumps(jsonable(summary), indent=2) + "\n").encode()
-        )
+        atomic_write_bytes(out / "diagnose.json", json_bytes(summary))
     return jsonable(summary)
 
 
@@ -1079,8 +1078,11 @@ def write_outputs(diagnosis: Diagnosis, summary: dict[str, Any], out: Path) -> l
         datasets["NUTS"] = diagnosis.nuts
     first = diagnosis.guide.posterior[summary["latent_sites"][0]]
     dim_name = first.dims[-1]
+    # the point whose k-hat is worst; inf (null in JSON, status "unreliable") counts as worst
     khat = np.asarray(summary["khat"], dtype=np.float64)
-    worst = int(np.argmax(np.where(np.isfinite(khat), khat, -np.inf))) if len(khat) else 0
+    unreliable_inf = np.isnan(khat) & (np.asarray(summary["khat_status"]) == "unreliable")
+    khat = np.where(unreliable_inf, np.inf, np.nan_to_num(khat, nan=-np.inf))
+    worst = int(np.argmax(khat)) if len(khat) else 0
     forest_figure(
         datasets,
         out / "forest.png",
@@ -1111,12 +1113,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     def number(value: Any, spec: str = ".3f") -> str:
         return "n/a" if value is None else format(value, spec)
 
+    khat_max = summary["khat_max"]
+    khat_max = "inf" if khat_max == "inf" else number(khat_max, ".2f")
+    if khat_max == "n/a" and summary["num_points"]:
+        khat_max = "-inf"  # every point has all-equal weights (see the notes)
     indices = summary["indices"]
     shown = ",".join(map(str, indices[:10])) + ("..." if len(indices) > 10 else "")
     lines = [
         f"{summary.get('split', 'batch')}: {summary['num_points']} points ({shown}), "
         f"S={summary['num_samples']} draws from q(z|x)",
-        f"  PSIS k-hat   max {number(summary['khat_max'], '.2f').replace('n/a', '-inf')}: "
+        f"  PSIS k-hat   max {khat_max}: "
         f"{summary['khat_count_below_0_5']} good (< 0.5), "
         f"{summary['khat_count_0_5_to_0_7']} usable (0.5-0.7), "
         f"{summary['khat_count_above_0_7']} unreliable (> 0.7)",

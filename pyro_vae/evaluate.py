@@ -13,7 +13,6 @@ see :data:`pyro_vae.estimators.ESTIMATORS`), for comparison.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -27,13 +26,14 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.config import ConfigError
+from pyro_vae.config import ConfigError, TrainConfig
 from pyro_vae.estimators import check_estimator, estimate_log_px_in_batches
 from pyro_vae.pairs import PairInfo
 from pyro_vae.train import (
     BEST,
     atomic_write_bytes,
     eval_split,
+    json_bytes,
     read_config,
     resolve_device,
     restore_pair,
@@ -52,6 +52,7 @@ class RestoredRun(NamedTuple):
     state: dict[str, Any]
     dataset: str
     device: torch.device
+    config: TrainConfig
 
 
 def restore_run(
@@ -74,7 +75,7 @@ def restore_run(
     pyro.set_rng_seed(config.seed)
     pair, info, data, state = restore_pair(Path(run_dir), config, torch_device, pair, checkpoint)
     x = eval_split(data, split, config.binarize)
-    return RestoredRun(pair, info, x, state, config.dataset, torch_device)
+    return RestoredRun(pair, info, x, state, config.dataset, torch_device, config)
 
 
 def evaluation_stem(split: str, estimator: str = "is") -> str:
@@ -163,9 +164,7 @@ def evaluate(
     }
     if save:
         stem = evaluation_stem(split, estimator)
-        atomic_write_bytes(
-            run_dir / f"{stem}.json", (json.dumps(summary, indent=2) + "\n").encode()
-        )
+        atomic_write_bytes(run_dir / f"{stem}.json", json_bytes(summary))
         np.savez(
             run_dir / f"{stem}.npz",
             log_px=log_px_t.numpy(),

@@ -20,7 +20,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -36,14 +35,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_vae.config import ConfigError
-from pyro_vae.gradients import GRADIENT_ESTIMATORS, forget_baselines
+from pyro_vae.evaluate import restore_run
+from pyro_vae.gradients import (
+    GRADIENT_ESTIMATORS,
+    forget_baselines,
+    non_reparameterized_sites,
+)
 from pyro_vae.train import (
     BEST,
     atomic_write_bytes,
-    eval_split,
-    read_config,
-    resolve_device,
-    restore_pair,
+    json_bytes,
 )
 
 #: Files written into the output folder.
@@ -244,15 +245,11 @@ def gradient_variance(
     """
     names = _check_arguments(estimators, num_draws, batch_size, baseline_steps)
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    torch_device = (
-        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
-    )
-    pyro.set_rng_seed(config.seed)
-    pair, info, data, state = restore_pair(run_dir, config, torch_device, pair, checkpoint)
-    x = eval_split(data, split, config.binarize)[:batch_size]
+    restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
+                           data_dir=data_dir, pair=pair)  # fmt: skip
+    pair, info, state, config = restored.pair, restored.info, restored.state, restored.config
+    torch_device = restored.device
+    x = restored.x[:batch_size]
     found = pair_parameters(pair.model, pair.guide, x)
     names_in_order = list(found)
     params = [found[name]["param"] for name in names_in_order]
@@ -311,15 +308,29 @@ def gradient_variance(
         "seed": seed,
         "device": str(torch_device),
         "seconds": time.perf_counter() - started,
+        "notes": _notes(pair.guide, x, names),
     }
     if save:
         from pyro_vae.plots import gradient_variance_figure  # matplotlib only when saving
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps(result, indent=2, allow_nan=False) + "\n"
-        atomic_write_bytes(out_dir / GRADVAR_JSON, payload.encode())
+        payload = json_bytes(result)
+        atomic_write_bytes(out_dir / GRADVAR_JSON, payload)
         gradient_variance_figure(result, out_dir / GRADVAR_PNG)
     return result
+
+
+def _notes(guide: Any, x: Tensor, names: list[str]) -> list[str]:
+    """What a reader of the table must know about this guide: sites without ``rsample``
+    (discrete ones) are differentiated by the score function under every estimator."""
+    discrete = non_reparameterized_sites(guide, x)
+    if not discrete or "reparam" not in names:
+        return []
+    return [
+        f"'reparam' is not reparameterized here: the guide's sites {discrete} have no rsample, "
+        "so Trace_ELBO takes the score function there, without Rao-Blackwellization or a "
+        "baseline"
+    ]
 
 
 def without_groups(result: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +372,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"gradient variance on {result['batch_size']} {result['split']} points, "
         f"{result['num_draws']} draws, {result['num_parameters']} parameters"
     )
-    return "\n".join([title, *lines])
+    notes = [f"note: {note}" for note in result.get("notes", [])]
+    return "\n".join([title, *lines, *notes])
 
 
 __all__ = [

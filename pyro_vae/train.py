@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import random
@@ -242,6 +243,28 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def jsonable(value: Any) -> Any:
+    """Tensors and arrays to lists, non-finite floats to None: strict JSON."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as indented, strict JSON (:func:`jsonable`), for :func:`atomic_write_bytes`."""
+    return (json.dumps(jsonable(value), indent=2) + "\n").encode()
 
 
 def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:

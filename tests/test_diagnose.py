@@ -104,6 +104,20 @@ def test_psis_khat_of_equal_weights_is_minus_inf_and_bad_input_is_refused():
         psis_khat(np.full((50, 1), np.nan))
 
 
+def test_a_few_draws_carrying_all_the_weight_is_inf_and_reported_as_the_worst():
+    """arviz gives k = inf when fewer than 5 weights are within exp(-708) of the largest: the
+    worst proposal. In JSON inf is null like -inf, so the status and khat_max tell them apart."""
+    log_weights = np.random.default_rng(0).normal(size=(1000, 3))
+    log_weights[3:, 1] = -800.0  # 3 draws hold all the weight of point 1
+    log_weights[:, 2] = 0.0  # all equal: exact importance sampling, -inf
+    khat = psis_khat(log_weights)
+    assert np.isfinite(khat[0]) and khat[1] == np.inf and khat[2] == -np.inf
+    counts = khat_counts(khat)
+    assert counts["khat_status"] == ["good", "unreliable", "good"]
+    assert counts["khat_max"] == "inf"
+    assert khat_counts(np.array([-np.inf, 0.3]))["khat_max"] == 0.3
+
+
 def test_khat_is_small_for_the_exact_posterior_and_large_for_a_too_narrow_guide():
     pair, x = linear_gaussian("full")
     exact = diagnose_pair(pair, x, num_samples=1000, gap_steps=0).summary
