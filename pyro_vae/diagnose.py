@@ -47,7 +47,14 @@ from pyro import poutine
 from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
-from pyro_vae.estimators import chunk_size_for, log_importance_weights, log_mean_exp
+from pyro_vae.estimators import (
+    chunk_size_for,
+    log_importance_weights,
+    log_mean_exp,
+    log_weights_of_traces,
+    particle_traces,
+    summarize_log_weights,
+)
 from pyro_vae.evaluate import restore_run
 from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim
 from pyro_vae.train import (
@@ -79,7 +86,6 @@ EQUAL_WEIGHTS_SPREAD = 1e-3
 MIN_NUTS_SAMPLES = 10
 #: Default folder for the outputs, inside the run directory.
 DIAGNOSE_DIR = "diagnose"
-_PARTICLE_PLATE = "_pyro_vae_diagnose_samples"
 
 
 class DiagnoseError(ValueError):
@@ -269,19 +275,17 @@ def _per_point(tensor: torch.Tensor, site: dict, event_dims: int, num_draws: int
 
 def _particle_traces(pair: Any, x: torch.Tensor, num_samples: int, info: PairInfo,
                      progress: bool, desc: str) -> Iterator[tuple[Any, Any, int]]:  # fmt: skip
-    """Guide traces z ~ q(z|x) and the model replayed on them, ``k`` draws at a time."""
-    rank = info.max_plate_nesting + 1
+    """Guide traces z ~ q(z|x) and the model replayed on them, ``k`` draws at a time
+    (in a particle plate when the pair vectorizes, else one by one without it)."""
     chunk = chunk_size_for(x.shape[0], x[0].numel()) if info.vectorizable else 1
     bar = tqdm(total=num_samples, desc=desc, disable=not progress, unit="draw", leave=False)
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        guide, model = pair.guide, pair.model
-        if info.vectorizable:
-            plate = pyro.plate(_PARTICLE_PLATE, k, dim=-rank)
-            guide, model = plate(guide), plate(model)
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        plate_size = k if info.vectorizable else None
+        guide_trace, model_trace = particle_traces(
+            pair.model, pair.guide, x, plate_size, info.max_plate_nesting
+        )
         yield guide_trace, model_trace, k
         done += k
         bar.update(k)
@@ -316,6 +320,7 @@ class GuideDraws:
     kl: dict[str, np.ndarray | None]  # E_q KL(q(z_d|.) || p(z_d|.)), (B, D)
     kl_method: dict[str, str | None]
     conditional: dict[str, bool]  # whether q's distribution at the site moves with other z
+    log_weights: torch.Tensor  # log p(x, z_s) - log q(z_s|x) of these draws, (S, B)
 
 
 def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
@@ -340,10 +345,20 @@ def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info:
     sums = {s.name: {"mean": 0.0, "variance": 0.0, "mean_sq": 0.0, "kl": 0.0} for s in latents}
     kl_method: dict[str, str | None] = {}
     conditional = {s.name: False for s in latents}
+    log_weights = []
     with torch.no_grad():
         for guide_trace, model_trace, k in _particle_traces(
             pair, x, num_samples, info, progress, "q(z|x) draws"
         ):
+            log_weights.append(
+                log_weights_of_traces(
+                    guide_trace,
+                    model_trace,
+                    num_points,
+                    max_plate_nesting=info.max_plate_nesting,
+                    num_samples=k if info.vectorizable else None,
+                )
+            )
             for latent in latents:
                 guide_site = guide_trace.nodes[latent.name]
                 model_site = model_trace.nodes[latent.name]
@@ -393,6 +408,7 @@ def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info:
         kl=kl,
         kl_method=kl_method,
         conditional=conditional,
+        log_weights=torch.cat(log_weights, dim=0),
     )
 
 
@@ -741,18 +757,13 @@ def diagnose_pair(
     notes: list[str] = []
     seconds: dict[str, float] = {}
 
-    # PSIS k-hat, log p(x), ELBO: one set of S weights from q
+    # S draws from q: PSIS k-hat, log p(x), ELBO from their weights; moments, KL per
+    # dimension and the InferenceData from the same draws
     started = time.perf_counter()
     pyro.set_rng_seed(seed)
-    log_weights = log_importance_weights(
-        pair.model,
-        pair.guide,
-        x,
-        num_samples,
-        max_plate_nesting=info.max_plate_nesting,
-        chunk_size=chunk_size_for(num_points, x[0].numel()),
-        vectorize=info.vectorizable,
-    )
+    q = guide_draws(pair, x, latents, info, num_samples, progress=progress)
+    seconds["importance_sampling"] = time.perf_counter() - started
+    log_weights = q.log_weights
     broken = torch.isnan(log_weights) | torch.isposinf(log_weights)  # -inf: a zero weight
     if broken.any():
         bad = broken.any(0).nonzero()[:, 0].tolist()
@@ -761,11 +772,9 @@ def diagnose_pair(
             "the parameters may have diverged; try --checkpoint checkpoint.pt or another run"
         )
     khat = psis_khat(log_weights)
-    log_px = log_mean_exp(log_weights, dim=0)
-    elbo = log_weights.mean(0)
+    weights = summarize_log_weights(log_weights)
+    log_px, elbo, ess = weights["log_px"], weights["elbo"], weights["ess"]
     elbo_stderr = log_weights.std(0) / math.sqrt(num_samples)
-    normalized = log_weights - torch.logsumexp(log_weights, dim=0, keepdim=True)
-    ess = torch.exp(-torch.logsumexp(2 * normalized, dim=0))
     if np.isneginf(khat).any():
         notes.append(
             f"k-hat is -inf (null in JSON) where all S log weights are equal (to within "
@@ -779,10 +788,6 @@ def diagnose_pair(
             "the worst case for q as a proposal"
         )
 
-    # draws from q: moments, KL per dimension, InferenceData
-    pyro.set_rng_seed(seed + 1)
-    q = guide_draws(pair, x, latents, info, num_samples, progress=progress)
-    seconds["importance_sampling"] = time.perf_counter() - started
     q_mean, q_sd = _concat(q.mean, latents), _concat(q.sd, latents)
     labels = [label for latent in latents for label in latent.labels()]
 

@@ -83,28 +83,23 @@ def _site_log_prob(site: dict, batch_size: int, rank: int, particle_axis: int | 
     return log_prob
 
 
-def _trace_log_weights(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    num_samples: int | None,
-    max_plate_nesting: int,
+def log_weights_of_traces(
+    guide_trace: Any,
+    model_trace: Any,
+    batch_size: int,
+    *,
+    max_plate_nesting: int = 1,
+    num_samples: int | None = None,
 ) -> torch.Tensor:
-    """log p(x,z) - log q(z|x) per sample and point; ``num_samples=None`` means no particle
-    plate (one sample, unvectorized)."""
+    """log p(x, z) - log q(z|x) per sample and point, shape ``(K, B)``, from a guide trace
+    and the model replayed on it. ``num_samples`` is the size K of the particle plate at dim
+    ``-max_plate_nesting - 1`` around both programs, or None for one unvectorized sample."""
     if num_samples is None:
-        wrapped_model, wrapped_guide = model, guide
         rank, particle_axis = max_plate_nesting, None
     else:
-        particle_dim = -max_plate_nesting - 1
-        plate = pyro.plate(_PARTICLE_PLATE, num_samples, dim=particle_dim)
-        wrapped_guide, wrapped_model = plate(guide), plate(model)
         rank, particle_axis = max_plate_nesting + 1, 0
-    guide_trace = poutine.trace(wrapped_guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(wrapped_model, trace=guide_trace)).get_trace(x)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
-    batch_size = x.shape[0]
 
     def log_prob(site: dict) -> torch.Tensor:
         return _site_log_prob(site, batch_size, rank, particle_axis)
@@ -127,8 +122,39 @@ def _trace_log_weights(
         log_weights = log_weights + term
     for site in guide_sites.values():  # guide sites the model lacks (check_pair forbids them)
         log_weights = log_weights - log_prob(site)
-    expected = (num_samples or 1, batch_size)
-    return log_weights.expand(expected)
+    return log_weights.expand((num_samples or 1, batch_size))
+
+
+def particle_traces(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int | None,
+    max_plate_nesting: int,
+) -> tuple[Any, Any]:
+    """A guide trace of ``num_samples`` draws z ~ q(z|x) in one vectorized particle plate
+    (dim ``-max_plate_nesting - 1``; None: one draw, no plate), and the model replayed on it."""
+    if num_samples is not None:
+        plate = pyro.plate(_PARTICLE_PLATE, num_samples, dim=-max_plate_nesting - 1)
+        model, guide = plate(model), plate(guide)
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    return guide_trace, model_trace
+
+
+def _trace_log_weights(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int | None,
+    max_plate_nesting: int,
+) -> torch.Tensor:
+    """log p(x,z) - log q(z|x) per sample and point; ``num_samples=None`` means no particle
+    plate (one sample, unvectorized)."""
+    guide_trace, model_trace = particle_traces(model, guide, x, num_samples, max_plate_nesting)
+    return log_weights_of_traces(guide_trace, model_trace, x.shape[0],
+                                 max_plate_nesting=max_plate_nesting,
+                                 num_samples=num_samples)  # fmt: skip
 
 
 def log_importance_weights(
@@ -265,12 +291,17 @@ def estimate_log_px(
         chunk_size=chunk_size_for(x.shape[0], x[0].numel(), max_elements),
         vectorize=vectorize,
     )
+    return summarize_log_weights(log_weights)
+
+
+def summarize_log_weights(log_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-point ``log_px`` (log-mean-exp), ``elbo`` (mean) and ``ess`` of ``(K, B)`` log
+    weights; ESS = 1 / sum_k wbar_k^2 with wbar the normalized weights (Kong 1992)."""
     normalized = log_weights - torch.logsumexp(log_weights, dim=0, keepdim=True)
-    ess = torch.exp(-torch.logsumexp(2 * normalized, dim=0))
     return {
         "log_px": iwae_bound(log_weights, dim=0),
         "elbo": elbo_estimate(log_weights, dim=0),
-        "ess": ess,
+        "ess": torch.exp(-torch.logsumexp(2 * normalized, dim=0)),
     }
 
 
