@@ -134,9 +134,18 @@ def particle_traces(
 ) -> tuple[Any, Any]:
     """A guide trace of ``num_samples`` draws z ~ q(z|x) in one vectorized particle plate
     (dim ``-max_plate_nesting - 1``; None: one draw, no plate), and the model replayed on it."""
+    # == not is: two accesses of a bound method (pair.model) are equal, not identical
+    from_prior = isinstance(guide, PriorProposal) and guide.model == model
     if num_samples is not None:
         plate = pyro.plate(_PARTICLE_PLATE, num_samples, dim=-max_plate_nesting - 1)
         model, guide = plate(model), plate(guide)
+    if from_prior:  # one run of the model: its latent sites are the proposal's
+        model_trace = poutine.trace(model).get_trace(x)
+        guide_trace = model_trace.copy()
+        for name, site in model_trace.nodes.items():
+            if site["type"] == "sample" and site["is_observed"]:
+                guide_trace.remove_node(name)
+        return guide_trace, model_trace
     guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     return guide_trace, model_trace
@@ -213,10 +222,29 @@ def chunk_size_for(num_points: int, x_dim: int, max_elements: int = 2**24) -> in
     return max(1, max_elements // max(1, num_points * x_dim))
 
 
-def prior_proposal(model: Callable) -> Callable:
-    """The model's prior p(z) as a proposal program: the model run forward, observed sites
-    hidden, so its latents are drawn from p(z) and the weights are p(x,z)/p(z) = p(x|z)."""
-    return poutine.block(model, hide_fn=lambda msg: msg["type"] == "sample" and msg["is_observed"])
+class PriorProposal:
+    """The model's prior p(z) as a proposal program: the model run forward with its observed
+    sites hidden, so its latents are drawn from p(z) and the weights are p(x,z)/p(z) = p(x|z).
+
+    :func:`particle_traces` recognizes it and runs the model once, not twice (proposal, then
+    the model replayed on it): the decoder is the costly part of both runs.
+    """
+
+    def __init__(self, model: Callable) -> None:
+        self.model = model
+        self._forward = poutine.block(model, hide_fn=_is_observed)
+
+    def __call__(self, *args, **kwargs):
+        return self._forward(*args, **kwargs)
+
+
+def _is_observed(msg: dict) -> bool:
+    return msg["type"] == "sample" and msg["is_observed"]
+
+
+def prior_proposal(model: Callable) -> PriorProposal:
+    """``model``'s prior p(z) as a proposal (see :class:`PriorProposal`): weights p(x|z)."""
+    return PriorProposal(model)
 
 
 def _guide_proposal(pair: Any) -> Callable:

@@ -204,6 +204,29 @@ def test_prior_weights_are_exactly_the_log_likelihood():
         assert torch.equal(log_weights, expected)
 
 
+def test_the_prior_proposal_runs_the_model_once_with_the_same_weights():
+    """particle_traces runs the model once for a PriorProposal; wrapped in a plain function
+    the same proposal goes the general way (proposal, then the model replayed on it)."""
+    pair = PAIRS["mlp"].factory((1, 8, 8), hidden=[16], z_dim=3)
+    x = torch.bernoulli(torch.full((6, 64), 0.3))
+    proposal = prior_proposal(pair.model)
+    calls = []
+    decoder_forward = pair.decoder.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return decoder_forward(*args, **kwargs)
+
+    pair.decoder.forward = counting
+    pyro.set_rng_seed(3)
+    once = log_importance_weights(pair.model, proposal, x, 11, chunk_size=4)
+    runs_once = len(calls)
+    pyro.set_rng_seed(3)
+    general = log_importance_weights(pair.model, lambda x: proposal(x), x, 11, chunk_size=4)
+    assert torch.equal(once, general)
+    assert runs_once == 3 and len(calls) == 3 + 6  # 3 chunks of samples; twice as many
+
+
 def test_prior_estimator_agrees_where_the_prior_is_a_good_proposal():
     """z_dim 1 and a broad likelihood (noise 3): the posterior is nearly the prior."""
     pair, x, exact = linear_gaussian_data(x_dim=5, z_dim=1, noise_scale=3.0)
