@@ -165,6 +165,12 @@ def _add_run_options(p, *, split: str = "test", out_help: str | None = None) -> 
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
+def _run_options(args) -> dict:
+    """The values of :func:`_add_run_options`' flags, as keyword arguments."""
+    names = ["split", "checkpoint", "device", "data_dir", "progress", "out", "seed"]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
 def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -192,14 +198,10 @@ def _run_evaluate(args) -> int:
     summary = evaluate(
         args.run_dir,
         num_samples=args.num_samples,
-        split=args.split,
         limit=args.limit,
         batch_size=args.batch_size,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        data_dir=args.data_dir,
-        progress=args.progress,
         estimator=args.estimator,
+        **_run_options(args),
     )
     if args.json:
         print(json.dumps(jsonable(summary)))
@@ -272,13 +274,7 @@ def _run_convergence(args) -> int:
         estimators=args.estimators,
         num_points=args.points,
         repeats=args.repeats,
-        split=args.split,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        data_dir=args.data_dir,
-        out=args.out,
-        progress=args.progress,
-        seed=args.seed,
+        **_run_options(args),
     )
     if args.json:
         print(json.dumps(jsonable(summary)))
@@ -324,14 +320,8 @@ def _run_gradvar(args) -> int:
         estimators=args.estimators,
         num_draws=args.num_draws,
         batch_size=args.batch_size,
-        split=args.split,
-        checkpoint=args.checkpoint,
         baseline_steps=args.baseline_steps,
-        device=args.device,
-        data_dir=args.data_dir,
-        out=args.out,
-        progress=args.progress,
-        seed=args.seed,
+        **_run_options(args),
     )
     if args.json:
         print(json.dumps(jsonable(without_groups(result))))
@@ -376,19 +366,13 @@ def _run_diagnose(args) -> int:
         indices=args.indices,
         num_samples=args.num_samples,
         nuts=args.nuts,
-        split=args.split,
-        out=args.out,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        data_dir=args.data_dir,
         nuts_chains=args.nuts_chains,
         nuts_warmup=args.nuts_warmup,
         nuts_samples=args.nuts_samples,
         gap_steps=args.gap_steps,
         gap_lr=args.gap_lr,
         gap_particles=args.gap_particles,
-        progress=args.progress,
-        seed=args.seed,
+        **_run_options(args),
     )
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
