@@ -23,6 +23,15 @@ from pyro import poutine  # noqa: E402
 from pyro_vae.train import CHECKPOINT, eval_split, read_config, resolve_device, restore_pair  # noqa: E402
 
 
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Lay ``fig`` out, write it to ``path`` as a PNG (100 dpi) and close it; return the path."""
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _observed_mean(trace, observed_sites: tuple[str, ...]) -> torch.Tensor:
     """The mean of the (first) observed site's distribution; its value if it has no mean."""
     site = trace.nodes[observed_sites[0]]
@@ -68,9 +77,7 @@ def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...
                     image.squeeze(-1) if channels == 1 else image, cmap="gray", vmin=0, vmax=1
                 )
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def training_curves(history: list[dict[str, float]], path: Path) -> Path:
@@ -83,10 +90,7 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def sample_figure(
@@ -146,10 +150,7 @@ def convergence_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path
     )
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def khat_figure(khat: Any, indices: Any, path: str | os.PathLike) -> Path:
@@ -178,10 +179,7 @@ def khat_figure(khat: Any, indices: Any, path: str | os.PathLike) -> Path:
     ax.set_ylabel("PSIS k-hat of q(z|x)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def kl_per_dim_figure(kl_per_dim: Any, labels: Any, path: str | os.PathLike) -> Path:
@@ -196,10 +194,7 @@ def kl_per_dim_figure(kl_per_dim: Any, labels: Any, path: str | os.PathLike) -> 
     ax.set_ylabel("KL to the prior (nats)")
     ax.set_xlabel("latent dimension")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def forest_figure(datasets: dict[str, Any], path: str | os.PathLike, *, var_name: str,
@@ -220,10 +215,7 @@ def forest_figure(datasets: dict[str, Any], path: str | os.PathLike, *, var_name
         figsize=(6, 1 + 0.35 * len(datasets) * np.prod([len(v) for v in coords.values()])),
     )
     fig = axes.ravel()[0].figure
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def pair_figure(datasets: dict[str, Any], path: str | os.PathLike, *, var_name: str,
@@ -267,10 +259,7 @@ def pair_figure(datasets: dict[str, Any], path: str | os.PathLike, *, var_name: 
     axes[0][0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
     obs_id = coords["obs_id"][0]
     fig.suptitle(f"draws of {var_name} for data point {obs_id}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def gradient_variance_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -310,7 +299,4 @@ def gradient_variance_figure(summary: dict[str, Any], path: str | os.PathLike) -
         f"gradients on {summary['batch_size']} {summary['split']} points, "
         f"{summary['num_draws']} draws each"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
