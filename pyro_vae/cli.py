@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from pyro_vae.config import FIELDS, ConfigError, load_toml, resolve
+from pyro_vae.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
 from pyro_vae.diagnose import DiagnoseError
 from pyro_vae.estimators import ESTIMATORS, EstimatorError
@@ -122,6 +122,32 @@ def _add_train(subparsers) -> None:
         help="hidden widths of --baseline nn (default 100)",
     )
     p.add_argument(
+        "--beta",
+        type=float,
+        metavar="B",
+        help="weight of every latent site in training (a beta-VAE's beta * KL; default 1); "
+        "validation and evaluation always report the true ELBO",
+    )
+    p.add_argument(
+        "--kl-warmup",
+        type=int,
+        metavar="N",
+        help="KL warm-up: the latent weight rises linearly from --kl-warmup-start to --beta "
+        "over N SVI steps (default 0: no warm-up)",
+    )
+    p.add_argument(
+        "--kl-warmup-start",
+        type=float,
+        metavar="B0",
+        help="latent weight at the first step of --kl-warmup (default 0)",
+    )
+    p.add_argument(
+        "--pixel-scale",
+        choices=PIXEL_SCALE_CHOICES,
+        help="scaling of .npy/.npz values: auto (uint8 arrays of image shape /255, counts "
+        "kept), none, 255 (default auto)",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -213,6 +239,13 @@ def _run_evaluate(args) -> int:
             f"  ELBO       {summary['elbo']:.3f} +- {summary['elbo_stderr']:.3f} nats\n"
             f"  gap        {summary['gap']:.3f} nats   ({summary['seconds']:.1f}s)"
         )
+        if summary["scaled_sites"]:
+            print(f"  unscaled densities at site(s) {', '.join(summary['scaled_sites'])}")
+        if summary["conditioned_on"]:
+            print(
+                "  log p(x_i | globals), global site(s) held at the guide's mean: "
+                + ", ".join(summary["conditioned_on"]["sites"])
+            )
     return 0
 
 

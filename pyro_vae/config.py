@@ -16,6 +16,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+#: ``--pixel-scale`` values (see pyro_vae.data.load_dataset).
+PIXEL_SCALE_CHOICES = ("auto", "none", "255")
+
+
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names file and key."""
 
@@ -50,6 +54,16 @@ class TrainConfig:
     baseline_lr: float | None = None  # None: 10 x lr (NVIL's faster baseline)
     baseline_hidden: list[int] = field(default_factory=lambda: [100])
     score_function: bool = False
+    # β-VAE and KL warm-up (pyro_vae.handlers.TrainingScales): the weight of every latent site
+    # at step t is kl_warmup_start + (beta - kl_warmup_start) * min(1, t / kl_warmup).
+    beta: float = 1.0
+    kl_warmup: int = 0
+    kl_warmup_start: float = 0.0
+    # How .npy/.npz values are scaled: auto (uint8 images / 255, counts as they are), none, 255.
+    pixel_scale: str = "auto"
+    # Set when a pair object given from Python cannot be rebuilt from `pair` and `pair_kwargs`:
+    # what to pass so that the command line can rebuild it.
+    pair_note: str | None = None
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the flag for values that cannot work."""
@@ -66,6 +80,24 @@ class TrainConfig:
         for ok, flag, value, wanted in checks:
             if not ok:
                 raise ConfigError(f"{flag} {value!r}: must be {wanted}")
+        weights = (("--beta", self.beta, True), ("--kl-warmup-start", self.kl_warmup_start, False))
+        for flag, value, positive in weights:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and (value > 0 if positive else value >= 0))
+            ):
+                wanted = "a number > 0" if positive else "a number >= 0"
+                raise ConfigError(f"{flag} {value!r}: must be {wanted}")
+        kl_warmup = self.kl_warmup
+        if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
+            raise ConfigError(f"--kl-warmup {kl_warmup!r}: must be a number of steps >= 0")
+        if self.pixel_scale == 255 and not isinstance(self.pixel_scale, bool):
+            self.pixel_scale = "255"  # a TOML number
+        if self.pixel_scale not in PIXEL_SCALE_CHOICES:
+            raise ConfigError(
+                f"--pixel-scale {self.pixel_scale!r}: choose from {', '.join(PIXEL_SCALE_CHOICES)}"
+            )
         if not isinstance(self.pair_kwargs, dict):
             raise ConfigError(f"--pair-kwargs must be a JSON object, got {self.pair_kwargs!r}")
         self._validate_gradient_estimator()

@@ -33,9 +33,16 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.config import ConfigError
-from pyro_vae.estimators import ESTIMATORS, EstimatorError, estimate_log_px_in_batches
+from pyro_vae.estimators import (
+    ESTIMATORS,
+    EstimatorError,
+    estimate_log_px_in_batches,
+    evaluation_notes,
+    evaluation_view,
+    low_ess_warnings,
+)
 from pyro_vae.evaluate import restore_run
-from pyro_vae.pairs import PairInfo
+from pyro_vae.pairs import PairInfo, evaluation_mode
 from pyro_vae.train import BEST, atomic_write_bytes, json_bytes
 
 __all__ = ["CONVERGENCE_COLUMNS", "convergence_study", "exact_log_marginal"]
@@ -80,7 +87,7 @@ def _repeated_estimates(
         num_samples,
         batch_size=ROWS_PER_CALL,
         max_plate_nesting=info.max_plate_nesting,
-        vectorize=info.vectorizable,
+        vectorize=getattr(pair, "vectorizable", info.vectorizable),
         estimator=estimator,
     )
     return {key: value.reshape(repeats, x.shape[0]) for key, value in out.items()}
@@ -147,7 +154,9 @@ def convergence_study(
     The reference is the exact log p(x) (mean over the points) when the pair has a closed
     form, else the ``is`` estimate at the largest K (``reference_kind`` says which; None
     without either). With ``save``, writes ``convergence.json``, ``convergence.csv`` and
-    ``convergence.png`` into ``out`` (default: the run directory).
+    ``convergence.png`` into ``out`` (default: the run directory). Densities are unscaled
+    and global latents fixed as in :func:`pyro_vae.evaluate.evaluate` (``scaled_sites``,
+    ``conditioned_on``); ``warnings`` lists the cells whose mean ESS is below 1% of K or 10.
 
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
@@ -163,9 +172,13 @@ def convergence_study(
     started = time.perf_counter()
     cells = [(estimator, k) for estimator in estimators for k in ks]
     results = []
+    warnings: list[str] = []
+    with evaluation_mode(restored.pair):
+        view = evaluation_view(restored.pair, restored.info, x[:2])
     for estimator, k in tqdm(cells, desc="convergence", disable=not progress, unit="cell"):
         cell_started = time.perf_counter()
-        out_k = _repeated_estimates(restored.pair, restored.info, x, k, repeats, estimator)
+        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator)
+        warnings += low_ess_warnings(float(out_k["ess"].mean()), k, f"{estimator}, K={k}")
         results.append(
             {
                 "estimator": estimator,
@@ -196,7 +209,11 @@ def convergence_study(
         "device": str(restored.device),
         "seconds": time.perf_counter() - started,
         "results": results,
+        **evaluation_notes(view),
+        "warnings": warnings,
     }
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if save:
         save_convergence(summary, Path(run_dir) if out is None else Path(out))
     return summary

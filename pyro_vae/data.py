@@ -40,6 +40,7 @@ __all__ = [
     "DataFile",
     "Dataset",
     "DatasetSpec",
+    "PIXEL_SCALES",
     "binarize_static",
     "cache_dir",
     "load_dataset",
@@ -69,7 +70,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Three flattened splits of one data set, with the image shape that unflattens a row."""
+    """Three flattened splits of one data set, with the image shape that unflattens a row.
+
+    `pixel_scale` is the divisor the stored values were scaled by on loading (255.0 for 8-bit
+    pixels, 16.0 for the digits' 0..16 levels), or None when they are kept as stored (counts,
+    floats, 0/1 bits).
+    """
 
     name: str
     train: torch.Tensor
@@ -77,6 +83,7 @@ class Dataset:
     test: torch.Tensor
     image_shape: tuple[int, int, int]
     binary: bool
+    pixel_scale: float | None = None
 
     def __post_init__(self) -> None:
         size = int(np.prod(self.image_shape))
@@ -107,7 +114,7 @@ class Dataset:
         sizes = ", ".join(f"{split}={getattr(self, split).shape[0]}" for split in SPLITS)
         return (
             f"Dataset(name={self.name!r}, {sizes}, image_shape={self.image_shape}, "
-            f"binary={self.binary}, device={self.train.device})"
+            f"binary={self.binary}, pixel_scale={self.pixel_scale}, device={self.train.device})"
         )
 
 
@@ -141,6 +148,9 @@ class DatasetSpec:
     default_binarize: str
     default_pair: str
     description: str
+    # What the reader divides the stored levels by to reach [0, 1]; None for values kept as
+    # stored (binarized MNIST's 0/1 bits).
+    pixel_scale: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,9 +204,12 @@ def _read_bytes(path: Path) -> bytes:
         ) from error
 
 
+PIXEL_LEVELS = 255.0  # the top level of an 8-bit pixel
+
+
 def _scale_bytes(images: np.ndarray) -> np.ndarray:
     """uint8 pixels as float32 in [0, 1], flattened to (N, D)."""
-    return (images.astype(np.float32) / np.float32(255)).reshape(len(images), -1)
+    return (images.astype(np.float32) / np.float32(PIXEL_LEVELS)).reshape(len(images), -1)
 
 
 def _split_tail(rows: np.ndarray, num_valid: int, num_test: int, source: str) -> Splits:
@@ -338,6 +351,7 @@ def _read_frey_splits(paths: Mapping[str, Path]) -> Splits:
 
 DIGITS_NUM_TRAIN = 1297
 DIGITS_NUM_VALID = 200
+DIGITS_LEVELS = 16.0  # scikit-learn's digits count 0..16 pixels of a 4x4 block
 
 
 def _read_digits_splits(paths: Mapping[str, Path]) -> Splits:
@@ -348,7 +362,7 @@ def _read_digits_splits(paths: Mapping[str, Path]) -> Splits:
     """
     from sklearn.datasets import load_digits
 
-    images = (load_digits().data / 16.0).astype(np.float32)
+    images = (load_digits().data / DIGITS_LEVELS).astype(np.float32)
     end_valid = DIGITS_NUM_TRAIN + DIGITS_NUM_VALID
     return images[:DIGITS_NUM_TRAIN], images[DIGITS_NUM_TRAIN:end_valid], images[end_valid:]
 
@@ -405,6 +419,7 @@ DATASETS: dict[str, DatasetSpec] = {
             default_binarize="dynamic",
             default_pair="mlp",
             description="scikit-learn's 1797 handwritten 8x8 digits (ships with sklearn; offline)",
+            pixel_scale=DIGITS_LEVELS,
         ),
         DatasetSpec(
             name="mnist",
@@ -421,6 +436,7 @@ DATASETS: dict[str, DatasetSpec] = {
             default_binarize="dynamic",
             default_pair="mlp",
             description="MNIST handwritten digits, 28x28 grey levels (LeCun et al. 1998)",
+            pixel_scale=PIXEL_LEVELS,
         ),
         DatasetSpec(
             name="fashion-mnist",
@@ -437,6 +453,7 @@ DATASETS: dict[str, DatasetSpec] = {
             default_binarize="dynamic",
             default_pair="mlp",
             description="Fashion-MNIST clothing images, 28x28 grey levels (Xiao et al. 2017)",
+            pixel_scale=PIXEL_LEVELS,
         ),
         DatasetSpec(
             name="binarized-mnist",
@@ -461,6 +478,7 @@ DATASETS: dict[str, DatasetSpec] = {
             default_binarize="none",
             default_pair="gaussian-mlp",
             description="Frey Face, 1965 video frames of one face, 28x20 (Kingma & Welling 2014)",
+            pixel_scale=PIXEL_LEVELS,
         ),
     )
 }
@@ -649,13 +667,56 @@ def _image_shape_of(trailing: tuple[int, ...], source: str) -> tuple[int, int, i
     return shapes[len(trailing)](trailing)
 
 
-def _as_float_rows(array: np.ndarray, source: str) -> np.ndarray:
-    """An (N, ...) array as float32 (N, D): uint8 /255, other numbers as they are."""
-    if array.dtype == np.uint8:
-        return _scale_bytes(array)
+def _auto_divisor(array: np.ndarray) -> float | None:
+    """255 for uint8 images, each example (H, W) or (C, H, W); None for anything else.
+
+    Flat uint8 rows (N, D) are as often counts (bag-of-words) as pixels, and other integer
+    dtypes are counts, so only an array shaped like images is taken to hold 8-bit pixels.
+    """
+    return PIXEL_LEVELS if array.dtype == np.uint8 and array.ndim in (3, 4) else None
+
+
+# --pixel-scale: what an array file's values are divided by, per array; None keeps them.
+_ARRAY_DIVISORS: dict[str, Callable[[np.ndarray], float | None]] = {
+    "auto": _auto_divisor,
+    "none": lambda array: None,
+    "255": lambda array: PIXEL_LEVELS,
+}
+PIXEL_SCALES = tuple(_ARRAY_DIVISORS)
+
+
+def _check_pixel_scale(pixel_scale: str) -> None:
+    """Raise DataError for a pixel scale that is not one of PIXEL_SCALES."""
+    if not isinstance(pixel_scale, str) or pixel_scale not in _ARRAY_DIVISORS:
+        raise DataError(
+            f"unknown pixel scale {pixel_scale!r} (--pixel-scale); choose one of "
+            f"{', '.join(PIXEL_SCALES)} (as a string)"
+        )
+
+
+def _check_named_pixel_scale(spec: DatasetSpec, pixel_scale: str) -> None:
+    """A named set stored as pixel levels cannot be kept raw: say so for --pixel-scale none."""
+    if pixel_scale == "none" and spec.pixel_scale is not None:
+        raise DataError(
+            f"--pixel-scale none: the named data set {spec.name!r} is stored as pixel levels, "
+            f"and the named sets are always scaled to [0, 1] (here /{spec.pixel_scale:g}). "
+            "--pixel-scale applies to .npy/.npz files only: drop it (or pass auto), or save "
+            "the raw array as a .npy file and load that."
+        )
+
+
+def _as_float_rows(array: np.ndarray, source: str, divisor: float | None = None) -> np.ndarray:
+    """An (N, ...) array of numbers as float32 (N, D), divided by `divisor` when one is given.
+
+    x_row = float32(x) / divisor, or float32(x) as stored when `divisor` is None, so integer
+    counts arrive as exactly those counts (0, 3, 17). Which divisor `--pixel-scale` picks is
+    decided by the caller (see `_ARRAY_DIVISORS`).
+    """
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise DataError(f"{source} has dtype {array.dtype}; expected numbers (uint8 or float)")
+        raise DataError(f"{source} has dtype {array.dtype}; expected numbers (integer or float)")
     rows = array.astype(np.float32).reshape(len(array), -1)
+    if divisor is not None:
+        rows /= np.float32(divisor)
     num_bad = int((~np.isfinite(rows)).sum())
     if num_bad:
         raise DataError(
@@ -682,8 +743,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path} could not be read as .npz ({error}); is it corrupt?") from error
 
 
-def _load_array_file(path: Path) -> tuple[Splits, tuple[int, int, int]]:
-    """Splits and image shape from a user's .npy or .npz file."""
+def _load_array_file(
+    path: Path, pixel_scale: str = "auto"
+) -> tuple[Splits, tuple[int, int, int], float | None]:
+    """Splits, image shape and the divisor applied (or None) from a user's .npy or .npz file.
+
+    The divisor comes from `_ARRAY_DIVISORS[pixel_scale]`, one for all splits: splits that
+    `auto` would scale differently (uint8 images beside floats) are an error, not a mix.
+    """
     if path.suffix.lower() == ".npy":
         named = dict(zip(SPLITS, _array_splits(_read_npy(path), str(path))))
     else:
@@ -697,8 +764,26 @@ def _load_array_file(path: Path) -> tuple[Splits, tuple[int, int, int]]:
     if len(set(trailing.values())) != 1:
         raise DataError(f"{path}: the splits disagree on the example shape: {trailing}")
     image_shape = _image_shape_of(trailing["train"], str(path))
-    splits = tuple(_as_float_rows(named[split], f"{path} array {split!r}") for split in SPLITS)
-    return splits, image_shape
+    divisors = {split: _ARRAY_DIVISORS[pixel_scale](array) for split, array in named.items()}
+    if len(set(divisors.values())) != 1:
+        dtypes = {split: str(array.dtype) for split, array in named.items()}
+        raise DataError(
+            f"{path}: --pixel-scale {pixel_scale} would scale the splits differently "
+            f"(dtypes {dtypes}, divisors {divisors}). Save every split with the same dtype, "
+            "or pass --pixel-scale 255 or none to treat them alike."
+        )
+    divisor = divisors["train"]
+    if divisor is None and named["train"].dtype == np.uint8 and named["train"].max(initial=0) > 1:
+        logger.info(
+            "%s: flat uint8 rows kept as stored (counts, max %d); pass --pixel-scale 255 if "
+            "they are 0-255 pixels",
+            path,
+            named["train"].max(),
+        )
+    splits = tuple(
+        _as_float_rows(named[split], f"{path} array {split!r}", divisor) for split in SPLITS
+    )
+    return splits, image_shape, divisor
 
 
 def _resolve_array_path(name: str, roots: list[Path]) -> Path:
@@ -730,7 +815,7 @@ def _check_intensities(name: str, splits: Mapping[str, torch.Tensor], binarize: 
             raise DataError(
                 f"data set {name!r}: --binarize {binarize} needs values in [0, 1], but split "
                 f"{split!r} ranges over [{tensor.min():g}, {tensor.max():g}]. Rescale the data "
-                "or use --binarize none."
+                "(0-255 pixels saved as flat uint8 rows: --pixel-scale 255) or use --binarize none."
             )
 
 
@@ -785,15 +870,24 @@ def load_dataset(
     base_url: str | None = None,
     binarize: str = "none",
     seed: int = 0,
+    pixel_scale: str = "auto",
 ) -> Dataset:
     """Load a named data set (see DATASETS) or a .npy/.npz file as flattened float32 splits.
+
+    `pixel_scale` (--pixel-scale, one of PIXEL_SCALES) says what an array file is divided by:
+    "auto" divides uint8 images, each example (H, W) or (C, H, W), by 255 and keeps everything
+    else as stored (flat uint8 rows and other integers are counts, floats are values); "255"
+    divides every array file by 255; "none" never rescales. The named pixel sets are always
+    scaled to [0, 1] ("none" is an error for them); the divisor applied is `Dataset.pixel_scale`.
 
     `binarize="static"` replaces the intensities by one fixed Bernoulli draw (seeds `seed`,
     `seed + 1`, `seed + 2` for train, valid, test); "dynamic" and "none" return intensities,
     and `minibatches(..., binarize="dynamic")` draws per batch. Raises DataError with what to do
-    for a missing, corrupt or mismatching file, an unknown name or an unknown binarization.
+    for a missing, corrupt or mismatching file, an unknown name, an unknown binarization or an
+    unknown pixel scale.
     """
     _check_binarization(binarize)
+    _check_pixel_scale(pixel_scale)
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise DataError(
             f"--data-dir {str(data_dir)!r} is not a folder; give the folder that holds the "
@@ -801,11 +895,13 @@ def load_dataset(
         )
     roots = search_roots(data_dir)
     if name.lower().endswith(ARRAY_SUFFIXES):
-        arrays, image_shape = _load_array_file(_resolve_array_path(name, roots))
+        path = _resolve_array_path(name, roots)
+        arrays, image_shape, divisor = _load_array_file(path, pixel_scale)
     elif name in DATASETS:
         spec = DATASETS[name]
+        _check_named_pixel_scale(spec, pixel_scale)
         arrays = spec.reader(_locate(spec, roots, download, base_url))
-        image_shape = spec.image_shape
+        image_shape, divisor = spec.image_shape, spec.pixel_scale
     else:
         raise _unknown_dataset_error(name)
     splits = {split: torch.from_numpy(array) for split, array in zip(SPLITS, arrays)}
@@ -813,7 +909,7 @@ def load_dataset(
         _check_intensities(name, splits, binarize)
     splits = _LOAD_BINARIZERS[binarize](splits, seed)
     binary = all(_is_binary(tensor) for tensor in splits.values())
-    return Dataset(name=name, image_shape=image_shape, binary=binary, **splits)
+    return Dataset(name=name, image_shape=image_shape, binary=binary, pixel_scale=divisor, **splits)
 
 
 # --------------------------------------------------------------------------------------------

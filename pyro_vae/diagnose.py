@@ -35,7 +35,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ from tqdm.auto import tqdm
 
 from pyro_vae.estimators import (
     chunk_size_for,
+    evaluation_notes,
+    evaluation_view,
     log_importance_weights,
     log_mean_exp,
     log_weights_of_traces,
@@ -56,7 +58,7 @@ from pyro_vae.estimators import (
     summarize_log_weights,
 )
 from pyro_vae.evaluate import restore_run
-from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim
+from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim, evaluation_mode, pair_modules
 from pyro_vae.train import (
     BEST,
     atomic_write_bytes,
@@ -357,6 +359,7 @@ def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info:
                     num_points,
                     max_plate_nesting=info.max_plate_nesting,
                     num_samples=k if info.vectorizable else None,
+                    data_plate=info.data_plate,
                 )
             )
             for latent in latents:
@@ -421,9 +424,9 @@ def frozen_parameters(pair: Any) -> Iterator[None]:
     parameter of a module in training mode.
     """
     tensors = [value for _, value in pyro.get_param_store().named_parameters()]
-    modules = list(pair.modules()) if isinstance(pair, torch.nn.Module) else []
-    if isinstance(pair, torch.nn.Module):
-        tensors += list(pair.parameters())
+    roots = pair_modules(pair)
+    modules = [module for root in roots for module in root.modules()]
+    tensors += [param for root in roots for param in root.parameters()]
     unique = list({id(t): t for t in tensors}.values())
     flags = [t.requires_grad for t in unique]
     training = [module.training for module in modules]
@@ -544,6 +547,7 @@ def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], in
             max_plate_nesting=info.max_plate_nesting,
             chunk_size=chunk_size_for(x.shape[0], x[0].numel()),
             vectorize=info.vectorizable,
+            data_plate=info.data_plate,
         )
     return {
         "elbo": log_weights.mean(0),
@@ -747,6 +751,22 @@ def diagnose_pair(
                     gap_particles)  # fmt: skip
     if info is None:
         info = check_pair(pair, x)
+    with evaluation_mode(pair):
+        view = evaluation_view(pair, info, x[:2])
+        # estimators see the unscaled programs with global latents held fixed; the per-point
+        # diagnostics are about the local latents only
+        local_info = replace(
+            info, latent_sites=info.local_latent_sites, vectorizable=view.vectorizable
+        )
+        return _diagnose_pair(
+            view, x, local_info, indices, num_samples, nuts, nuts_chains, nuts_warmup,
+            nuts_samples, gap_steps, gap_lr, gap_particles, seed, progress,
+        )  # fmt: skip
+
+
+def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_warmup,
+                   nuts_samples, gap_steps, gap_lr, gap_particles, seed,
+                   progress) -> Diagnosis:  # fmt: skip
     num_points = x.shape[0]
     indices = list(range(num_points)) if indices is None else [int(i) for i in indices]
     if len(indices) != num_points:
@@ -755,6 +775,17 @@ def diagnose_pair(
     if nuts:
         check_continuous(latents)  # before the long parts, not after them
     notes: list[str] = []
+    if info.global_sites:
+        notes.append(
+            f"global latent site(s) {list(info.global_sites)} (outside the data plate) are "
+            "skipped: they are held at the guide's mean, and every per-point diagnostic is of "
+            "p(z_i | x_i, globals)"
+        )
+    if info.scaled_sites:
+        notes.append(
+            f"site(s) {list(info.scaled_sites)} carry a poutine.scale in the pair; every "
+            "density here is the unscaled one"
+        )
     seconds: dict[str, float] = {}
 
     # S draws from q: PSIS k-hat, log p(x), ELBO from their weights; moments, KL per
@@ -796,6 +827,7 @@ def diagnose_pair(
         "num_points": num_points,
         "num_samples": num_samples,
         "latent_sites": [latent.name for latent in latents],
+        **evaluation_notes(pair),
         "latent_dims": labels,
         "khat": khat,
         **khat_counts(khat),

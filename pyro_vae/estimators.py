@@ -27,16 +27,25 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 
-from pyro_vae.pairs import PairError, data_plate_dim, is_sample_site
+from pyro_vae.handlers import fix_sites, is_fixed, unscaled
+from pyro_vae.pairs import (
+    PARTICLE_PLATE,
+    PairError,
+    PairInfo,
+    data_plate_dim,
+    evaluation_mode,
+    is_sample_site,
+)
 
-_PARTICLE_PLATE = "_pyro_vae_samples"
+_PARTICLE_PLATE = PARTICLE_PLATE
 
 
 class EstimatorError(ValueError):
@@ -58,19 +67,29 @@ def elbo_estimate(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return log_weights.mean(dim=dim)
 
 
-def _site_log_prob(site: dict, batch_size: int, rank: int, particle_axis: int | None):
-    """A site's log-density summed over every dim but the particle and data-point dims.
+def unscaled_log_prob(site: dict) -> torch.Tensor:
+    """log p(value) of a sample site, masked as the program says but *not* scaled: the
+    model's own density, whatever ``poutine.scale`` (a β, KL annealing) or a subsampling
+    plate put on the site. ``poutine.mask`` is kept: it says which values are observed."""
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_prob, 1.0, site["mask"])
+
+
+def _site_log_prob(site: dict, batch_size: int, rank: int, particle_axis: int | None,
+                   data_plate: str | None = None) -> torch.Tensor:  # fmt: skip
+    """A site's unscaled log-density summed over every dim but the particle and data dims.
 
     Returns shape ``(K, B)`` (or ``(1, B)`` when ``particle_axis`` is None).
     """
-    log_prob = site["log_prob"]
+    log_prob = unscaled_log_prob(site)
     log_prob = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
-    found = data_plate_dim(site, batch_size)
+    found = data_plate_dim(site, batch_size, data_plate)
     if found is None:
         raise PairError(
             f"site {site['name']!r} is not in a plate over the {batch_size} data points; "
-            "per-datapoint log p(x) needs every sample site inside "
-            "`with pyro.plate('data', x.shape[0]):`"
+            "per-datapoint log p(x) needs every local sample site inside "
+            "`with pyro.plate('data', x.shape[0]):`, and global latents held fixed "
+            "(pyro_vae.estimators.evaluation_view)"
         )
     data_axis = rank + found[1]
     keep = [data_axis] if particle_axis is None else [particle_axis, data_axis]
@@ -90,19 +109,25 @@ def log_weights_of_traces(
     *,
     max_plate_nesting: int = 1,
     num_samples: int | None = None,
+    data_plate: str | None = None,
 ) -> torch.Tensor:
     """log p(x, z) - log q(z|x) per sample and point, shape ``(K, B)``, from a guide trace
     and the model replayed on it. ``num_samples`` is the size K of the particle plate at dim
-    ``-max_plate_nesting - 1`` around both programs, or None for one unvectorized sample."""
+    ``-max_plate_nesting - 1`` around both programs, or None for one unvectorized sample.
+
+    Every site counts at its unscaled density (:func:`unscaled_log_prob`); every observed
+    site of the model counts (a sequence observed one step at a time, part of an image);
+    sites held fixed by :func:`~pyro_vae.handlers.fix_sites` (global latents) are left out,
+    so the weights are those of log p(x_i | globals). ``data_plate`` names the plate over
+    the points (:attr:`PairInfo.data_plate`); None finds it by size.
+    """
     if num_samples is None:
         rank, particle_axis = max_plate_nesting, None
     else:
         rank, particle_axis = max_plate_nesting + 1, 0
-    guide_trace.compute_log_prob()
-    model_trace.compute_log_prob()
 
     def log_prob(site: dict) -> torch.Tensor:
-        return _site_log_prob(site, batch_size, rank, particle_axis)
+        return _site_log_prob(site, batch_size, rank, particle_axis, data_plate)
 
     # Each latent's log p - log q is formed before summing over sites: where the proposal is
     # the prior the two are the same numbers, their difference is exactly 0, and log w is
@@ -114,7 +139,7 @@ def log_weights_of_traces(
     }
     log_weights = 0.0
     for name, site in model_trace.nodes.items():
-        if not is_sample_site(site):
+        if not is_sample_site(site) or is_fixed(site):
             continue
         term = log_prob(site)
         if not site["is_observed"] and name in guide_sites:
@@ -157,13 +182,14 @@ def _trace_log_weights(
     x: torch.Tensor,
     num_samples: int | None,
     max_plate_nesting: int,
+    data_plate: str | None = None,
 ) -> torch.Tensor:
     """log p(x,z) - log q(z|x) per sample and point; ``num_samples=None`` means no particle
     plate (one sample, unvectorized)."""
     guide_trace, model_trace = particle_traces(model, guide, x, num_samples, max_plate_nesting)
     return log_weights_of_traces(guide_trace, model_trace, x.shape[0],
                                  max_plate_nesting=max_plate_nesting,
-                                 num_samples=num_samples)  # fmt: skip
+                                 num_samples=num_samples, data_plate=data_plate)  # fmt: skip
 
 
 def log_importance_weights(
@@ -175,6 +201,7 @@ def log_importance_weights(
     max_plate_nesting: int = 1,
     chunk_size: int | None = None,
     vectorize: bool | None = None,
+    data_plate: str | None = None,
 ) -> torch.Tensor:
     """Per-datapoint log importance weights log p(x, z_k) - log q(z_k|x), shape ``(K, B)``.
 
@@ -196,7 +223,9 @@ def log_importance_weights(
                 done = 0
                 while done < num_samples:
                     k = min(chunk_size, num_samples - done)
-                    chunks.append(_trace_log_weights(model, guide, x, k, max_plate_nesting))
+                    chunks.append(
+                        _trace_log_weights(model, guide, x, k, max_plate_nesting, data_plate)
+                    )
                     done += k
                 return torch.cat(chunks, dim=0)
             except PairError:
@@ -213,7 +242,7 @@ def log_importance_weights(
                 )
                 chunks = []
         for _ in range(num_samples):
-            chunks.append(_trace_log_weights(model, guide, x, None, max_plate_nesting))
+            chunks.append(_trace_log_weights(model, guide, x, None, max_plate_nesting, data_plate))
         return torch.cat(chunks, dim=0)
 
 
@@ -301,6 +330,9 @@ def estimate_log_px(
     with the proposal r of ``estimator`` (see :data:`ESTIMATORS`): ``"is"``, the guide
     q(z|x); ``"prior"``, the model's prior p(z), where the weights are p(x|z_k).
 
+    ``pair`` is best an :func:`evaluation_view` (unscaled, globals fixed); a raw pair is
+    evaluated at unscaled densities too. Its modules run in eval mode.
+
     Returns a dict of per-point tensors: ``log_px`` (log-mean-exp of the K log weights; for
     ``"is"`` the IWAE bound L_K), ``elbo`` (the mean of the K log weights: for ``"is"`` the
     ELBO; for ``"prior"`` E_p(z)[log p(x|z)], the ELBO of q = p(z), a loose bound) and ``ess``
@@ -310,15 +342,17 @@ def estimate_log_px(
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, eq. 8.
     """
     spec = check_estimator(estimator)
-    log_weights = log_importance_weights(
-        pair.model,
-        spec.proposal(pair),
-        x,
-        num_samples,
-        max_plate_nesting=max_plate_nesting,
-        chunk_size=chunk_size_for(x.shape[0], x[0].numel(), max_elements),
-        vectorize=vectorize,
-    )
+    with evaluation_mode(pair):
+        log_weights = log_importance_weights(
+            pair.model,
+            spec.proposal(pair),
+            x,
+            num_samples,
+            max_plate_nesting=max_plate_nesting,
+            chunk_size=chunk_size_for(x.shape[0], x[0].numel(), max_elements),
+            vectorize=vectorize,
+            data_plate=pair.info.data_plate if isinstance(pair, EvaluationPair) else None,
+        )
     return summarize_log_weights(log_weights)
 
 
@@ -366,3 +400,115 @@ def estimate_log_px_in_batches(
         for key, values in parts.items():
             values.append(out[key].cpu())
     return {key: torch.cat(values) for key, values in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair as every estimator sees it
+
+
+@dataclass
+class EvaluationPair:
+    """A pair's programs as the estimators run them: every site at its unscaled density and
+    the global latents (outside the data plate) held fixed, so each weight is that of
+    log p(x_i | globals) under the model the pair declares, whatever it scales for training.
+
+    ``conditioned_on`` says which global sites were fixed and at what (None: the pair has
+    none); ``scaled_sites`` names the sites whose scale was removed; ``base_pair`` is the pair
+    itself (its modules are what :func:`~pyro_vae.pairs.evaluation_mode` switches).
+    """
+
+    base_pair: Any
+    model: Callable
+    guide: Callable
+    info: PairInfo
+    conditioned_on: dict[str, Any] | None
+    vectorizable: bool
+    fixed_values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def scaled_sites(self) -> list[str]:
+        return list(self.info.scaled_sites)
+
+    def prior_model(self) -> Callable:
+        """The model with its observations hidden (``poutine.uncondition``): draws x, and the
+        local latents, from the prior, while the global latents stay held fixed."""
+        return unscaled(fix_sites(poutine.uncondition(self.base_pair.model), self.fixed_values))
+
+
+def global_values(pair: Any, x: torch.Tensor, info: PairInfo) -> dict[str, Any]:
+    """The guide's mean of each global latent site (a draw where the distribution has no
+    closed-form mean), from one guide trace on ``x`` in eval mode; the global RNG is left as
+    it was. Returns ``{"values": {site: tensor}, "at": {site: "guide mean" | "guide draw"}}``."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    values, at = {}, {}
+    with torch.random.fork_rng(devices=devices), evaluation_mode(pair), torch.no_grad():
+        trace = poutine.trace(pair.guide).get_trace(x)
+    for name in info.global_sites:
+        site = trace.nodes[name]
+        try:
+            values[name] = site["fn"].mean.expand(site["value"].shape).detach()
+            at[name] = "guide mean"
+        except NotImplementedError:
+            values[name] = site["value"].detach()
+            at[name] = "guide draw"
+    return {"values": values, "at": at}
+
+
+def evaluation_view(pair: Any, info: PairInfo, x: torch.Tensor) -> EvaluationPair:
+    """The :class:`EvaluationPair` of ``pair``: unscaled, with its global latents (if any)
+    fixed at the guide's mean found on the points ``x``."""
+    if isinstance(pair, EvaluationPair):
+        return pair
+    conditioned_on = None
+    values: dict[str, torch.Tensor] = {}
+    if info.global_sites:
+        found = global_values(pair, x, info)
+        values = found["values"]
+        conditioned_on = {
+            "sites": found["at"],
+            "note": "log p(x_i | globals): the global latent sites are held at the guide's "
+            "mean (a draw where it has none), not integrated out",
+        }
+    model = unscaled(fix_sites(pair.model, values))
+    guide = unscaled(fix_sites(pair.guide, values))
+    vectorizable = info.vectorizable
+    if values:
+        vectorizable = _runs_vectorized(model, guide, x[:2], info)
+    return EvaluationPair(pair, model, guide, info, conditioned_on, vectorizable, values)
+
+
+def _runs_vectorized(model: Callable, guide: Callable, x: torch.Tensor, info: PairInfo) -> bool:
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            log_weights = _trace_log_weights(model, guide, x, 2, info.max_plate_nesting)
+    except Exception:
+        return False
+    return bool(log_weights.shape == (2, x.shape[0]) and torch.isfinite(log_weights).all())
+
+
+def evaluation_notes(view: EvaluationPair) -> dict[str, Any]:
+    """What every estimator's JSON says about the pair: ``scaled_sites`` (their scale was
+    removed) and ``conditioned_on`` (global latents held fixed, or None)."""
+    return {"scaled_sites": view.scaled_sites, "conditioned_on": view.conditioned_on}
+
+
+#: Below this fraction of K, or below :data:`LOW_ESS_MIN` draws, the mean effective sample
+#: size of the importance weights is reported as too low to trust the estimate.
+LOW_ESS_FRACTION = 0.01
+LOW_ESS_MIN = 10
+
+
+def low_ess_warnings(ess_mean: float, num_samples: int, label: str = "") -> list[str]:
+    """A warning when the mean ESS is below 1% of K or below 10 draws (judged for K >= 20
+    only: with fewer draws the ESS cannot show much either way)."""
+    threshold = max(LOW_ESS_FRACTION * num_samples, LOW_ESS_MIN)
+    if num_samples < 2 * LOW_ESS_MIN or not ess_mean < threshold:
+        return []
+    where = f"{label}: " if label else ""
+    return [
+        f"{where}low effective sample size: mean ESS {ess_mean:.1f} of K={num_samples} draws "
+        f"(below {threshold:g}); a few weights carry the estimate, so log p(x) may be far "
+        "below its true value. Use more samples (--num-samples), or run `pyro-vae diagnose` "
+        "to see at which points q(z|x) is a poor proposal (PSIS k-hat)"
+    ]

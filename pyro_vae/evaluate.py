@@ -27,8 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.config import ConfigError, TrainConfig
-from pyro_vae.estimators import check_estimator, estimate_log_px_in_batches
-from pyro_vae.pairs import PairInfo
+from pyro_vae.estimators import (
+    check_estimator,
+    estimate_log_px_in_batches,
+    evaluation_notes,
+    evaluation_view,
+    low_ess_warnings,
+)
+from pyro_vae.pairs import PairInfo, evaluation_mode
 from pyro_vae.train import (
     BEST,
     atomic_write_bytes,
@@ -110,6 +116,12 @@ def evaluate(
     points, nats), their standard errors, ``num_points``, ``num_samples``, ``estimator``;
     per-point values go to the ``.npz`` of the same name.
 
+    Densities are the model's own, unscaled (``scaled_sites`` names the sites whose
+    ``poutine.scale`` was removed); modules run in eval mode; a pair with global latents is
+    evaluated at log p(x_i | globals) with the globals at the guide's mean
+    (``conditioned_on``). ``warnings`` (also on stderr) flags a mean ESS below 1% of K or
+    below 10.
+
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
@@ -126,18 +138,22 @@ def evaluate(
         x_all = x_all[:limit]
     if progress is None:
         progress = sys.stderr.isatty()
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     pyro.set_rng_seed(EVAL_SEED)
     started = time.perf_counter()
-    out = estimate_log_px_in_batches(
-        pair,
-        x_all,
-        num_samples,
-        batch_size=batch_size,
-        max_plate_nesting=info.max_plate_nesting,
-        vectorize=info.vectorizable,
-        estimator=estimator,
-        progress=partial(tqdm, desc=f"evaluate {split}", disable=not progress, unit="batch"),
-    )
+    with evaluation_mode(pair):
+        view = evaluation_view(pair, info, x_all[:2])
+        out = estimate_log_px_in_batches(
+            view,
+            x_all,
+            num_samples,
+            batch_size=batch_size,
+            max_plate_nesting=info.max_plate_nesting,
+            vectorize=view.vectorizable,
+            estimator=estimator,
+            progress=partial(tqdm, desc=f"evaluate {split}", disable=not progress, unit="batch"),
+        )
     seconds = time.perf_counter() - started
     log_px_t, elbo_t, ess_t = out["log_px"], out["elbo"], out["ess"]
     n = log_px_t.shape[0]
@@ -161,7 +177,11 @@ def evaluate(
         "dataset": restored.dataset,
         "device": str(restored.device),
         "seconds": seconds,
+        **evaluation_notes(view),
+        "warnings": low_ess_warnings(float(ess_t.mean()), num_samples),
     }
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if save:
         stem = evaluation_stem(split, estimator)
         atomic_write_bytes(run_dir / f"{stem}.json", json_bytes(summary))

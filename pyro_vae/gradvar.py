@@ -41,6 +41,8 @@ from pyro_vae.gradients import (
     forget_baselines,
     non_reparameterized_sites,
 )
+from pyro_vae.handlers import unscaled
+from pyro_vae.pairs import FunctionPair
 from pyro_vae.train import (
     BEST,
     atomic_write_bytes,
@@ -250,6 +252,8 @@ def gradient_variance(
     pair, info, state, config = restored.pair, restored.info, restored.state, restored.config
     torch_device = restored.device
     x = restored.x[:batch_size]
+    # gradients of the pair's own ELBO: every site unscaled, whatever poutine.scale it declares
+    pair = FunctionPair(unscaled(pair.model), unscaled(pair.guide))
     found = pair_parameters(pair.model, pair.guide, x)
     names_in_order = list(found)
     params = [found[name]["param"] for name in names_in_order]
@@ -308,7 +312,8 @@ def gradient_variance(
         "seed": seed,
         "device": str(torch_device),
         "seconds": time.perf_counter() - started,
-        "notes": _notes(pair.guide, x, names),
+        "notes": _notes(pair.guide, x, names) + _site_notes(info),
+        "scaled_sites": list(info.scaled_sites),
     }
     if save:
         from pyro_vae.plots import gradient_variance_figure  # matplotlib only when saving
@@ -331,6 +336,21 @@ def _notes(guide: Any, x: Tensor, names: list[str]) -> list[str]:
         "so Trace_ELBO takes the score function there, without Rao-Blackwellization or a "
         "baseline"
     ]
+
+
+def _site_notes(info: Any) -> list[str]:
+    notes = []
+    if info.scaled_sites:
+        notes.append(
+            f"site(s) {list(info.scaled_sites)} carry a poutine.scale in the pair: the "
+            "gradients here are of the unscaled ELBO"
+        )
+    if info.global_sites:
+        notes.append(
+            f"global latent site(s) {list(info.global_sites)}: the loss is the ELBO of this "
+            "minibatch alone (global terms once, local terms unscaled by N/B)"
+        )
+    return notes
 
 
 def without_groups(result: dict[str, Any]) -> dict[str, Any]:

@@ -9,12 +9,14 @@ once before training and reports, by site name, what would otherwise fail deep i
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import math
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import is_identically_one
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
@@ -200,17 +203,20 @@ def load_object(spec: str, *, flag: str = "--pair") -> Any:
         path = Path(target).expanduser()
         if not path.is_file():
             raise PairError(f"{flag} {spec!r}: file {str(path)!r} does not exist")
-        module_name = f"_pyro_vae_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+        module_name = user_module_name(path)
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module  # dataclasses and pickling look modules up here
         try:
-            module_spec.loader.exec_module(module)
+            with _folder_on_path(path.resolve().parent):
+                module_spec.loader.exec_module(module)
         except Exception as error:
             del sys.modules[module_name]
             raise PairError(
                 f"{flag} {spec!r}: importing {str(path)!r} failed: {type(error).__name__}: {error}"
+                + _import_hint(error, path)
             ) from error
+        _USER_FILES[module_name] = str(path.resolve())
         where = repr(str(path))
     else:
         try:
@@ -227,6 +233,42 @@ def load_object(spec: str, *, flag: str = "--pair") -> Any:
     return getattr(module, name)
 
 
+#: Files loaded by :func:`load_object`, by the module name they were given, so a pair object
+#: built from one can be recorded as ``FILE.py:NAME`` again.
+_USER_FILES: dict[str, str] = {}
+
+
+def user_module_name(path: Path) -> str:
+    """The ``sys.modules`` name a pair file is imported under (one per resolved path)."""
+    return f"_pyro_vae_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+
+
+@contextlib.contextmanager
+def _folder_on_path(folder: Path) -> Iterator[None]:
+    """Put ``folder`` first on ``sys.path`` while a pair file is imported, so the file's own
+    imports of its siblings (``from modules import Encoder``, ``from utils.mlp import MLP``)
+    resolve the way ``python FILE.py`` would resolve them; modules imported meanwhile stay in
+    ``sys.modules``, so the pair keeps working afterwards."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _import_hint(error: Exception, path: Path) -> str:
+    if isinstance(error, ModuleNotFoundError):
+        return (
+            f". Sibling modules are looked up in the file's folder {str(path.resolve().parent)!r} "
+            "and on sys.path; is the module there, or installed?"
+        )
+    return ""
+
+
 def resolve_spec(spec: str) -> str:
     """Make a ``FILE.py:NAME`` spec absolute, so a run directory can rebuild it from anywhere."""
     target, sep, name = spec.rpartition(":")
@@ -235,17 +277,43 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
-def _call_with_shape(factory: Callable, kwargs: dict, image_shape: tuple, spec: str) -> Any:
-    """Call a user factory, filling ``x_dim``/``image_shape`` if it asks for them."""
-    kwargs = dict(kwargs)
+#: Constructor arguments that name the size of one data point; filled in from the data set
+#: when a user's pair asks for them and they are not in ``--pair-kwargs``.
+INPUT_SIZE_NAMES = (
+    "x_dim",
+    "input_dim",
+    "input_size",
+    "in_features",
+    "data_dim",
+    "obs_dim",
+    "vocab_size",
+    "num_features",
+    "num_pixels",
+)
+#: Constructor arguments that name the (C, H, W) shape of one data point.
+INPUT_SHAPE_NAMES = ("image_shape", "input_shape", "x_shape")
+
+
+def input_arguments(factory: Callable, image_shape: tuple) -> dict[str, Any]:
+    """The arguments of :data:`INPUT_SIZE_NAMES` / :data:`INPUT_SHAPE_NAMES` that ``factory``
+    takes, with their values for data of ``image_shape``."""
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        parameters = {}
-    if "x_dim" in parameters and "x_dim" not in kwargs:
-        kwargs["x_dim"] = math.prod(image_shape)
-    if "image_shape" in parameters and "image_shape" not in kwargs:
-        kwargs["image_shape"] = tuple(image_shape)
+        return {}
+    filled: dict[str, Any] = {}
+    for name in parameters:
+        if name in INPUT_SIZE_NAMES:
+            filled[name] = math.prod(image_shape)
+        elif name in INPUT_SHAPE_NAMES:
+            filled[name] = tuple(image_shape)
+    return filled
+
+
+def _call_with_shape(factory: Callable, kwargs: dict, image_shape: tuple, spec: str) -> Any:
+    """Call a user factory, filling the input-size arguments it asks for (see
+    :data:`INPUT_SIZE_NAMES`) unless ``kwargs`` gives them."""
+    kwargs = {**input_arguments(factory, image_shape), **kwargs}
     try:
         return factory(**kwargs)
     except TypeError as error:
@@ -314,18 +382,154 @@ def pair_to(pair: Any, device: torch.device) -> Any:
     """Move a pair's parameters to ``device`` (modules by ``.to``; param-store params follow)."""
     if isinstance(pair, nn.Module):
         pair.to(device)
+    else:
+        for module in pair_modules(pair):
+            module.to(device)
     return pair
+
+
+def pair_modules(pair: Any) -> list[nn.Module]:
+    """The ``nn.Module`` objects of a pair: the pair itself, or the modules among its attributes
+    (a pair that is a plain object holding an encoder and a decoder). Two plain functions
+    (``--model``/``--guide``) have none that can be found."""
+    if isinstance(pair, nn.Module):
+        return [pair]
+    base = getattr(pair, "base_pair", None)  # an estimators.EvaluationPair view
+    if base is not None:
+        return pair_modules(base)
+    attributes = vars(pair).values() if hasattr(pair, "__dict__") else ()
+    return [value for value in attributes if isinstance(value, nn.Module)]
+
+
+@contextlib.contextmanager
+def evaluation_mode(pair: Any) -> Iterator[None]:
+    """Every module of ``pair`` in ``eval()`` mode (dropout off, BatchNorm on its running
+    statistics) meanwhile; each submodule's own mode is restored on exit. Estimators run in
+    it, so log p(x) of a point does not depend on the other points of its batch."""
+    modules = [m for root in pair_modules(pair) for m in root.modules()]
+    modes = [m.training for m in modules]
+    try:
+        for module in modules:
+            module.training = False
+        yield
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.training = mode
+
+
+def set_training_mode(pair: Any, training: bool = True) -> None:
+    """``train()`` (or ``eval()``) on every module of ``pair``: SVI steps run in train mode."""
+    for module in pair_modules(pair):
+        module.train(training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording a pair object so that the command line can rebuild it
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """How a pair object given from Python is written into a run: ``spec`` (``FILE.py:NAME``
+    or ``module:NAME``, None when its class cannot be imported), the constructor ``kwargs``
+    recovered from same-named attributes, and the ``missing`` required arguments."""
+
+    spec: str | None
+    kwargs: dict[str, Any]
+    missing: tuple[str, ...]
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as a JSON/TOML-writable value (tuples become lists), or raise TypeError."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _json_value(v) for k, v in value.items()}
+    raise TypeError(f"{type(value).__name__} is not a plain value")
+
+
+def record_pair(pair: Any) -> PairRecord:
+    """The spec and constructor arguments of a pair object, as far as they can be recovered.
+
+    The class is named ``FILE.py:NAME`` when it came from a pair file or a script run as
+    ``__main__``, else ``module:NAME``. An argument of ``__init__`` is recovered from the
+    attribute of the same name (``self.z_dim = z_dim``, the usual habit) when that holds a
+    plain value; arguments of :data:`INPUT_SIZE_NAMES`/:data:`INPUT_SHAPE_NAMES` are left out,
+    since they are filled in from the data set.
+    """
+    cls = type(pair)
+    module, name = cls.__module__, cls.__qualname__
+    if module in _USER_FILES:
+        spec: str | None = f"{_USER_FILES[module]}:{name}"
+    elif module == "__main__":
+        file = getattr(sys.modules.get("__main__"), "__file__", None)
+        spec = f"{Path(file).resolve()}:{name}" if file else None
+    else:
+        spec = f"{module}:{name}"
+    if "<locals>" in name:
+        spec = None
+    kwargs: dict[str, Any] = {}
+    missing = []
+    try:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        parameters = []
+    for parameter in parameters:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if parameter.name in INPUT_SIZE_NAMES + INPUT_SHAPE_NAMES:
+            continue
+        try:
+            kwargs[parameter.name] = _json_value(vars(pair)[parameter.name])
+        except (KeyError, TypeError):
+            if parameter.default is parameter.empty:
+                missing.append(parameter.name)
+    return PairRecord(spec, kwargs, tuple(missing))
+
+
+def parameter_shapes(pair: Any) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every parameter and buffer of the pair's modules."""
+    return {
+        f"{i}.{key}": tuple(value.shape)
+        for i, module in enumerate(pair_modules(pair))
+        for key, value in module.state_dict().items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The check
+
+
+#: Name of the plate over importance samples that estimators put around a pair's programs.
+PARTICLE_PLATE = "_pyro_vae_samples"
 
 
 @dataclass(frozen=True)
 class PairInfo:
-    """What one trace of a pair shows: its sites and plate nesting."""
+    """What one trace of a pair shows: its sites and plate nesting.
+
+    ``latent_sites`` are all of the model's latent sites; ``global_sites`` those among them
+    outside the data plate (shared by every point: Bayesian decoder weights, a deep
+    exponential family's top layer). ``scaled_sites`` carried a ``poutine.scale`` (or a
+    subsampling plate's scale) in the pair's own programs: estimators use their unscaled log
+    densities. ``data_subsampled``: the pair's data plate subsamples a larger size itself.
+    """
 
     latent_sites: tuple[str, ...]
     observed_sites: tuple[str, ...]
     max_plate_nesting: int
     data_plate: str
     vectorizable: bool
+    global_sites: tuple[str, ...] = ()
+    scaled_sites: tuple[str, ...] = ()
+    data_plate_dim: int = -1
+    data_subsampled: bool = False
+
+    @property
+    def local_latent_sites(self) -> tuple[str, ...]:
+        """The latent sites inside the data plate: one value per data point."""
+        return tuple(n for n in self.latent_sites if n not in self.global_sites)
 
 
 def _sample_sites(trace) -> dict:
@@ -341,12 +545,81 @@ def is_sample_site(site: dict) -> bool:
     )
 
 
-def data_plate_dim(site: dict, batch_size: int) -> tuple[str, int] | None:
-    """The (name, dim) of the plate over the data points that ``site`` sits in."""
-    frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.size == batch_size]
-    named = [f for f in frames if f.name == "data"]
-    frame = (named or frames or [None])[0]
+def _batch_size_at(site: dict, dim: int) -> int:
+    """The size of the site's batch shape at ``dim`` (1 where it broadcasts)."""
+    shape = tuple(site["fn"].batch_shape)
+    return shape[dim] if len(shape) >= -dim else 1
+
+
+def _covers(frame: Any, site: dict, batch_size: int) -> bool:
+    """Whether a plate frame runs over the ``batch_size`` data points at this site. A plate
+    without a size (``pyro.plate("data")``, size -1) does when the site's batch dim there
+    holds the points."""
+    if frame.size in (None, -1):
+        return _batch_size_at(site, frame.dim) == batch_size
+    return frame.size == batch_size
+
+
+def data_plate_dim(site: dict, batch_size: int, name: str | None = None) -> tuple[str, int] | None:
+    """The (name, dim) of the plate over the data points that ``site`` sits in, or None.
+
+    ``name`` (the data plate :func:`check_pair` found) picks the plate by name; without it,
+    a vectorized plate that covers ``batch_size`` points, ``"data"`` first.
+    """
+    frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE]
+    if name is not None:
+        found = [f for f in frames if f.name == name]
+        return (found[0].name, found[0].dim) if found else None
+    matching = [f for f in frames if _covers(f, site, batch_size)]
+    named = [f for f in matching if f.name == "data"]
+    frame = (named or matching or [None])[0]
     return None if frame is None else (frame.name, frame.dim)
+
+
+def describe_plates(site: dict) -> str:
+    """The plates a site sits in, as found: name, dim and size (size None: unsized)."""
+    frames = [f for f in site["cond_indep_stack"] if f.name != PARTICLE_PLATE]
+    if not frames:
+        return "no plate"
+    parts = []
+    for f in frames:
+        size = "no size" if f.size in (None, -1) else f"size {f.size}"
+        covered = _batch_size_at(site, f.dim) if f.vectorized else None
+        extra = f", batch dim there {covered}" if f.size in (None, -1) else ""
+        parts.append(f"plate {f.name!r} (dim {f.dim}, {size}{extra})")
+    return ", ".join(parts)
+
+
+#: What to do when a likelihood rejects the data, by the distribution named in torch's error.
+_SUPPORT_ADVICE: dict[str, str] = {
+    "Bernoulli": "a Bernoulli likelihood needs x in {0, 1}: use --binarize dynamic or static, "
+    "or a Gaussian-likelihood pair such as --pair gaussian-mlp",
+    "ContinuousBernoulli": "a continuous Bernoulli needs x in [0, 1]: scale the data (e.g. "
+    "--pixel-scale 255 for 0-255 pixels)",
+    "Beta": "a Beta likelihood needs x strictly inside (0, 1): scale the data and clip 0 and 1",
+    "Poisson": "a Poisson likelihood needs non-negative integer counts: keep count data as "
+    "counts (--pixel-scale none) and do not binarize",
+    "Multinomial": "a Multinomial likelihood needs non-negative integer counts summing to at "
+    "most total_count per row: keep count data as counts (--pixel-scale none)",
+    "Categorical": "a Categorical likelihood needs integer class indices",
+    "Binomial": "a Binomial likelihood needs integer counts between 0 and total_count",
+}
+
+
+def _support_message(label: str, error: Exception, x: torch.Tensor) -> str | None:
+    message = str(error)
+    if "support" not in message or "value argument" not in message:
+        return None
+    found = re.search(r"within the support \((.*?)\) of the distribution (\w+)", message)
+    support, likelihood = (found.group(1), found.group(2)) if found else ("?", "likelihood")
+    advice = _SUPPORT_ADVICE.get(likelihood, f"the {likelihood} likelihood's support is {support}")
+    integers = bool(torch.equal(x, x.round()))
+    kind = "integers" if integers else "non-integer values"
+    return (
+        f"the {label} rejected the data: the {likelihood} likelihood got values outside its "
+        f"support {support} (data range [{x.min().item():.3g}, {x.max().item():.3g}], {kind}). "
+        f"{advice[0].upper()}{advice[1:]}. ({error})"
+    )
 
 
 def _run(fn: Callable, label: str, x: torch.Tensor):
@@ -355,31 +628,49 @@ def _run(fn: Callable, label: str, x: torch.Tensor):
     except PairError:
         raise
     except Exception as error:
-        message = str(error)
-        if "support" in message and "value argument" in message:
-            raise PairError(
-                f"the {label} rejected the data: a likelihood got values outside its support "
-                f"(data range [{x.min().item():.3g}, {x.max().item():.3g}]). A Bernoulli "
-                "likelihood needs x in {0, 1}: use --binarize dynamic or static, or a "
-                f"Gaussian-likelihood pair such as --pair gaussian-mlp. ({error})"
-            ) from error
+        message = _support_message(label, error, x)
+        if message is not None:
+            raise PairError(message) from error
         raise PairError(
             f"the {label} failed on a batch of shape {tuple(x.shape)}: "
             f"{type(error).__name__}: {error}"
         ) from error
 
 
+def _is_scaled(site: dict) -> bool:
+    return not is_identically_one(site["scale"])
+
+
+def _subsamples(trace) -> bool:
+    """Whether a plate of the trace subsamples: ``plate(name, size, subsample_size=B)`` (or
+    ``subsample=``) with B smaller than its full size."""
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or not site_is_subsample(site):
+            continue
+        size, value = getattr(site["fn"], "size", None), site["value"]
+        if size is not None and value is not None and len(value) != size:
+            return True
+    return False
+
+
 def check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
     """Trace ``guide(x)`` and ``model(x)`` once and report what does not fit, by site name.
 
     Checks: every latent of the model is sampled by the guide and vice versa; the guide does
-    not sample an observed site; the model observes at least one site; distributions agree on
-    event shapes; every site sits in a plate over the data points (needed for per-datapoint
-    log p(x)); log-densities are finite. Also finds the plate nesting and whether the pair
-    survives Pyro's vectorization over particles.
+    not sample an observed site; the model observes at least one site, and only inside the
+    plate over the data points; distributions agree on event shapes; a latent outside that
+    plate is global (its shape does not change with the batch size: traced twice to tell a
+    forgotten plate from a global); log-densities are finite. Also finds the plate nesting,
+    the global and the scaled sites, and whether the pair survives Pyro's vectorization over
+    particles. Modules are traced in eval mode, so a check leaves BatchNorm statistics alone.
     """
     if x.dim() < 2 or x.shape[0] < 2:
         raise PairError(f"check_pair needs a batch of at least 2 points, got {tuple(x.shape)}")
+    with evaluation_mode(pair), torch.no_grad():
+        return _check_pair(pair, x)
+
+
+def _check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
     guide_trace = _run(lambda: poutine.trace(pair.guide).get_trace(x), "guide", x)
     model_trace = _run(
         lambda: poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(x),
@@ -425,17 +716,21 @@ def check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
             )
     batch_size = x.shape[0]
     plates = set()
+    outside: dict[str, tuple[str, dict]] = {}
     for label, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():
             found = data_plate_dim(site, batch_size)
-            if found is None:
+            if found is not None:
+                plates.add(found)
+            elif label == "model" and site["is_observed"]:
                 problems.append(
-                    f"{label} site {name!r} is not inside a plate over the {batch_size} data "
-                    "points: wrap it in `with pyro.plate('data', x.shape[0]):` (per-datapoint "
-                    "log p(x) needs every site local to a data point)"
+                    f"model site {name!r} observes data outside a plate over the {batch_size} "
+                    f"data points (found: {describe_plates(site)}): wrap it in `with "
+                    "pyro.plate('data', x.shape[0]):` (log p(x) is estimated per data point)"
                 )
             else:
-                plates.add(found)
+                outside.setdefault(name, (label, site))
+    problems += _forgotten_plates(pair, x, outside)
     if problems:
         raise PairError("the model/guide pair does not fit:\n  - " + "\n  - ".join(problems))
     for label, trace in (("guide", guide_trace), ("model", model_trace)):
@@ -447,7 +742,11 @@ def check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
                     "(data outside the likelihood's support, or NaN parameters?)"
                 )
     if len({dim for _, dim in plates}) > 1:
-        raise PairError(f"the data plate sits at different dims across sites: {sorted(plates)}")
+        raise PairError(
+            "the plate over the data points sits at different dims across sites: "
+            + ", ".join(f"plate {n!r} at dim {d}" for n, d in sorted(plates))
+            + "; give it one dim (pyro.plate('data', x.shape[0], dim=-1) everywhere)"
+        )
     frames = [
         f
         for trace in (model_trace, guide_trace)
@@ -457,14 +756,50 @@ def check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
         if f.vectorized
     ]
     max_plate_nesting = max([-f.dim for f in frames] + [1])
-    data_plate = sorted(plates)[0][0]
+    data_plate, data_dim = sorted(plates)[0]
+    scaled = [
+        name
+        for sites in (model_sites, guide_sites)
+        for name, site in sites.items()
+        if _is_scaled(site)
+    ]
     return PairInfo(
         latent_sites=tuple(latent),
         observed_sites=tuple(observed),
         max_plate_nesting=max_plate_nesting,
         data_plate=data_plate,
         vectorizable=_vectorizable(pair, x, max_plate_nesting),
+        global_sites=tuple(n for n in latent if n in outside),
+        scaled_sites=tuple(dict.fromkeys(scaled)),
+        data_plate_dim=data_dim,
+        data_subsampled=_subsamples(model_trace) or _subsamples(guide_trace),
     )
+
+
+def _forgotten_plates(pair: Any, x: torch.Tensor, outside: dict[str, tuple[str, dict]]) -> list:
+    """Sites outside the data plate whose shape follows the batch size: a forgotten plate,
+    not a global latent. Found by tracing the guide and model again on one point fewer."""
+    if not outside:
+        return []
+    smaller = x[: x.shape[0] - 1]
+    guide_trace = _run(lambda: poutine.trace(pair.guide).get_trace(smaller), "guide", smaller)
+    model_trace = _run(
+        lambda: poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(smaller),
+        "model",
+        smaller,
+    )
+    problems = []
+    for name, (label, site) in outside.items():
+        again = (guide_trace if label == "guide" else model_trace).nodes.get(name)
+        if again is None or tuple(again["value"].shape) != tuple(site["value"].shape):
+            problems.append(
+                f"{label} site {name!r} is not inside a plate over the {x.shape[0]} data "
+                f"points (found: {describe_plates(site)}), yet its shape "
+                f"{tuple(site['value'].shape)} follows the batch size: wrap it in `with "
+                "pyro.plate('data', x.shape[0]):` (a global latent, shared by all points, "
+                "has the same shape for any batch)"
+            )
+    return problems
 
 
 def _vectorizable(pair: Any, x: torch.Tensor, max_plate_nesting: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 
+from pyro_vae.estimators import evaluation_view  # noqa: E402
+from pyro_vae.pairs import data_plate_dim, evaluation_mode  # noqa: E402
 from pyro_vae.train import CHECKPOINT, eval_split, read_config, resolve_device, restore_pair  # noqa: E402
 
 
@@ -32,28 +35,62 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _observed_mean(trace, observed_sites: tuple[str, ...]) -> torch.Tensor:
-    """The mean of the (first) observed site's distribution; its value if it has no mean."""
-    site = trace.nodes[observed_sites[0]]
-    try:
-        return site["fn"].mean
-    except NotImplementedError:
-        return site["value"]
+def _observed_means(trace, observed_sites: tuple[str, ...], num_points: int,
+                    data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per observed site, the mean of its distribution (its value where it has no mean), as
+    ``(num_points, values per point)`` in the order of the data plate."""
+    means = {}
+    for name in observed_sites:
+        site = trace.nodes[name]
+        try:
+            mean = site["fn"].mean
+        except NotImplementedError:
+            mean = site["value"]
+        found = data_plate_dim(site, num_points, data_plate)
+        if found is None:
+            continue
+        event_dims = len(site["fn"].event_shape)
+        batch_dims = mean.dim() - event_dims
+        axis = batch_dims + found[1]
+        mean = mean.movedim(axis, 0) if axis >= 0 else mean.unsqueeze(0)
+        means[name] = mean.expand(num_points, *mean.shape[1:]).reshape(num_points, -1)
+    return means
 
 
-def reconstructions(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...]) -> torch.Tensor:
-    """E[x | z] with z ~ q(z|x): the decoder's mean at a guide draw for each point."""
-    with torch.no_grad():
+def reconstructions(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
+                    data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """E[x | z] with z ~ q(z|x): the decoder's mean at a guide draw, per observed site."""
+    with torch.no_grad(), evaluation_mode(pair):
         guide_trace = poutine.trace(pair.guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(x)
-    return _observed_mean(model_trace, observed_sites)
+    return _observed_means(model_trace, observed_sites, x.shape[0], data_plate)
 
 
-def prior_samples(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...]) -> torch.Tensor:
-    """E[x | z] with z ~ p(z): ``x`` only sets the batch size and shape."""
-    with torch.no_grad():
-        trace = poutine.trace(poutine.uncondition(pair.model)).get_trace(x)
-    return _observed_mean(trace, observed_sites)
+def prior_samples(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
+                  data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """E[x | z] with z ~ p(z), per observed site: ``x`` sets the batch size (and whatever the
+    model conditions on, e.g. the visible part of an image)."""
+    prior_model = getattr(pair, "prior_model", None)  # an EvaluationPair holds globals fixed
+    model = prior_model() if prior_model is not None else poutine.uncondition(pair.model)
+    with torch.no_grad(), evaluation_mode(pair):
+        trace = poutine.trace(model).get_trace(x)
+    return _observed_means(trace, observed_sites, x.shape[0], data_plate)
+
+
+def as_images(means: dict[str, torch.Tensor], image_shape: tuple[int, ...]):
+    """The observed sites' means laid out as images: one site the size of an image, else all
+    sites concatenated in model order when together they are; ``None`` and the reason if not."""
+    size = math.prod(image_shape)
+    whole = [name for name, mean in means.items() if mean.shape[1] == size]
+    if len(means) == 1 and whole:
+        return means[whole[0]], None
+    if means and sum(mean.shape[1] for mean in means.values()) == size:
+        return torch.cat(list(means.values()), dim=1), None
+    found = ", ".join(f"{name!r} ({mean.shape[1]} values)" for name, mean in means.items())
+    return None, (
+        f"the observed sites {found} do not together make an image of shape {image_shape} "
+        f"({size} values)"
+    )
 
 
 def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...], path: Path):
@@ -113,11 +150,23 @@ def sample_figure(
     pair, info, data, _ = restore_pair(run_dir, config, torch_device, checkpoint=checkpoint)
     pyro.set_rng_seed(seed)
     x = eval_split(data, split, config.binarize)[: max(num, 2)]
-    rows = [
-        ("data", x[:num]),
-        ("reconstruction", reconstructions(pair, x, info.observed_sites)[:num]),
-        ("prior sample", prior_samples(pair, x, info.observed_sites)[:num]),
-    ]
+    with evaluation_mode(pair):
+        view = evaluation_view(pair, info, x)
+    rows = [("data", x[:num])]
+    skipped = []
+    for label, draw in (("reconstruction", reconstructions), ("prior sample", prior_samples)):
+        try:
+            means = draw(view, x, info.observed_sites, info.data_plate)
+        except Exception as error:  # a pair whose model cannot run unconditioned, ...
+            skipped.append(f"{label}s: {type(error).__name__}: {error}")
+            continue
+        images, reason = as_images(means, data.image_shape)
+        if images is None:
+            skipped.append(f"{label}s: {reason}")
+        else:
+            rows.append((label, images[:num]))
+    for message in skipped:
+        print(f"pyro-vae sample: skipped {message}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows, data.image_shape, out)
     return out

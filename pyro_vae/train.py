@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
 from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset, minibatches
-from pyro_vae.estimators import log_importance_weights
+from pyro_vae.estimators import evaluation_view, log_importance_weights
 from pyro_vae.gradients import (
     BASELINE_MODULE,
     BASELINES,
@@ -49,15 +49,28 @@ from pyro_vae.gradients import (
     score_function,
     with_baseline,
 )
+from pyro_vae.handlers import TrainingScales, kl_weight
 from pyro_vae.objectives import make_objective
-from pyro_vae.pairs import PAIRS, PairInfo, build_pair, check_pair, pair_to, resolve_spec
+from pyro_vae.pairs import (
+    PAIRS,
+    PairError,
+    PairInfo,
+    build_pair,
+    check_pair,
+    evaluation_mode,
+    pair_to,
+    parameter_shapes,
+    record_pair,
+    resolve_spec,
+    set_training_mode,
+)
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.toml"
 METRICS = "metrics.csv"
 CURVES = "metrics.png"
-METRIC_COLUMNS = ("epoch", "train_loss", "valid_elbo", "seconds", "train_seconds")
+METRIC_COLUMNS = ("epoch", "train_loss", "valid_elbo", "seconds", "train_seconds", "beta")
 #: Seed of the fixed binarization of validation and test points (dynamic binarization
 #: trains on fresh draws; evaluation needs one fixed draw so numbers are comparable).
 EVAL_BINARIZE_SEED = 12345
@@ -182,6 +195,7 @@ def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = 
         base_url=config.base_url,
         binarize="static" if config.binarize == "static" else "none",
         seed=config.seed,
+        pixel_scale=config.pixel_scale,
     )
     if config.binarize == "dynamic":
         low, high = data.train.min().item(), data.train.max().item()
@@ -189,7 +203,7 @@ def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = 
             raise ConfigError(
                 f"--binarize dynamic needs data in [0, 1], but data set {config.dataset!r} "
                 f"has values in [{low:.3g}, {high:.3g}]; use --binarize none with a "
-                "Gaussian-likelihood pair"
+                "Gaussian-likelihood pair (or, for 0-255 pixels in a file, --pixel-scale 255)"
             )
     return data.to(device)
 
@@ -207,7 +221,14 @@ def make_pair(config: TrainConfig, image_shape: tuple, device: torch.device, pai
     first, so parameters of an earlier pair in this process cannot leak in."""
     pyro.clear_param_store()
     if pair is None:
-        pair = build_pair(image_shape, config.pair, config.pair_kwargs, config.model, config.guide)
+        try:
+            pair = build_pair(
+                image_shape, config.pair, config.pair_kwargs, config.model, config.guide
+            )
+        except PairError as error:
+            if config.pair_note:
+                raise PairError(f"{error}\n{config.pair_note}") from error
+            raise
     return pair_to(pair, device)
 
 
@@ -289,9 +310,11 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         raise TrainingError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
 
 
-def checkpoint_state(pair: Any, optimizer: Any, epoch: int, history: list, config, device):
+def checkpoint_state(pair: Any, optimizer: Any, epoch: int, history: list, config, device,
+                     step: int = 0):  # fmt: skip
     return {
         "epoch": epoch,
+        "step": step,
         "config": config.to_dict(),
         "module": pair.state_dict() if isinstance(pair, nn.Module) else None,
         "params": pyro.get_param_store().get_state(),
@@ -348,20 +371,24 @@ def _probe_batch(data: Dataset, config: TrainConfig) -> torch.Tensor:
 
 
 def validation_elbo(pair: Any, x: torch.Tensor, info: PairInfo, batch_size: int) -> float:
-    """Mean single-sample ELBO per data point over ``x``, with its own fixed seed."""
+    """Mean single-sample ELBO per data point over ``x``, with its own fixed seed: the true
+    ELBO (every site unscaled, so beta = 1; global latents at the guide's mean; modules in
+    eval mode), whatever the training objective weighs."""
     devices = [x.device] if x.device.type == "cuda" else []
     total = 0.0
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), evaluation_mode(pair):
         torch.manual_seed(VALID_SEED)
+        view = evaluation_view(pair, info, x[:2])
         for start in range(0, x.shape[0], batch_size):
             batch = x[start : start + batch_size]
             log_weights = log_importance_weights(
-                pair.model,
-                pair.guide,
+                view.model,
+                view.guide,
                 batch,
                 1,
                 max_plate_nesting=info.max_plate_nesting,
-                vectorize=info.vectorizable,
+                vectorize=view.vectorizable,
+                data_plate=info.data_plate,
             )
             total += log_weights.sum().item()
     return total / x.shape[0]
@@ -373,7 +400,7 @@ def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
     atomic_write_bytes(run_dir / METRICS, buffer.getvalue().encode())
 
 
@@ -411,10 +438,58 @@ def _check_resumable(config: TrainConfig, trained: TrainConfig, epoch: int) -> N
         )
 
 
-def python_spec(pair: Any) -> str:
-    """``module:QualName`` of a pair object's class, recorded so a run can be rebuilt."""
-    cls = type(pair)
-    return f"{cls.__module__}:{cls.__qualname__}"
+def record_pair_object(pair: Any, config: TrainConfig, image_shape: tuple) -> None:
+    """Write a pair object given from Python into ``config`` (``pair``, ``pair_kwargs``) so
+    that ``pyro-vae evaluate`` can rebuild it, and check that the record rebuilds the same
+    parameters; where it does not, ``config.pair_note`` says what to pass."""
+    record = record_pair(pair)
+    config.pair = record.spec or f"{type(pair).__module__}:{type(pair).__qualname__}"
+    config.pair_kwargs = {**record.kwargs, **config.pair_kwargs}
+    problem = None
+    if record.spec is None:
+        problem = (
+            f"its class {type(pair).__qualname__} is defined where it cannot be imported "
+            "(inside a function, or in a notebook)"
+        )
+    elif record.missing:
+        problem = (
+            f"constructor argument(s) {list(record.missing)} were not found as attributes of "
+            "the same name"
+        )
+    elif type(pair).__module__ == "__main__":
+        problem = None  # re-importing a script would run it: recorded, not tried here
+    else:
+        problem = _rebuild_problem(pair, config, image_shape)
+    if problem is None:
+        return
+    config.pair_note = (
+        f"note: the pair object {type(pair).__qualname__} was recorded as --pair "
+        f"{config.pair!r} --pair-kwargs {json.dumps(config.pair_kwargs)}, but {problem}. To "
+        "evaluate the run, pass the pair again from Python (pyro_vae.evaluate(run_dir, "
+        "pair=...)), or move the class into a .py file, store each constructor argument as "
+        "an attribute of the same name, and put its arguments into config.toml's "
+        "pair_kwargs"
+    )
+    _log(config.pair_note)
+
+
+def _rebuild_problem(pair: Any, config: TrainConfig, image_shape: tuple) -> str | None:
+    """Why ``config.pair``/``pair_kwargs`` do not rebuild ``pair`` (same parameter names and
+    shapes), or None; the global RNG is left as it was."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            rebuilt = build_pair(image_shape, config.pair, config.pair_kwargs)
+    except PairError as error:
+        return f"rebuilding it failed: {error}"
+    if parameter_shapes(rebuilt) != parameter_shapes(pair):
+        return "the rebuilt pair has other parameters (names or shapes) than the one given"
+    return None
+
+
+def _steps_per_epoch(train_x: torch.Tensor, config: TrainConfig) -> int:
+    if config.drop_last:
+        return train_x.shape[0] // config.batch_size
+    return math.ceil(train_x.shape[0] / config.batch_size)
 
 
 def _log(message: str) -> None:
@@ -435,8 +510,9 @@ def train(
     ``config.pair`` or ``config.model``/``config.guide``. ``resume=True`` continues from the
     run directory's last checkpoint up to ``config.epochs``.
     """
-    if pair is not None and config.pair is None and config.model is None:
-        config.pair = python_spec(pair)
+    record_object = pair is not None and config.pair is None and config.model is None
+    if record_object:
+        config.pair = "<pair object>"  # replaced once the data set's shape is known
     config = defaults_for(config.validate())
     if config.out is None:
         raise ConfigError("--out RUN_DIR is required: the run directory to write")
@@ -467,8 +543,25 @@ def train(
     data = load_data(config, device)
     train_x = data.train if config.train_limit is None else data.train[: config.train_limit]
     valid_x = eval_split(data, "valid", config.binarize)
+    if record_object and not resume:
+        record_pair_object(pair, config, data.image_shape)
+    elif record_object:
+        trained = TrainConfig(**state["config"])
+        config.pair, config.pair_kwargs = trained.pair, trained.pair_kwargs
+        config.pair_note = trained.pair_note
     pair = make_pair(config, data.image_shape, device, pair)
     info = check_pair(pair, _probe_batch(data, config))
+    scales = TrainingScales(data_plate=info.data_plate)
+    # With global latents a minibatch stands for the whole training set, as under Pyro's
+    # plate(size=N, subsample_size=B): local sites weigh N/B. A pair that subsamples its own
+    # data plate has said so already.
+    scale_data = bool(info.global_sites) and not info.data_subsampled
+    if scale_data:
+        _log(
+            f"note: global latent site(s) {list(info.global_sites)}: each minibatch's local "
+            f"sites are scaled by N/B (N = {train_x.shape[0]}), so the loss estimates the "
+            "whole training set's"
+        )
     if config.num_particles > 1 and not info.vectorizable:
         _log("note: the pair does not vectorize over particles; particles run in a loop")
     elbo = make_objective(
@@ -480,11 +573,12 @@ def train(
     )
     guide, _ = training_guide(pair, config, train_x[:2], device)
     optimizer = pyro.optim.Adam(optimizer_args(config))
-    svi = pyro.infer.SVI(pair.model, guide, optimizer, loss=elbo)
+    svi = pyro.infer.SVI(scales(pair.model), scales(guide), optimizer, loss=elbo)
     atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
 
     history: list[dict[str, float]] = []
     start_epoch = 0
+    global_step = 0
     best = -math.inf
     if resume:
         restore_params(pair, state, device)
@@ -492,13 +586,14 @@ def train(
         _set_rng_state(state["rng"], device)
         history = state["history"]
         start_epoch = state["epoch"]
+        global_step = state.get("step", start_epoch * _steps_per_epoch(train_x, config))
         best = max((row["valid_elbo"] for row in history), default=-math.inf)
         _log(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
 
-    num_batches = math.ceil(train_x.shape[0] / config.batch_size)
-    if config.drop_last:
-        num_batches = train_x.shape[0] // config.batch_size
+    num_batches = _steps_per_epoch(train_x, config)
+    num_train = train_x.shape[0]
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        set_training_mode(pair, True)
         started = time.perf_counter()
         total, seen = 0.0, 0
         batches = minibatches(
@@ -507,7 +602,11 @@ def train(
         bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}",
                    disable=not progress, leave=False, unit="step")  # fmt: skip
         for step, x in enumerate(bar, start=1):
+            beta = kl_weight(global_step, config.beta, config.kl_warmup, config.kl_warmup_start)
+            scales.beta = beta
+            scales.data_scale = num_train / x.shape[0] if scale_data else 1.0
             loss = svi.step(x)
+            global_step += 1
             if config.baseline != "none":
                 forget_stale_optimizers(optimizer)
             if not math.isfinite(loss):
@@ -520,7 +619,8 @@ def train(
                     f"loss is {loss} at epoch {epoch}, step {step}: training stopped; {kept}. "
                     "Try a smaller --lr, or check the data and the pair."
                 )
-            total += loss
+            # per point: with the N/B scale the step's loss stands for all N points
+            total += loss * x.shape[0] / num_train if scale_data else loss
             seen += x.shape[0]
             if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{total / seen:.2f}")
@@ -533,9 +633,10 @@ def train(
             "valid_elbo": valid,
             "seconds": time.perf_counter() - started,
             "train_seconds": train_seconds,
+            "beta": beta,
         }
         history.append(row)
-        state = checkpoint_state(pair, optimizer, epoch, history, config, device)
+        state = checkpoint_state(pair, optimizer, epoch, history, config, device, global_step)
         paths = [checkpoint_path]
         if valid > best:
             best = valid
@@ -545,6 +646,7 @@ def train(
         _log(
             f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.3f}  "
             f"valid ELBO {valid:.3f}  {row['seconds']:.1f}s"
+            + (f"  beta {beta:.3g}" if config.beta != 1 or config.kl_warmup else "")
         )
         if on_epoch is not None:
             on_epoch(row)

@@ -30,7 +30,7 @@ def digits_run(run_cli, tmp_path_factory):
 def test_train_writes_a_run_and_prints_a_summary(digits_run):
     assert (digits_run / "checkpoint.pt").is_file() and (digits_run / "best.pt").is_file()
     lines = (digits_run / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,valid_elbo,seconds,train_seconds" and len(lines) == 3
+    assert lines[0] == "epoch,train_loss,valid_elbo,seconds,train_seconds,beta" and len(lines) == 3
 
 
 def test_resume_from_the_cli_matches_an_uninterrupted_run(run_cli, tmp_path, digits_run):

@@ -113,6 +113,7 @@ def test_mnist_like_split_and_scaling(tmp_path, clean_env, monkeypatch):
     assert dataset.train.dtype == torch.float32
     assert dataset.image_shape == (1, 28, 28)
     assert dataset.binary is False
+    assert dataset.pixel_scale == 255.0
     assert dataset.train[0, 0].item() == np.float32(train[0, 0, 0]) / np.float32(255)
 
 
@@ -143,6 +144,9 @@ def test_binarized_mnist_from_amat_files(tmp_path, clean_env, monkeypatch):
     for split in data.SPLITS:
         assert torch.equal(dataset.split(split), torch.tensor(expected[split], dtype=torch.float32))
     assert dataset.binary is True
+    assert dataset.pixel_scale is None  # 0/1 bits, nothing to scale, so --pixel-scale none is fine
+    kept = data.load_dataset("binarized-mnist", tmp_path, pixel_scale="none")
+    assert torch.equal(kept.train, dataset.train) and kept.pixel_scale is None
 
 
 def test_frey_face_from_mat(tmp_path, clean_env, monkeypatch):
@@ -155,19 +159,21 @@ def test_frey_face_from_mat(tmp_path, clean_env, monkeypatch):
     assert torch.equal(dataset.train, as_unit(images[:10]))
     assert torch.equal(dataset.valid, as_unit(images[10:210]))
     assert torch.equal(dataset.test, as_unit(images[210:]))
+    assert dataset.pixel_scale == 255.0
     assert data.DATASETS["frey-face"].default_pair == "gaussian-mlp"
 
 
 @pytest.mark.parametrize(
-    "shape, image_shape",
-    [((20, 5, 4), (1, 5, 4)), ((20, 3, 4, 4), (3, 4, 4)), ((20, 7), (1, 1, 7))],
+    "shape, image_shape, pixel_scale",
+    [((20, 5, 4), (1, 5, 4), 255.0), ((20, 3, 4, 4), (3, 4, 4), 255.0), ((20, 7), (1, 1, 7), None)],
 )
-def test_npy_splits_and_image_shape(tmp_path, clean_env, shape, image_shape):
+def test_npy_splits_and_image_shape(tmp_path, clean_env, shape, image_shape, pixel_scale):
     array = np.random.default_rng(4).integers(0, 256, size=shape, dtype=np.uint8)
     np.save(tmp_path / "images.npy", array)
     dataset = data.load_dataset(str(tmp_path / "images.npy"))
     assert dataset.image_shape == image_shape
-    flat = as_unit(array)
+    assert dataset.pixel_scale == pixel_scale  # flat uint8 rows may be counts: kept (auto)
+    flat = as_unit(array) * 255 if pixel_scale is None else as_unit(array)
     assert torch.equal(dataset.train, flat[:16])
     assert torch.equal(dataset.valid, flat[16:18])
     assert torch.equal(dataset.test, flat[18:])
@@ -196,7 +202,7 @@ def test_npz_without_valid_takes_last_tenth_of_train(tmp_path, clean_env):
     train = np.arange(20 * 3, dtype=np.uint8).reshape(20, 3)
     test = np.full((4, 3), 255, dtype=np.uint8)
     np.savez(tmp_path / "no_valid.npz", train=train, test=test)
-    dataset = data.load_dataset(str(tmp_path / "no_valid.npz"))
+    dataset = data.load_dataset(str(tmp_path / "no_valid.npz"), pixel_scale="255")
     assert torch.equal(dataset.train, as_unit(train[:18]))
     assert torch.equal(dataset.valid, as_unit(train[18:]))
     assert torch.equal(dataset.test, torch.ones(4, 3))
@@ -240,6 +246,7 @@ def test_registry_entries_are_consistent(name):
     assert spec.default_binarize in data.BINARIZATIONS
     assert spec.default_pair in ("mlp", "gaussian-mlp")
     assert len(spec.image_shape) == 3 and spec.description
+    assert spec.pixel_scale is None or spec.pixel_scale > 1  # a divisor of stored levels
     for forms in spec.files.values():
         assert forms and any(form.url for form in forms)  # every file can be downloaded
         for form in forms:
@@ -385,11 +392,22 @@ def test_bernoulli_binarization_needs_unit_interval(tmp_path, clean_env):
     assert data.load_dataset(str(tmp_path / "wide.npy")).train.max().item() == 3.0
 
 
+def test_bernoulli_binarization_of_flat_pixels_points_to_pixel_scale(tmp_path, clean_env):
+    pixels = np.tile(np.array([0, 51, 255], dtype=np.uint8), (10, 1))  # flat: kept under auto
+    np.save(tmp_path / "flat_pixels.npy", pixels)
+    with pytest.raises(DataError, match="--pixel-scale 255"):
+        data.load_dataset(str(tmp_path / "flat_pixels.npy"), binarize="static")
+    path = str(tmp_path / "flat_pixels.npy")
+    dataset = data.load_dataset(path, binarize="static", pixel_scale="255")
+    assert torch.equal(dataset.train[:, [0, 2]], torch.tensor([[0.0, 1.0]]).expand(8, 2))
+
+
 def test_dataset_split_and_shape_errors():
     dataset = data.Dataset(
         "toy", torch.zeros(3, 4), torch.zeros(1, 4), torch.ones(2, 4), (1, 2, 2), True
     )
     assert dataset.split("test") is dataset.test
+    assert dataset.pixel_scale is None  # the field's default: positional callers keep working
     with pytest.raises(DataError, match="unknown split 'dev'"):
         dataset.split("dev")
     with pytest.raises(DataError, match=r"expected \(N, 5\)"):
@@ -403,6 +421,134 @@ def test_dataset_to_device(device):
     moved = dataset.to(device)
     assert all(moved.split(split).device.type == device.type for split in data.SPLITS)
     assert torch.equal(moved.test.cpu(), dataset.test) and moved.image_shape == (1, 2, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel scale (--pixel-scale): counts stay counts, pixels go to [0, 1]
+
+
+def test_flat_uint8_counts_come_back_as_the_same_integers(tmp_path, clean_env, caplog):
+    counts = np.random.default_rng(7).poisson(4.0, size=(30, 6)).astype(np.uint8)
+    counts[0] = [0, 3, 17, 1, 0, 200]  # bag-of-words counts, one far above 1
+    np.save(tmp_path / "counts.npy", counts)
+    with caplog.at_level("INFO", logger="pyro_vae.data"):
+        dataset = data.load_dataset(str(tmp_path / "counts.npy"))
+    assert torch.equal(dataset.train[0], torch.tensor([0.0, 3.0, 17.0, 1.0, 0.0, 200.0]))
+    expected = torch.from_numpy(counts.astype(np.float32))
+    assert torch.equal(torch.cat([dataset.train, dataset.valid, dataset.test]), expected)
+    assert dataset.train.dtype == torch.float32
+    assert dataset.pixel_scale is None and dataset.binary is False
+    assert "--pixel-scale 255" in caplog.text  # not an error, but the way out is named
+
+
+@pytest.mark.parametrize("example_shape", [(5,), (2, 3)])
+def test_int64_npz_counts_with_named_splits_stay_integers(tmp_path, clean_env, example_shape):
+    rng = np.random.default_rng(8)
+    arrays = {
+        split: rng.integers(0, 5000, size=(n, *example_shape), dtype=np.int64)
+        for split, n in zip(data.SPLITS, (12, 4, 5))
+    }
+    arrays["test"][0].flat[:3] = [0, 3, 17]
+    np.savez(tmp_path / "counts.npz", **arrays)
+    dataset = data.load_dataset(str(tmp_path / "counts.npz"))
+    for split in data.SPLITS:
+        expected = torch.from_numpy(arrays[split].reshape(len(arrays[split]), -1)).float()
+        assert torch.equal(dataset.split(split), expected)
+    assert dataset.test[0, :3].tolist() == [0.0, 3.0, 17.0]
+    assert dataset.train.max().item() > 255  # nothing divided, whatever the example shape
+    assert dataset.pixel_scale is None
+
+
+@pytest.mark.parametrize("pixel_scale", [None, "auto"])  # None: the keyword's default
+def test_uint8_images_scaled_to_unit_interval_under_auto(tmp_path, clean_env, pixel_scale):
+    images = np.random.default_rng(9).integers(0, 256, size=(20, 8, 8), dtype=np.uint8)
+    images[0, 0, :3] = [0, 51, 255]
+    np.save(tmp_path / "images.npy", images)
+    keywords = {} if pixel_scale is None else {"pixel_scale": pixel_scale}
+    dataset = data.load_dataset(str(tmp_path / "images.npy"), **keywords)
+    assert dataset.train[0, :3].tolist() == [0.0, np.float32(51) / np.float32(255), 1.0]
+    assert torch.equal(torch.cat([dataset.train, dataset.valid, dataset.test]), as_unit(images))
+    assert dataset.image_shape == (1, 8, 8) and dataset.pixel_scale == 255.0
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float64])
+def test_pixel_scale_255_divides_every_array_file(tmp_path, clean_env, dtype):
+    rows = np.random.default_rng(10).integers(0, 256, size=(20, 6)).astype(dtype)
+    rows[0, :3] = [0, 17, 255]
+    np.save(tmp_path / "rows.npy", rows)
+    dataset = data.load_dataset(str(tmp_path / "rows.npy"), pixel_scale="255")
+    assert dataset.train[0, :3].tolist() == [0.0, np.float32(17) / np.float32(255), 1.0]
+    expected = torch.from_numpy(rows.astype(np.float32)) / 255
+    assert torch.equal(torch.cat([dataset.train, dataset.valid, dataset.test]), expected)
+    assert dataset.pixel_scale == 255.0
+
+
+def test_pixel_scale_none_keeps_uint8_images_raw(tmp_path, clean_env):
+    images = np.random.default_rng(11).integers(0, 256, size=(20, 8, 8), dtype=np.uint8)
+    images[-1, -1, -3:] = [0, 3, 255]
+    np.save(tmp_path / "images.npy", images)
+    dataset = data.load_dataset(str(tmp_path / "images.npy"), pixel_scale="none")
+    assert dataset.test[-1, -3:].tolist() == [0.0, 3.0, 255.0]
+    expected = torch.from_numpy(images.reshape(20, 64).astype(np.float32))
+    assert torch.equal(torch.cat([dataset.train, dataset.valid, dataset.test]), expected)
+    assert dataset.image_shape == (1, 8, 8) and dataset.pixel_scale is None
+
+
+@pytest.mark.parametrize(
+    "name", sorted(name for name, spec in data.DATASETS.items() if spec.pixel_scale is not None)
+)
+def test_pixel_scale_none_with_a_named_pixel_set_is_an_error(clean_env, name):
+    # Raised before any file lookup: mnist's missing files are not the error reported.
+    with pytest.raises(DataError, match="--pixel-scale") as caught:
+        data.load_dataset(name, pixel_scale="none")
+    message = str(caught.value)
+    assert repr(name) in message and "always scaled to [0, 1]" in message
+    assert ".npy/.npz" in message
+
+
+def test_pixel_scale_none_with_digits_names_the_flag(clean_env):
+    with pytest.raises(DataError, match="--pixel-scale none") as caught:
+        data.load_dataset("digits", pixel_scale="none")
+    assert "'digits'" in str(caught.value) and "/16" in str(caught.value)
+    assert data.load_dataset("digits", pixel_scale="255").pixel_scale == 16.0  # as under auto
+
+
+@pytest.mark.parametrize("pixel_scale", ["1/255", "AUTO", 255, None])
+def test_unknown_pixel_scale_lists_choices(tmp_path, clean_env, pixel_scale):
+    np.save(tmp_path / "rows.npy", np.zeros((10, 2), dtype=np.uint8))
+    for name in ("digits", str(tmp_path / "rows.npy")):
+        with pytest.raises(DataError, match="--pixel-scale") as caught:
+            data.load_dataset(name, pixel_scale=pixel_scale)
+        assert repr(pixel_scale) in str(caught.value)
+        assert all(choice in str(caught.value) for choice in data.PIXEL_SCALES)
+    assert data.PIXEL_SCALES == ("auto", "none", "255")
+
+
+@pytest.mark.parametrize("pixel_scale", data.PIXEL_SCALES)
+@pytest.mark.parametrize(
+    "dtype, shape", [(np.uint8, (20, 6)), (np.uint8, (20, 2, 3)), (np.int32, (20, 2, 3))]
+)
+def test_dataset_records_the_divisor_it_applied(tmp_path, clean_env, pixel_scale, dtype, shape):
+    stored = np.random.default_rng(12).integers(0, 256, size=shape).astype(dtype)
+    np.save(tmp_path / "stored.npy", stored)
+    dataset = data.load_dataset(str(tmp_path / "stored.npy"), pixel_scale=pixel_scale)
+    values = torch.cat([dataset.train, dataset.valid, dataset.test])
+    raw = torch.from_numpy(stored.reshape(20, 6).astype(np.float32))
+    expected = raw if dataset.pixel_scale is None else raw / np.float32(dataset.pixel_scale)
+    assert torch.equal(values, expected)
+    image_uint8 = dtype == np.uint8 and len(shape) == 3
+    divisors = {"auto": 255.0 if image_uint8 else None, "none": None, "255": 255.0}
+    assert dataset.pixel_scale == divisors[pixel_scale]
+
+
+def test_splits_that_auto_would_scale_differently_are_an_error(tmp_path, clean_env):
+    images = np.random.default_rng(13).integers(0, 256, size=(10, 2, 3), dtype=np.uint8)
+    np.savez(tmp_path / "mixed.npz", train=images, test=images.astype(np.float32) / 255)
+    with pytest.raises(DataError, match="scale the splits differently") as caught:
+        data.load_dataset(str(tmp_path / "mixed.npz"))
+    assert "uint8" in str(caught.value) and "float32" in str(caught.value)
+    raw = data.load_dataset(str(tmp_path / "mixed.npz"), pixel_scale="none")
+    assert torch.equal(raw.train, torch.from_numpy(images[:9].reshape(9, 6)).float())
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,7 +792,7 @@ def test_real_grey_level_sets(real_data_dir, loaded_once, name, mean, std):
     assert all_train.min().item() == 0.0 and all_train.max().item() == 1.0
     levels = dataset.test * 255
     assert torch.equal(levels, levels.round())  # exactly k / 255
-    assert dataset.binary is False
+    assert dataset.binary is False and dataset.pixel_scale == 255.0
 
 
 @pytest.mark.real_data
@@ -663,7 +809,7 @@ def test_real_binarized_mnist(real_data_dir, loaded_once):
         (10_000, 784),
         (10_000, 784),
     ]
-    assert dataset.binary is True
+    assert dataset.binary is True and dataset.pixel_scale is None
     assert set(dataset.train.unique().tolist()) == {0.0, 1.0}
     # A Bernoulli draw of the MNIST intensities: its mean is MNIST's mean intensity.
     assert abs(dataset.train.mean().item() - 0.1307) < 2e-3
@@ -680,7 +826,7 @@ def test_real_frey_face(real_data_dir, loaded_once):
     faces = torch.cat([dataset.train, dataset.valid, dataset.test])
     assert faces.min().item() * 255 == pytest.approx(8)  # the file's range is 8..238
     assert faces.max().item() * 255 == pytest.approx(238)
-    assert dataset.image_shape == (1, 28, 20)
+    assert dataset.image_shape == (1, 28, 20) and dataset.pixel_scale == 255.0
 
 
 def test_a_data_dir_that_does_not_exist_is_an_error_not_a_fall_through(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from pyro_vae.estimators import (
     EstimatorError,
     elbo_estimate,
     estimate_log_px,
+    evaluation_view,
     iwae_bound,
     log_importance_weights,
     log_mean_exp,
@@ -140,7 +141,7 @@ def test_non_vectorizable_pair_falls_back_to_a_loop_with_a_warning():
     assert torch.isfinite(log_weights).all()
 
 
-def test_site_outside_the_data_plate_is_reported_by_name():
+def test_a_global_site_is_found_and_must_be_held_fixed_to_estimate_per_point():
     def model(x):
         scale = pyro.sample("global_scale", dist.LogNormal(0.0, 1.0))
         with pyro.plate("data", x.shape[0]):
@@ -155,8 +156,18 @@ def test_site_outside_the_data_plate_is_reported_by_name():
 
     pair = Pair()
     pair.model, pair.guide = model, guide
-    with pytest.raises(PairError, match="'global_scale' is not inside a plate over the 4 data"):
-        check_pair(pair, torch.randn(4, 3))
+    x = torch.randn(4, 3)
+    info = check_pair(pair, x)
+    assert info.global_sites == ("global_scale",) and info.latent_sites == ("global_scale",)
+    # raw programs: a per-point weight cannot hold a global site's density
+    with pytest.raises(PairError, match="'global_scale' is not in a plate over the 4 data"):
+        log_importance_weights(pair.model, pair.guide, x, 3, vectorize=False)
+    # held at the guide's mean (LogNormal(0, 0.5): exp(0.125)), x_i's weight is log p(x_i|s)
+    view = evaluation_view(pair, info, x)
+    assert view.conditioned_on["sites"] == {"global_scale": "guide mean"}
+    log_weights = log_importance_weights(view.model, view.guide, x, 3)
+    expected = dist.Normal(0.0, math.exp(0.125)).log_prob(x).sum(-1)
+    assert torch.allclose(log_weights, expected.expand(3, 4), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path):
     assert config.binarize == "dynamic" and config.device == "cpu"  # resolved defaults
     rows = read_metrics(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_loss", "valid_elbo", "seconds", "train_seconds"}
+    assert set(rows[0]) == {"epoch", "train_loss", "valid_elbo", "seconds", "train_seconds", "beta"}
+    assert float(rows[0]["beta"]) == 1.0
     assert 0 < float(rows[0]["train_seconds"]) < float(rows[0]["seconds"])
     # the loss is per data point: about 64 pixels * log 2 = 44 nats at the start
     assert 20 < float(rows[0]["train_loss"]) < 60

@@ -1,0 +1,1 @@
+"""A local helper package, imported by ``vae_with_package.py`` as ``utils.custom_mlp``."""
