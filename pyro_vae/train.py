@@ -535,7 +535,11 @@ def train(
     config.device = str(device)
     if resume:
         state = load_checkpoint(checkpoint_path, device)
-        _check_resumable(config, TrainConfig(**state["config"]), state["epoch"])
+        trained = TrainConfig(**state["config"])
+        if record_object:  # the object's record is the run's own
+            config.pair, config.pair_kwargs = trained.pair, trained.pair_kwargs
+            config.pair_note = trained.pair_note
+        _check_resumable(config, trained, state["epoch"])
     if progress is None:
         progress = sys.stderr.isatty()
 
@@ -545,10 +549,6 @@ def train(
     valid_x = eval_split(data, "valid", config.binarize)
     if record_object and not resume:
         record_pair_object(pair, config, data.image_shape)
-    elif record_object:
-        trained = TrainConfig(**state["config"])
-        config.pair, config.pair_kwargs = trained.pair, trained.pair_kwargs
-        config.pair_note = trained.pair_note
     pair = make_pair(config, data.image_shape, device, pair)
     info = check_pair(pair, _probe_batch(data, config))
     scales = TrainingScales(data_plate=info.data_plate)

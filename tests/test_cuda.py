@@ -52,3 +52,23 @@ def test_gradvar_and_diagnose_on_cuda(tmp_path):
                        nuts_warmup=20, nuts_samples=20, gap_steps=5,
                        out=tmp_path / "diag")  # fmt: skip
     assert len(summary["khat"]) == 3 and summary["nuts"]["divergences"] >= 0
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("bayesian_decoder.py:BayesianDecoderVAE", {}), ("beta_vae.py:BetaVAE", {"beta": 4.0}),
+     ("dropout_batchnorm.py:DropoutBatchNormVAE", {})],
+)  # fmt: skip
+def test_users_pairs_with_globals_scales_and_batchnorm_on_cuda(tmp_path, name, kwargs):
+    """Global latents fixed at the guide's mean, unscaled densities and eval mode on CUDA."""
+    from pathlib import Path
+
+    pair = f"{Path(__file__).resolve().parent / 'pairs'}/{name}"
+    config = TrainConfig(dataset="digits", pair=pair, pair_kwargs=kwargs, epochs=1,
+                         batch_size=50, train_limit=200, device="cuda", beta=2.0,
+                         kl_warmup=3, out=str(tmp_path / "run"))  # fmt: skip
+    train(config)
+    on_gpu = evaluate(tmp_path / "run", num_samples=16, limit=10)
+    on_cpu = evaluate(tmp_path / "run", num_samples=16, limit=10, device="cpu")
+    assert on_gpu["device"].startswith("cuda") and on_gpu["elbo"] <= on_gpu["log_px"]
+    assert on_cpu["log_px"] == pytest.approx(on_gpu["log_px"], abs=1.0)

@@ -328,6 +328,8 @@ def test_a_pair_object_records_its_constructor_arguments(tmp_path, run_cli):
     assert record.kwargs == {"z_dim": 5, "hidden": 24, "beta": 2.0}
     result = train(small_config(tmp_path, None, epochs=1), pair=pair)
     assert result.config.pair_note is None
+    resumed = train(small_config(tmp_path, None, epochs=2), pair=pair, resume=True)
+    assert resumed.config.pair == record.spec and len(resumed.history) == 2
     # the command line rebuilds it from the run directory alone
     shown = run_cli("evaluate", result.run_dir, "--num-samples", "5", "--limit", "4",
                     "--json", cwd=tmp_path)  # fmt: skip
