@@ -7,24 +7,31 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from pyro_vae.checkpoints import CheckpointError
 from pyro_vae.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
 from pyro_vae.diagnose import DiagnoseError
 from pyro_vae.estimators import ESTIMATORS, EstimatorError
+from pyro_vae.files import WriteError, jsonable
 from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
 from pyro_vae.objectives import OBJECTIVES, ObjectiveError
 from pyro_vae.pairs import PAIRS, PairError
-from pyro_vae.train import TrainingError, jsonable
+from pyro_vae.runs import RunInUseError
+from pyro_vae.train import TrainingError, prepare_run_dir
 
 USER_ERRORS = (
+    CheckpointError,
     ConfigError,
     DataError,
     DiagnoseError,
     EstimatorError,
     ObjectiveError,
     PairError,
+    RunInUseError,
     TrainingError,
+    WriteError,
 )
 
 
@@ -85,6 +92,13 @@ def _add_train(subparsers) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N points only")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="also checkpoint every N SVI steps inside an epoch (default 0: at epoch ends); "
+        "a resumed run continues from the step, bit for bit",
+    )
     p.add_argument(
         "--drop-last",
         action="store_const",
@@ -192,7 +206,13 @@ def _add_run_options(p, *, split: str = "test", out_help: str | None = None) -> 
 
 
 def _run_options(args) -> dict:
-    """The values of :func:`_add_run_options`' flags, as keyword arguments."""
+    """The values of :func:`_add_run_options`' flags, as keyword arguments.
+
+    An ``--out`` folder that is given is made and checked writable first (a file there, or a
+    place that cannot be written, is a message, not a traceback after the work is done).
+    """
+    if getattr(args, "out", None) is not None:
+        prepare_run_dir(args.out)
     names = ["split", "checkpoint", "device", "data_dir", "progress", "out", "seed"]
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
@@ -418,6 +438,7 @@ def _add_sample(subparsers) -> None:
     p.add_argument("--num", type=int, default=10, help="images per row")
     p.add_argument("--split", choices=("test", "valid", "train"), default="test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
     p.add_argument("--device")
     p.set_defaults(run=_run_sample)
 
@@ -427,8 +448,15 @@ def _run_sample(args) -> int:
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
-    path = sample_figure(args.run_dir, args.out, num=args.num, split=args.split,
-                         seed=args.seed, device=args.device)  # fmt: skip
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {args.out!r} is a folder; name the PNG file to write, e.g. "
+            f"{str(out / 'samples.png')!r}"
+        )
+    prepare_run_dir(out.parent)
+    path = sample_figure(args.run_dir, out, num=args.num, split=args.split, seed=args.seed,
+                         device=args.device, checkpoint=args.checkpoint)  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -486,14 +514,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if interrupt.args:  # train saved where it stopped and says so
+            print(f"pyro-vae {args.command}: {interrupt.args[0]}", file=sys.stderr)
+            return 130
         out = getattr(args, "out", None)
         hint = f"; resume with: pyro-vae train --out {out} --resume" if out else ""
-        print(
-            f"pyro-vae {args.command}: interrupted; the last finished epoch's checkpoint is "
-            f"kept{hint}",
-            file=sys.stderr,
-        )
+        kept = "the last checkpoint is kept" if args.command == "train" else "nothing was saved"
+        print(f"pyro-vae {args.command}: interrupted; {kept}{hint}", file=sys.stderr)
         return 130
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,12 +65,22 @@ class TrainConfig:
     kl_warmup_start: float = 0.0
     # How .npy/.npz values are scaled: auto (uint8 images / 255, counts as they are), none, 255.
     pixel_scale: str = "auto"
+    # Mid-epoch checkpoints every N SVI steps (0: at the end of each epoch only).
+    checkpoint_every: int = 0
     # Set when a pair object given from Python cannot be rebuilt from `pair` and `pair_kwargs`:
     # what to pass so that the command line can rebuild it.
     pair_note: str | None = None
 
     def validate(self) -> TrainConfig:
-        """Raise :class:`ConfigError` naming the flag for values that cannot work."""
+        """Raise :class:`ConfigError` naming the flag for values that cannot work.
+
+        First each value is checked against its field's annotation (:func:`conform_types`),
+        so ``TrainConfig(epochs="ten")`` is refused here as it is in a TOML file.
+        """
+        values = {name: getattr(self, name) for name in FIELDS}
+        for name, value in conform_types(values, "TrainConfig").items():
+            if value is not values[name]:
+                setattr(self, name, value)
         checks = [
             (self.epochs >= 1, "--epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
@@ -92,8 +106,11 @@ class TrainConfig:
         kl_warmup = self.kl_warmup
         if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
             raise ConfigError(f"--kl-warmup {kl_warmup!r}: must be a number of steps >= 0")
-        if self.pixel_scale == 255 and not isinstance(self.pixel_scale, bool):
-            self.pixel_scale = "255"  # a TOML number
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"--checkpoint-every {self.checkpoint_every!r}: must be a number of steps >= 0 "
+                "(0: at the end of each epoch only)"
+            )
         if self.pixel_scale not in PIXEL_SCALE_CHOICES:
             raise ConfigError(
                 f"--pixel-scale {self.pixel_scale!r}: choose from {', '.join(PIXEL_SCALE_CHOICES)}"
@@ -143,6 +160,142 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+#: Each field's annotation as a type (``int | None``, ``list[int]``), for :func:`conform_types`.
+FIELD_TYPES = typing.get_type_hints(TrainConfig)
+#: The defaults, as the examples in type messages show them.
+_DEFAULTS = {name: getattr(TrainConfig(), name) for name in FIELDS}
+
+
+class _Kind(NamedTuple):
+    accepts: Callable[[Any], bool]
+    convert: Callable[[Any], Any]
+    name: str  # what a message says is expected
+    plural: str  # the same, as the items of a list
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# What each annotated type accepts and how a value becomes it. An integer is a fine float
+# (lr = 1 is lr = 1.0), but a boolean is no integer: `epochs = true` is refused, not 1 epoch.
+# NumPy scalars pass (numbers.Integral/Real) and become Python ones, so they write to TOML.
+_KINDS: dict[Any, _Kind] = {
+    bool: _Kind(lambda v: isinstance(v, bool), bool, "true or false", "booleans"),
+    int: _Kind(_is_integer, int, "an integer", "integers"),
+    float: _Kind(
+        lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+        float,
+        "a number",
+        "numbers",
+    ),
+    str: _Kind(lambda v: isinstance(v, str), str, "a string", "strings"),
+    dict: _Kind(
+        lambda v: isinstance(v, dict), lambda v: v, "a table of keyword arguments", "tables"
+    ),
+    list: _Kind(lambda v: isinstance(v, list | tuple), list, "a list", "lists"),
+    type(None): _Kind(lambda v: v is None, lambda v: v, "no value (in TOML: no key)", "-"),
+}
+
+# What a wrong value is, as a message says it.
+_VALUE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a decimal number",
+    str: "a string",
+    list: "an array",
+    tuple: "an array",
+    dict: "a table",
+}
+
+_MISMATCH = object()
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _conform(hint: Any, value: Any) -> Any:
+    """``value`` as the annotation ``hint`` wants it (1 -> 1.0 for a float), else _MISMATCH."""
+    for member in _members(hint):
+        origin = typing.get_origin(member) or member
+        kind = _KINDS[origin]
+        if not kind.accepts(value):
+            continue
+        if origin is list:
+            (item_hint,) = typing.get_args(member)
+            items = [_conform(item_hint, item) for item in value]
+            if any(item is _MISMATCH for item in items):
+                continue
+            return items
+        return kind.convert(value)
+    return _MISMATCH
+
+
+def _expected(hint: Any) -> str:
+    """``int | None`` -> 'an integer or no value (in TOML: no key)'."""
+    names = []
+    for member in _members(hint):
+        origin = typing.get_origin(member) or member
+        if origin is list:
+            (item_hint,) = typing.get_args(member)
+            names.append(f"a list of {_KINDS[item_hint].plural}")
+        else:
+            names.append(_KINDS[origin].name)
+    return " or ".join(names)
+
+
+def _toml_literal(text: str) -> Any:
+    """What ``text`` means written as a TOML value, or _MISMATCH when it is not one."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return _MISMATCH
+
+
+def _type_problem(key: str, value: Any, toml: bool) -> str:
+    """One clause: the key, its value, what it is, what is expected and how to write it."""
+    hint = FIELD_TYPES[key]
+    show = _show_toml if toml else repr
+    shown = f"{key} = {show(value)}" if toml else f"{key}={value!r} (--{key.replace('_', '-')})"
+    what = _VALUE_NAMES.get(type(value), f"a {type(value).__name__}")
+    advice = ""
+    unquoted = _toml_literal(value) if toml and isinstance(value, str) else _MISMATCH
+    default = _DEFAULTS.get(key)
+    if unquoted is not _MISMATCH and _conform(hint, unquoted) is not _MISMATCH:
+        advice = f"; write it without quotes: {key} = {value}"
+    elif default not in (None, {}, []):
+        advice = f", e.g. {key} = {show(default)}" if toml else f", e.g. {key}={default!r}"
+    return f"{shown} is {what}, expected {_expected(hint)}{advice}"
+
+
+def _show_toml(value: Any) -> str:
+    try:
+        return _toml_value(value)
+    except ConfigError:
+        return repr(value)
+
+
+def conform_types(values: Mapping[str, Any], source: str, *, toml: bool = False) -> dict:
+    """``values`` checked against :class:`TrainConfig`'s annotations, converted where exact.
+
+    Every key of ``values`` must be a field. An ``int`` stands for a ``float`` (and becomes
+    one), NumPy scalars become Python ones, a bool is not an int, ``None`` only where the
+    annotation allows it. A mismatch raises :class:`ConfigError` naming ``source`` (the file,
+    or ``TrainConfig``) and, for each bad key, the value and the type expected.
+    """
+    values = dict(values)
+    pixel_scale = values.get("pixel_scale")
+    if pixel_scale == 255 and not isinstance(pixel_scale, bool):
+        values["pixel_scale"] = "255"  # a TOML number for the string choice
+    conformed, problems = {}, []
+    for key, value in values.items():
+        conformed[key] = _conform(FIELD_TYPES[key], value)
+        if conformed[key] is _MISMATCH:
+            problems.append(_type_problem(key, value, toml))
+    if problems:
+        raise ConfigError(f"{source}: wrong type: " + "; ".join(problems))
+    return conformed
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -161,7 +314,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"--config {str(path)!r}: unknown key(s) {unknown}; known keys: {sorted(FIELDS)}"
         )
-    return data
+    return conform_types(data, str(path), toml=True)
 
 
 def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:

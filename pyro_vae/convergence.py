@@ -32,6 +32,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vae.checkpoints import BEST
 from pyro_vae.config import ConfigError
 from pyro_vae.estimators import (
     ESTIMATORS,
@@ -42,8 +43,8 @@ from pyro_vae.estimators import (
     low_ess_warnings,
 )
 from pyro_vae.evaluate import restore_run
+from pyro_vae.files import atomic_write_bytes, json_bytes
 from pyro_vae.pairs import PairInfo, evaluation_mode
-from pyro_vae.train import BEST, atomic_write_bytes, json_bytes
 
 __all__ = ["CONVERGENCE_COLUMNS", "convergence_study", "exact_log_marginal"]
 

@@ -726,20 +726,63 @@ def _as_float_rows(array: np.ndarray, source: str, divisor: float | None = None)
     return rows
 
 
+# The first bytes of each array file format: numpy.save's magic string, a zip archive.
+_ARRAY_FILE_MAGIC = {
+    ".npy": (b"\x93NUMPY", "a NumPy array file", "numpy.save(path, array)"),
+    ".npz": (b"PK", "a NumPy .npz archive", "numpy.savez(path, train=..., test=...)"),
+}
+
+
+def _check_array_file_magic(path: Path) -> None:
+    """Raise DataError unless ``path`` starts as its suffix's format must (``_ARRAY_FILE_MAGIC``).
+
+    Without this check numpy takes any other file for a pickle and advises allow_pickle=True,
+    which would run code from the file.
+    """
+    magic, what, how = _ARRAY_FILE_MAGIC[path.suffix.lower()]
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(len(magic))
+    except OSError as error:
+        raise DataError(f"{path} could not be opened ({error.strerror})") from error
+    if start != magic:
+        found = f"it starts with {start!r}, not {magic!r}" if start else "it is empty"
+        raise DataError(
+            f"{path} is not {what}: {found} (a text file, or another format given a "
+            f"{path.suffix} name?). Save the data with {how}."
+        )
+
+
+_PICKLED = (
+    "holds Python objects (a pickled object array), which are never loaded since unpickling "
+    "can run code; save a numeric array instead (e.g. np.asarray(x, dtype=np.float32))"
+)
+
+
 def _read_npy(path: Path) -> np.ndarray:
     """The array in an .npy file."""
+    _check_array_file_magic(path)
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
+        if "allow_pickle" in str(error):  # numpy's refusal of an object array
+            raise DataError(f"{path} {_PICKLED}") from error
         raise DataError(f"{path} could not be read as .npy ({error}); is it corrupt?") from error
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array in an .npz file, by name."""
+    _check_array_file_magic(path)
+    key = None
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+            arrays = {}
+            for key in archive.files:
+                arrays[key] = archive[key]
+            return arrays
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if "allow_pickle" in str(error):  # numpy's refusal of an object array
+            raise DataError(f"{path}: array {key!r} {_PICKLED}") from error
         raise DataError(f"{path} could not be read as .npz ({error}); is it corrupt?") from error
 
 
@@ -923,19 +966,23 @@ def minibatches(
     shuffle: bool = True,
     binarize: str = "none",
     drop_last: bool = False,
+    order: torch.Tensor | None = None,
+    first_batch: int = 0,
 ) -> Iterator[torch.Tensor]:
     """One epoch of minibatches sliced on `data`'s device, optionally shuffled and binarized.
 
-    The permutation is drawn now from the global torch RNG (so `pyro.set_rng_seed` fixes it);
-    `binarize="dynamic"` draws Bernoulli(batch) afresh for every batch.
+    The permutation is drawn now from the global torch RNG (so `pyro.set_rng_seed` fixes it),
+    unless `order` gives it (an epoch resumed in the middle: the saved permutation, from batch
+    `first_batch` on); `binarize="dynamic"` draws Bernoulli(batch) afresh for every batch.
     """
     _check_binarization(binarize)
     if int(batch_size) < 1:
         raise DataError(f"batch size must be at least 1 (--batch-size), got {batch_size}")
     num_rows = data.shape[0]
-    order = torch.randperm(num_rows, device=data.device) if shuffle else None
+    if order is None and shuffle:
+        order = torch.randperm(num_rows, device=data.device)
     stop = num_rows - num_rows % batch_size if drop_last else num_rows
-    return _batches(data, order, int(batch_size), stop, _BATCH_BINARIZERS[binarize])
+    return _batches(data, order, int(batch_size), stop, _BATCH_BINARIZERS[binarize], first_batch)
 
 
 def _batches(
@@ -944,9 +991,10 @@ def _batches(
     batch_size: int,
     stop: int,
     binarizer: Callable[[torch.Tensor], torch.Tensor],
+    first_batch: int = 0,
 ) -> Iterator[torch.Tensor]:
     """The generator behind `minibatches`: slices [start, start + batch_size) up to `stop`."""
-    for start in range(0, stop, batch_size):
+    for start in range(first_batch * batch_size, stop, batch_size):
         end = min(start + batch_size, stop)
         batch = data[order[start:end]] if order is not None else data[start:end]
         yield binarizer(batch)

@@ -47,6 +47,7 @@ from pyro import poutine
 from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
+from pyro_vae.checkpoints import BEST
 from pyro_vae.estimators import (
     chunk_size_for,
     evaluation_notes,
@@ -58,13 +59,8 @@ from pyro_vae.estimators import (
     summarize_log_weights,
 )
 from pyro_vae.evaluate import restore_run
+from pyro_vae.files import atomic_write_bytes, json_bytes, jsonable
 from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim, evaluation_mode, pair_modules
-from pyro_vae.train import (
-    BEST,
-    atomic_write_bytes,
-    json_bytes,
-    jsonable,
-)
 
 #: k-hat below this: the importance weights (and q) can be trusted (Yao et al. 2018).
 KHAT_GOOD = 0.5

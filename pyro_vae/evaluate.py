@@ -26,6 +26,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vae.checkpoints import BEST
 from pyro_vae.config import ConfigError, TrainConfig
 from pyro_vae.estimators import (
     check_estimator,
@@ -34,16 +35,9 @@ from pyro_vae.estimators import (
     evaluation_view,
     low_ess_warnings,
 )
+from pyro_vae.files import atomic_write_bytes, json_bytes
 from pyro_vae.pairs import PairInfo, evaluation_mode
-from pyro_vae.train import (
-    BEST,
-    atomic_write_bytes,
-    eval_split,
-    json_bytes,
-    read_config,
-    resolve_device,
-    restore_pair,
-)
+from pyro_vae.train import eval_split, read_config, resolve_device, restore_pair
 
 #: Seed of the importance samples, so evaluating twice gives the same numbers.
 EVAL_SEED = 0

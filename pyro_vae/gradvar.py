@@ -34,8 +34,10 @@ from pyro import poutine
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyro_vae.checkpoints import BEST
 from pyro_vae.config import ConfigError
 from pyro_vae.evaluate import restore_run
+from pyro_vae.files import atomic_write_bytes, json_bytes
 from pyro_vae.gradients import (
     GRADIENT_ESTIMATORS,
     forget_baselines,
@@ -43,11 +45,6 @@ from pyro_vae.gradients import (
 )
 from pyro_vae.handlers import unscaled
 from pyro_vae.pairs import FunctionPair
-from pyro_vae.train import (
-    BEST,
-    atomic_write_bytes,
-    json_bytes,
-)
 
 #: Files written into the output folder.
 GRADVAR_JSON = "gradvar.json"

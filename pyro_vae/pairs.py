@@ -192,17 +192,29 @@ PAIRS: dict[str, PairSpec] = {
 
 
 def load_object(spec: str, *, flag: str = "--pair") -> Any:
-    """Import ``NAME`` from ``FILE.py:NAME`` or ``package.module:NAME``."""
+    """Import ``NAME`` from ``FILE.py:NAME`` or ``package.module:NAME``.
+
+    Importing a file executes it, so each file import is announced on stderr (one line);
+    a module of the Python standard library is refused before it is imported (a pair is
+    never there, and ``os:system`` must not be reachable from a run's ``config.toml``).
+    """
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
         raise PairError(
             f"{flag} {spec!r}: expected FILE.py:NAME or package.module:NAME "
             f"(or a built-in pair: {', '.join(PAIRS)})"
         )
+    if not target.endswith(".py") and _is_stdlib(target):
+        raise PairError(_not_a_pair(spec, flag, f"module {target!r} is Python's standard library"))
     if target.endswith(".py"):
         path = Path(target).expanduser()
         if not path.is_file():
             raise PairError(f"{flag} {spec!r}: file {str(path)!r} does not exist")
+        print(
+            f"pyro-vae: loading {flag.lstrip('-')} file {path.resolve()}",
+            file=sys.stderr,
+            flush=True,
+        )
         module_name = user_module_name(path)
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
@@ -231,6 +243,106 @@ def load_object(spec: str, *, flag: str = "--pair") -> Any:
         public = sorted(n for n in vars(module) if not n.startswith("_"))
         raise PairError(f"{flag} {spec!r}: {where} has no {name!r}; it defines: {public}")
     return getattr(module, name)
+
+
+def _is_stdlib(module: str | None) -> bool:
+    """Whether ``module`` (a dotted name) is part of Python's standard library, builtins and
+    C modules such as ``posix`` and ``_io`` included."""
+    return bool(module) and module.partition(".")[0] in sys.stdlib_module_names
+
+
+#: Installed libraries that hold no pair factory or Pyro program but do hold functions that
+#: read or run files (``torch:load``, ``numpy:load``, ``pandas:read_pickle``,
+#: ``pyro_vae.checkpoints:upgrade_checkpoint``, ...): a function of theirs named by a spec is
+#: refused like the standard library's. A class of theirs still passes when it has ``model``
+#: and ``guide`` methods.
+LIBRARY_PACKAGES = frozenset({
+    "torch", "torchvision", "numpy", "scipy", "pandas", "xarray", "arviz", "matplotlib",
+    "pyro", "pyro_vae", "funsor", "opt_einsum", "tqdm", "joblib", "dill", "cloudpickle",
+    "yaml", "h5py", "netCDF4", "IPython", "ipykernel", "jupyter_core", "nbformat", "jupytext",
+    "setuptools", "pkg_resources", "pip", "pytest", "_pytest", "sympy", "jinja2",
+    "networkx", "fsspec", "filelock", "requests", "urllib3",
+})  # fmt: skip
+
+
+def _library_function(obj: Any) -> str | None:
+    """``package.name`` when ``obj`` is a function (not a class) of :data:`LIBRARY_PACKAGES`
+    (the pair factories of pyro_vae's own ``models``/``guides`` excepted), else None."""
+    if inspect.isclass(obj) or not callable(obj):
+        return None
+    origin = _origin(obj) or ""
+    if origin.startswith(("pyro_vae.models", "pyro_vae.guides")):
+        return None
+    if origin.partition(".")[0] not in LIBRARY_PACKAGES:
+        return None
+    return f"{origin}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def _origin(obj: Any) -> str | None:
+    """The module an object comes from: its own ``__module__`` for classes and functions,
+    else its type's (``functools.partial``, bound methods: ``builtins``)."""
+    if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return getattr(obj, "__module__", None) or type(obj).__module__
+    return type(obj).__module__
+
+
+def _not_a_pair(spec: str, flag: str, why: str) -> str:
+    if flag == "--pair":
+        return (
+            f"--pair {spec!r} was refused, nothing was called: {why}. A pair is a class or a "
+            "factory function (in a FILE.py or an installed module) whose instance has "
+            "methods model(x) and guide(x)"
+        )
+    return (
+        f"{flag} {spec!r} was refused, nothing was called: {why}. {flag} names a Pyro "
+        "program: a function of the batch x defined in a FILE.py or an installed module"
+    )
+
+
+def check_pair_factory(obj: Any, spec: str) -> None:
+    """Refuse (:class:`PairError`, before anything is called) an object a ``--pair`` spec
+    names that is not a pair class or factory: a callable that is not a class or a Python
+    function, anything from the standard library or builtins, a class without callable
+    ``model`` and ``guide``. An object that is not callable (a pair instance) is not called,
+    and is checked for ``model``/``guide`` as a built pair is."""
+    if not callable(obj):
+        return
+    if _is_stdlib(_origin(obj)):
+        what = f"{_origin(obj)}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+        raise PairError(_not_a_pair(spec, "--pair", f"{what} is Python's standard library"))
+    library = _library_function(obj)
+    if library:
+        raise PairError(
+            _not_a_pair(spec, "--pair", f"{library} is a function of a library, not a pair factory")
+        )
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+        raise PairError(
+            _not_a_pair(spec, "--pair", f"it names a {type(obj).__name__}, not a class or function")
+        )
+    if inspect.isclass(obj):
+        lacking = [m for m in ("model", "guide") if not callable(getattr(obj, m, None))]
+        if lacking:
+            raise PairError(
+                _not_a_pair(spec, "--pair", f"class {obj.__qualname__} has no method(s) {lacking}")
+            )
+
+
+def check_program(obj: Any, spec: str, flag: str) -> None:
+    """Refuse a ``--model``/``--guide`` object that is not a program of the user's: not
+    callable, builtin or from the standard library (``os:system``, ``subprocess:run``),
+    or a callable other than a Python function or an instance of a user's class."""
+    origin = _origin(obj)
+    what = f"{origin}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    if not callable(obj):
+        raise PairError(_not_a_pair(spec, flag, f"it names a {type(obj).__name__}, not callable"))
+    if inspect.isbuiltin(obj):
+        raise PairError(_not_a_pair(spec, flag, f"{what} is a builtin function"))
+    if _is_stdlib(origin):
+        raise PairError(_not_a_pair(spec, flag, f"{what} is Python's standard library"))
+    if _library_function(obj):
+        raise PairError(_not_a_pair(spec, flag, f"{what} is a function of a library"))
+    if inspect.isclass(obj):
+        raise PairError(_not_a_pair(spec, flag, f"it names the class {obj.__qualname__}"))
 
 
 #: Files loaded by :func:`load_object`, by the module name they were given, so a pair object
@@ -347,10 +459,9 @@ def build_pair(
             missing = "--guide" if model else "--model"
             raise PairError(f"--model and --guide go together; {missing} is missing")
         model_fn = load_object(model, flag="--model")
+        check_program(model_fn, model, "--model")
         guide_fn = load_object(guide, flag="--guide")
-        for flag, fn in (("--model", model_fn), ("--guide", guide_fn)):
-            if not callable(fn):
-                raise PairError(f"{flag} {model if flag == '--model' else guide!r} is not callable")
+        check_program(guide_fn, guide, "--guide")
         return FunctionPair(model_fn, guide_fn)
     if pair is None:
         raise PairError(f"no pair given: use --pair NAME (built-in: {', '.join(PAIRS)})")
@@ -369,6 +480,7 @@ def build_pair(
             "a pair of your own is FILE.py:NAME or package.module:NAME"
         )
     obj = load_object(pair)
+    check_pair_factory(obj, pair)
     built = _call_with_shape(obj, pair_kwargs, image_shape, pair) if callable(obj) else obj
     if not (callable(getattr(built, "model", None)) and callable(getattr(built, "guide", None))):
         raise PairError(
@@ -390,15 +502,37 @@ def pair_to(pair: Any, device: torch.device) -> Any:
 
 def pair_modules(pair: Any) -> list[nn.Module]:
     """The ``nn.Module`` objects of a pair: the pair itself, or the modules among its attributes
-    (a pair that is a plain object holding an encoder and a decoder). Two plain functions
-    (``--model``/``--guide``) have none that can be found."""
+    (a pair that is a plain object holding an encoder and a decoder). For two plain functions
+    (``--model``/``--guide``), the modules they refer to: globals of their module and
+    variables of their closures (``pyro.module("decoder", decoder)`` at module level)."""
     if isinstance(pair, nn.Module):
         return [pair]
     base = getattr(pair, "base_pair", None)  # an estimators.EvaluationPair view
     if base is not None:
         return pair_modules(base)
+    if isinstance(pair, FunctionPair):
+        return _referenced_modules(pair.model, pair.guide)
     attributes = vars(pair).values() if hasattr(pair, "__dict__") else ()
     return [value for value in attributes if isinstance(value, nn.Module)]
+
+
+def _referenced_modules(*functions: Callable) -> list[nn.Module]:
+    """The ``nn.Module`` objects that ``functions`` name (globals, closure variables),
+    each once, in order; callables that are not plain functions contribute none."""
+    found: list[nn.Module] = []
+    for function in functions:
+        if isinstance(function, nn.Module):
+            candidates = [function]
+        else:
+            try:
+                names = inspect.getclosurevars(function)
+            except TypeError:
+                continue
+            candidates = [*names.nonlocals.values(), *names.globals.values()]
+        found += [
+            m for m in candidates if isinstance(m, nn.Module) and not any(m is f for f in found)
+        ]
+    return found
 
 
 @contextlib.contextmanager
@@ -431,11 +565,13 @@ def set_training_mode(pair: Any, training: bool = True) -> None:
 class PairRecord:
     """How a pair object given from Python is written into a run: ``spec`` (``FILE.py:NAME``
     or ``module:NAME``, None when its class cannot be imported), the constructor ``kwargs``
-    recovered from same-named attributes, and the ``missing`` required arguments."""
+    recovered from same-named attributes, the ``missing`` required arguments, and the
+    optional ones not recovered, whose defaults the record ``assumed``."""
 
     spec: str | None
     kwargs: dict[str, Any]
     missing: tuple[str, ...]
+    assumed: tuple[str, ...] = ()
 
 
 def _json_value(value: Any) -> Any:
@@ -470,7 +606,7 @@ def record_pair(pair: Any) -> PairRecord:
     if "<locals>" in name:
         spec = None
     kwargs: dict[str, Any] = {}
-    missing = []
+    missing, assumed = [], []
     try:
         parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
     except (TypeError, ValueError):
@@ -485,7 +621,9 @@ def record_pair(pair: Any) -> PairRecord:
         except (KeyError, TypeError):
             if parameter.default is parameter.empty:
                 missing.append(parameter.name)
-    return PairRecord(spec, kwargs, tuple(missing))
+            else:
+                assumed.append(parameter.name)
+    return PairRecord(spec, kwargs, tuple(missing), tuple(assumed))
 
 
 def parameter_shapes(pair: Any) -> dict[str, tuple[int, ...]]:
@@ -525,6 +663,7 @@ class PairInfo:
     scaled_sites: tuple[str, ...] = ()
     data_plate_dim: int = -1
     data_subsampled: bool = False
+    data_plate_size: int | None = None  # the full size of a data plate the pair subsamples
 
     @property
     def local_latent_sites(self) -> tuple[str, ...]:
@@ -641,16 +780,16 @@ def _is_scaled(site: dict) -> bool:
     return not is_identically_one(site["scale"])
 
 
-def _subsamples(trace) -> bool:
-    """Whether a plate of the trace subsamples: ``plate(name, size, subsample_size=B)`` (or
-    ``subsample=``) with B smaller than its full size."""
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or not site_is_subsample(site):
-            continue
-        size, value = getattr(site["fn"], "size", None), site["value"]
-        if size is not None and value is not None and len(value) != size:
-            return True
-    return False
+def _subsample_size(trace, data_plate: str) -> int | None:
+    """The full size of the data plate when the pair subsamples it itself
+    (``plate(name, size, subsample_size=B)`` or ``subsample=``, B smaller than the size)."""
+    site = trace.nodes.get(data_plate)
+    if site is None or site["type"] != "sample" or not site_is_subsample(site):
+        return None
+    size, value = getattr(site["fn"], "size", None), site["value"]
+    if size is not None and value is not None and len(value) != size:
+        return int(size)
+    return None
 
 
 def check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
@@ -757,6 +896,9 @@ def _check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
     ]
     max_plate_nesting = max([-f.dim for f in frames] + [1])
     data_plate, data_dim = sorted(plates)[0]
+    subsampled_size = _subsample_size(model_trace, data_plate) or _subsample_size(
+        guide_trace, data_plate
+    )
     scaled = [
         name
         for sites in (model_sites, guide_sites)
@@ -772,7 +914,8 @@ def _check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
         global_sites=tuple(n for n in latent if n in outside),
         scaled_sites=tuple(dict.fromkeys(scaled)),
         data_plate_dim=data_dim,
-        data_subsampled=_subsamples(model_trace) or _subsamples(guide_trace),
+        data_subsampled=subsampled_size is not None,
+        data_plate_size=subsampled_size,
     )
 
 

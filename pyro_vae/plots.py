@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -21,17 +22,25 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 
+from pyro_vae.checkpoints import CHECKPOINT  # noqa: E402
 from pyro_vae.estimators import evaluation_view  # noqa: E402
+from pyro_vae.files import atomic_write_bytes  # noqa: E402
 from pyro_vae.pairs import data_plate_dim, evaluation_mode  # noqa: E402
-from pyro_vae.train import CHECKPOINT, eval_split, read_config, resolve_device, restore_pair  # noqa: E402
+from pyro_vae.train import eval_split, read_config, resolve_device, restore_pair  # noqa: E402
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> Path:
-    """Lay ``fig`` out, write it to ``path`` as a PNG (100 dpi) and close it; return the path."""
+    """Lay ``fig`` out, write it to ``path`` at 100 dpi (PNG unless the suffix names another
+    format) and close it; return the path.
+
+    The image is written whole or not at all (a temporary file and a rename), so a run killed
+    while drawing its curves never leaves a broken ``metrics.png``."""
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

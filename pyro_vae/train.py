@@ -20,26 +20,34 @@ import csv
 import io
 import json
 import math
-import os
-import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyro
 import pyro.optim
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pyro_vae.checkpoints import (
+    BEST,
+    CHECKPOINT,
+    CheckpointError,
+    checkpoint_state,
+    load_checkpoint,
+    restore_params,
+    save_checkpoint,
+    set_rng_state,
+)
 from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
 from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset, minibatches
 from pyro_vae.estimators import evaluation_view, log_importance_weights
+from pyro_vae.faults import fault_point
+from pyro_vae.files import atomic_write_bytes
 from pyro_vae.gradients import (
     BASELINE_MODULE,
     BASELINES,
@@ -58,19 +66,23 @@ from pyro_vae.pairs import (
     build_pair,
     check_pair,
     evaluation_mode,
+    pair_modules,
     pair_to,
     parameter_shapes,
     record_pair,
     resolve_spec,
     set_training_mode,
 )
+from pyro_vae.runs import StopSignals, remove_stale_temporaries, run_lock
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
 CONFIG = "config.toml"
 METRICS = "metrics.csv"
 CURVES = "metrics.png"
-METRIC_COLUMNS = ("epoch", "train_loss", "valid_elbo", "seconds", "train_seconds", "beta")
+#: The files a trainer writes (see :func:`pyro_vae.runs.remove_stale_temporaries`).
+RUN_FILES = (CONFIG, METRICS, CURVES, CHECKPOINT, BEST, "write-test")
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "valid_elbo", "seconds", "train_seconds", "beta", "lr",
+)  # fmt: skip
 #: Seed of the fixed binarization of validation and test points (dynamic binarization
 #: trains on fresh draws; evaluation needs one fixed draw so numbers are comparable).
 EVAL_BINARIZE_SEED = 12345
@@ -232,134 +244,29 @@ def make_pair(config: TrainConfig, image_shape: tuple, device: torch.device, pai
     return pair_to(pair, device)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "random": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 -- the global state pyro seeds
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["random"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002 -- the global state pyro seeds
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def jsonable(value: Any) -> Any:
-    """Tensors and arrays to lists, non-finite floats to None: strict JSON."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().double().numpy()
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def json_bytes(value: Any) -> bytes:
-    """``value`` as indented, strict JSON (:func:`jsonable`), for :func:`atomic_write_bytes`."""
-    return (json.dumps(jsonable(value), indent=2) + "\n").encode()
-
-
-def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
-    """``torch.save`` once, then write the bytes to each path atomically (temp file, rename)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    for path in paths:
-        atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` onto ``device``.
-
-    ``weights_only=False``: a checkpoint holds RNG states and constraint objects; only load
-    checkpoints from run directories you trust (your own).
-    """
-    if not path.is_file():
-        raise TrainingError(f"no checkpoint at {str(path)!r}")
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:
-        raise TrainingError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
-
-
-def checkpoint_state(pair: Any, optimizer: Any, epoch: int, history: list, config, device,
-                     step: int = 0):  # fmt: skip
-    return {
-        "epoch": epoch,
-        "step": step,
-        "config": config.to_dict(),
-        "module": pair.state_dict() if isinstance(pair, nn.Module) else None,
-        "params": pyro.get_param_store().get_state(),
-        "optimizer": optimizer.get_state() if optimizer is not None else None,
-        "rng": _rng_state(device),
-        "history": list(history),
-        "torch_version": torch.__version__,
-        "pyro_version": pyro.__version__,
-    }
-
-
-def restore_params(pair: Any, state: dict[str, Any], device: torch.device) -> None:
-    """Put a checkpoint's parameters into a pair whose params are already registered.
-
-    Values are copied *into* the registered tensors, because ``pyro.module`` keeps a module's
-    own parameters in the param store; replacing them would silently detach the module.
-    """
-    if isinstance(pair, nn.Module) and state.get("module") is not None:
-        pair.load_state_dict(state["module"])
-    store = pyro.get_param_store()
-    registered = dict(store.named_parameters())
-    saved = state["params"]
-    missing = {}
-    with torch.no_grad():
-        for name, value in saved["params"].items():
-            if name in registered:
-                registered[name].copy_(value.to(device))
-            else:
-                missing[name] = value.to(device).detach().requires_grad_()
-    if missing:
-        constraints = {k: v for k, v in saved["constraints"].items() if k in missing}
-        store.set_state({"params": missing, "constraints": constraints})
-
-
 def restore_pair(run_dir: Path, config: TrainConfig, device: torch.device, pair=None,
                  checkpoint: str = BEST) -> tuple[Any, PairInfo, Dataset, dict]:  # fmt: skip
-    """Rebuild a run's pair on ``device`` from a checkpoint (``best.pt`` or ``checkpoint.pt``)."""
+    """Rebuild a run's pair on ``device`` from a checkpoint (``best.pt`` or ``checkpoint.pt``).
+
+    The checkpoint is read with ``weights_only=True`` and ``config`` (the run's
+    ``config.toml``) must agree with the configuration stored in it, but for the settings
+    that may change between sessions; both are checked before the pair is built, so an edited
+    ``config.toml`` cannot make a command call what it names. A checkpoint whose parameters
+    do not fit the pair is refused."""
     path = run_dir / checkpoint
     if not path.exists() and checkpoint == BEST:
         path = run_dir / CHECKPOINT
-    state = load_checkpoint(path, device)
+    state = load_checkpoint(
+        path,
+        device,
+        config=config.to_dict(),
+        defaults=TrainConfig().to_dict(),
+        may_differ=(*RESUMABLE_CHANGES, "device"),
+    )
     data = load_data(config, device)
     pair = make_pair(config, data.image_shape, device, pair)
     info = check_pair(pair, _probe_batch(data, config))
-    restore_params(pair, state, device)
+    restore_params(pair, state, device, path)
     return pair, info, data, state
 
 
@@ -404,6 +311,38 @@ def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
     atomic_write_bytes(run_dir / METRICS, buffer.getvalue().encode())
 
 
+def prepare_run_dir(path: str | Path) -> Path:
+    """Make the folder ``path`` (``--out``) and check a file can be created in it.
+
+    An existing file, a path under a file, or a place that cannot be written (read-only,
+    no permission, a virtual file system such as /proc) raises :class:`ConfigError` naming
+    the path, before any data are read or training starts. The check creates and removes an
+    empty file, since permission bits say nothing when running as root.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test.{time.time_ns()}.tmp"
+        probe.touch()
+        probe.unlink()
+    except FileExistsError as error:
+        raise ConfigError(
+            f"--out {str(path)!r} is an existing file, not a folder; choose another --out"
+        ) from error
+    except NotADirectoryError as error:
+        blocking = next((p for p in reversed((path, *path.parents)) if p.is_file()), path)
+        raise ConfigError(
+            f"--out {str(path)!r}: {str(blocking)!r} is a file, so no folder can be made "
+            "inside it; choose another --out"
+        ) from error
+    except OSError as error:
+        raise ConfigError(
+            f"--out {str(path)!r}: cannot make or write to this folder ({error.strerror}); "
+            "choose another --out, a folder you can write to"
+        ) from error
+    return path
+
+
 def read_config(run_dir: Path) -> TrainConfig:
     """The resolved configuration a run directory was trained with."""
     path = Path(run_dir) / CONFIG
@@ -416,8 +355,11 @@ def read_config(run_dir: Path) -> TrainConfig:
 
 
 #: Settings that may change when a run is resumed; any other change would make the resumed
-#: run differ from an uninterrupted one.
-RESUMABLE_CHANGES = ("epochs", "out", "data_dir", "download", "base_url")
+#: run differ from an uninterrupted one. A new learning rate takes effect from the resumed
+#: epoch on and is recorded in each epoch's row (``lr``), so diverged runs can go on slower.
+RESUMABLE_CHANGES = (
+    "epochs", "out", "data_dir", "download", "base_url", "lr", "baseline_lr", "checkpoint_every",
+)  # fmt: skip
 
 
 def _check_resumable(config: TrainConfig, trained: TrainConfig, epoch: int) -> None:
@@ -432,7 +374,7 @@ def _check_resumable(config: TrainConfig, trained: TrainConfig, epoch: int) -> N
             + "; ".join(changed)
             + ". Drop those flags, or start a new run with another --out."
         )
-    if config.epochs <= epoch:
+    if config.epochs < epoch:
         raise ConfigError(
             f"--resume: the run already finished epoch {epoch}; pass --epochs N with N > {epoch}"
         )
@@ -445,6 +387,14 @@ def record_pair_object(pair: Any, config: TrainConfig, image_shape: tuple) -> No
     record = record_pair(pair)
     config.pair = record.spec or f"{type(pair).__module__}:{type(pair).__qualname__}"
     config.pair_kwargs = {**record.kwargs, **config.pair_kwargs}
+    assumed = [name for name in record.assumed if name not in config.pair_kwargs]
+    if assumed:
+        _log(
+            f"note: the pair object {type(pair).__qualname__} keeps no attribute named "
+            f"{', '.join(assumed)}, so the run records the default value(s) of those "
+            "constructor arguments; if you passed others, give them in TrainConfig's "
+            "pair_kwargs (or config.toml's) so that pyro-vae evaluate rebuilds the same pair"
+        )
     problem = None
     if record.spec is None:
         problem = (
@@ -508,7 +458,10 @@ def train(
 
     ``pair`` may be given as an object (from Python); otherwise it is built from
     ``config.pair`` or ``config.model``/``config.guide``. ``resume=True`` continues from the
-    run directory's last checkpoint up to ``config.epochs``.
+    run directory's last checkpoint (the end of an epoch, or the step a signal or
+    ``checkpoint_every`` saved) up to ``config.epochs``; a finished run only gets its
+    finishing steps (metrics, learning curves). One trainer at a time holds the directory's
+    lock; SIGINT/SIGTERM stop the run after the current step, with that step saved.
     """
     record_object = pair is not None and config.pair is None and config.model is None
     if record_object:
@@ -516,23 +469,54 @@ def train(
     config = defaults_for(config.validate())
     if config.out is None:
         raise ConfigError("--out RUN_DIR is required: the run directory to write")
-    run_dir = Path(config.out)
+    run_dir = prepare_run_dir(Path(config.out))
+    with run_lock(run_dir), StopSignals() as stop:
+        remove_stale_temporaries(run_dir, own=RUN_FILES)
+        return _train(config, run_dir, pair, record_object, resume, progress, on_epoch, stop)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: finished epochs, SVI steps, and the epoch in progress (its data
+    order, the batches done and the running sums), all of it in every checkpoint."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    step: int = 0
+    epoch: int = 0  # the last finished epoch
+    order: torch.Tensor | None = None
+    batches_done: int = 0
+    total: float = 0.0
+    seen: int = 0
+    train_seconds: float = 0.0
+    beta: float = 1.0
+
+    def in_progress(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch + 1,
+            "order": None if self.order is None else self.order.cpu(),
+            "batches_done": self.batches_done,
+            "total": self.total,
+            "seen": self.seen,
+            "train_seconds": self.train_seconds,
+            "beta": self.beta,
+        }
+
+
+def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, stop) -> RunResult:
     checkpoint_path = run_dir / CHECKPOINT
-    state = None
-    if resume:
-        if not checkpoint_path.exists():
-            raise TrainingError(
-                f"--resume: no checkpoint in {str(run_dir)!r} ({CHECKPOINT} is missing); "
-                "start the run without --resume"
-            )
-    elif checkpoint_path.exists():
+    if resume and not checkpoint_path.exists():
+        raise TrainingError(
+            f"--resume: no checkpoint in {str(run_dir)!r} ({CHECKPOINT} is missing); "
+            "start the run without --resume"
+        )
+    if not resume and checkpoint_path.exists():
         raise TrainingError(
             f"{str(run_dir)!r} already holds a run; pass --resume to continue it, "
             "or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     config.device = str(device)
+    state, trained = None, None
     if resume:
         state = load_checkpoint(checkpoint_path, device)
         trained = TrainConfig(**state["config"])
@@ -547,21 +531,18 @@ def train(
     data = load_data(config, device)
     train_x = data.train if config.train_limit is None else data.train[: config.train_limit]
     valid_x = eval_split(data, "valid", config.binarize)
+    num_batches = _steps_per_epoch(train_x, config)
+    if num_batches == 0:
+        raise ConfigError(
+            f"--drop-last with --batch-size {config.batch_size} leaves no batch of the "
+            f"{train_x.shape[0]} training points; lower --batch-size"
+        )
     if record_object and not resume:
         record_pair_object(pair, config, data.image_shape)
     pair = make_pair(config, data.image_shape, device, pair)
     info = check_pair(pair, _probe_batch(data, config))
     scales = TrainingScales(data_plate=info.data_plate)
-    # With global latents a minibatch stands for the whole training set, as under Pyro's
-    # plate(size=N, subsample_size=B): local sites weigh N/B. A pair that subsamples its own
-    # data plate has said so already.
-    scale_data = bool(info.global_sites) and not info.data_subsampled
-    if scale_data:
-        _log(
-            f"note: global latent site(s) {list(info.global_sites)}: each minibatch's local "
-            f"sites are scaled by N/B (N = {train_x.shape[0]}), so the loss estimates the "
-            "whole training set's"
-        )
+    points_per_step = _minibatch_scaling(info, train_x.shape[0], scales)
     if config.num_particles > 1 and not info.vectorizable:
         _log("note: the pair does not vectorize over particles; particles run in a loop")
     elbo = make_objective(
@@ -571,87 +552,280 @@ def train(
         max_plate_nesting=info.max_plate_nesting,
         alpha=config.alpha,
     )
-    guide, _ = training_guide(pair, config, train_x[:2], device)
+    with evaluation_mode(pair):  # the probe trace must not move BatchNorm statistics
+        guide, _ = training_guide(pair, config, train_x[:2], device)
     optimizer = pyro.optim.Adam(optimizer_args(config))
     svi = pyro.infer.SVI(scales(pair.model), scales(guide), optimizer, loss=elbo)
     atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
 
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    global_step = 0
-    best = -math.inf
+    run = _Progress()
     if resume:
-        restore_params(pair, state, device)
-        optimizer.set_state(state["optimizer"])
-        _set_rng_state(state["rng"], device)
-        history = state["history"]
-        start_epoch = state["epoch"]
-        global_step = state.get("step", start_epoch * _steps_per_epoch(train_x, config))
-        best = max((row["valid_elbo"] for row in history), default=-math.inf)
-        _log(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
+        run = _resume(pair, optimizer, state, trained, config, device, run_dir, train_x)
+    saved = _saved_at(run)
 
-    num_batches = _steps_per_epoch(train_x, config)
-    num_train = train_x.shape[0]
-    for epoch in range(start_epoch + 1, config.epochs + 1):
+    for epoch in range(run.epoch + 1, config.epochs + 1):
         set_training_mode(pair, True)
-        started = time.perf_counter()
-        total, seen = 0.0, 0
-        batches = minibatches(
-            train_x, config.batch_size, binarize=config.binarize, drop_last=config.drop_last
-        )
-        bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not progress, leave=False, unit="step")  # fmt: skip
-        for step, x in enumerate(bar, start=1):
-            beta = kl_weight(global_step, config.beta, config.kl_warmup, config.kl_warmup_start)
-            scales.beta = beta
-            scales.data_scale = num_train / x.shape[0] if scale_data else 1.0
-            loss = svi.step(x)
-            global_step += 1
+        started = time.perf_counter() - run.train_seconds
+        if run.batches_done == 0:
+            run.order = torch.randperm(train_x.shape[0], device=train_x.device)
+        batches = minibatches(train_x, config.batch_size, binarize=config.binarize,
+                              drop_last=config.drop_last, order=run.order,
+                              first_batch=run.batches_done)  # fmt: skip
+        bar = tqdm(batches, total=num_batches, initial=run.batches_done,
+                   desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False,
+                   unit="step")  # fmt: skip
+        for x in bar:
+            where = f"epoch {epoch}, step {run.batches_done + 1}"
+            run.beta = kl_weight(run.step, config.beta, config.kl_warmup, config.kl_warmup_start)
+            scales.beta = run.beta
+            scales.data_scale = train_x.shape[0] / x.shape[0] if points_per_step else 1.0
+            loss = _svi_step(svi, x, pair, where, saved, run_dir, config)
             if config.baseline != "none":
                 forget_stale_optimizers(optimizer)
-            if not math.isfinite(loss):
-                kept = (
-                    f"the checkpoint of epoch {history[-1]['epoch']} in {str(run_dir)!r} is kept"
-                    if history
-                    else "no checkpoint was written yet"
-                )
-                raise TrainingError(
-                    f"loss is {loss} at epoch {epoch}, step {step}: training stopped; {kept}. "
-                    "Try a smaller --lr, or check the data and the pair."
-                )
-            # per point: with the N/B scale the step's loss stands for all N points
-            total += loss * x.shape[0] / num_train if scale_data else loss
-            seen += x.shape[0]
-            if progress and step % 10 == 0:
-                bar.set_postfix(loss=f"{total / seen:.2f}")
+            run.step += 1
+            run.batches_done += 1
+            # per point: a step whose data sites are scaled by N/B stands for N points
+            run.total += loss * x.shape[0] / points_per_step(x) if points_per_step else loss
+            run.seen += x.shape[0]
+            run.train_seconds = time.perf_counter() - started
+            fault_point("step")
+            if progress and run.batches_done % 10 == 0:
+                bar.set_postfix(loss=f"{run.total / run.seen:.2f}")
+            last = run.batches_done == num_batches
+            every = config.checkpoint_every and run.step % config.checkpoint_every == 0
+            if not last and (stop.requested or every):
+                _save_in_progress(pair, optimizer, run, config, device, checkpoint_path, where)
+                saved = _saved_at(run)
+                if stop.requested:
+                    raise KeyboardInterrupt(
+                        f"{stop.requested}: stopped after {where}, which is saved in "
+                        f"{str(checkpoint_path)!r}; resume with: pyro-vae train --out "
+                        f"{run_dir} --resume"
+                    )
         bar.close()
-        train_seconds = time.perf_counter() - started
-        valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500))
+        train_seconds = run.train_seconds
+        _check_finite(pair, f"the end of epoch {epoch}", saved, run_dir, config)
+        valid = _validate(pair, valid_x, info, config, epoch, saved, run_dir)
         row = {
             "epoch": epoch,
-            "train_loss": total / seen,
+            "train_loss": run.total / run.seen,
             "valid_elbo": valid,
             "seconds": time.perf_counter() - started,
             "train_seconds": train_seconds,
-            "beta": beta,
+            "beta": run.beta,
+            "lr": config.lr,
         }
-        history.append(row)
-        state = checkpoint_state(pair, optimizer, epoch, history, config, device, global_step)
-        paths = [checkpoint_path]
-        if valid > best:
-            best = valid
-            paths.append(run_dir / BEST)
-        save_checkpoint(state, *paths)
-        write_metrics(run_dir, history)
+        best = max((r["valid_elbo"] for r in run.history), default=-math.inf)
+        run.history.append(row)
+        run = _Progress(history=run.history, step=run.step, epoch=epoch, beta=run.beta)
+        state = checkpoint_state(pair, optimizer, epoch, run.history, config, device, run.step)
+        # best.pt first: a kill between the two writes leaves checkpoint.pt one epoch behind,
+        # and the resumed run redoes that epoch and writes best.pt again, bit for bit
+        save_checkpoint(state, *([run_dir / BEST] if valid > best else []), checkpoint_path)
+        saved = _saved_at(run)
+        write_metrics(run_dir, run.history)
         _log(
             f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.3f}  "
             f"valid ELBO {valid:.3f}  {row['seconds']:.1f}s"
-            + (f"  beta {beta:.3g}" if config.beta != 1 or config.kl_warmup else "")
+            + (f"  beta {run.beta:.3g}" if config.beta != 1 or config.kl_warmup else "")
         )
         if on_epoch is not None:
             on_epoch(row)
+        if stop.requested and epoch < config.epochs:
+            raise KeyboardInterrupt(
+                f"{stop.requested}: stopped after epoch {epoch}, which is saved in "
+                f"{str(checkpoint_path)!r}; resume with: pyro-vae train --out {run_dir} --resume"
+            )
+    _finish(run_dir, run.history)
+    return RunResult(run_dir=run_dir, config=config, history=run.history, pair=pair)
+
+
+def _minibatch_scaling(info: PairInfo, num_train: int, scales: TrainingScales):
+    """How many points one step's loss stands for, as a function of the batch (None: the
+    batch itself). With global latents and data sites the pair does not scale itself, the
+    data plate's sites weigh N/B (as under Pyro's ``plate(size=N, subsample_size=B)``), so
+    the minibatch loss is an unbiased estimate of the whole training set's."""
+    data_sites = set(info.local_latent_sites) | set(info.observed_sites)
+    if info.data_plate_size is not None:  # the pair subsamples its own data plate
+        return lambda x: info.data_plate_size
+    if not info.global_sites or data_sites & set(info.scaled_sites):
+        return None
+    _log(
+        f"note: global latent site(s) {list(info.global_sites)}: each minibatch's local "
+        f"sites are scaled by N/B (N = {num_train}), so the loss estimates the whole "
+        "training set's"
+    )
+    return lambda x: num_train
+
+
+def _resume(pair, optimizer, state, trained, config, device, run_dir, train_x) -> _Progress:
+    """Put a checkpoint back: parameters, optimizer (at a new ``--lr`` if one was given),
+    RNG, history and the epoch in progress; make ``metrics.csv`` and ``best.pt`` agree with
+    the checkpoint's history."""
+    restore_params(pair, state, device, run_dir / CHECKPOINT)
+    optimizer_state = state["optimizer"]
+    if (trained.lr, trained.baseline_lr) != (config.lr, config.baseline_lr):
+        _log(
+            f"note: --lr {trained.lr:g} -> {config.lr:g} from epoch {state['epoch'] + 1} on "
+            "(the lr column of metrics.csv records it)"
+        )
+        optimizer_state = _with_learning_rates(optimizer_state, optimizer_args(config))
+    optimizer.set_state(optimizer_state)
+    set_rng_state(state["rng"], device)
+    history = list(state["history"])
+    step = state.get("step", state["epoch"] * _steps_per_epoch(train_x, config))
+    run = _Progress(history=history, epoch=state["epoch"], step=step)
+    partial = state.get("in_progress")
+    if partial is not None:
+        run.order = None if partial["order"] is None else partial["order"].to(train_x.device)
+        run.batches_done = int(partial["batches_done"])
+        run.total, run.seen = float(partial["total"]), int(partial["seen"])
+        run.train_seconds = float(partial["train_seconds"])
+        run.beta = float(partial["beta"])
+    write_metrics(run_dir, history)
+    _repair_best(run_dir, history, state, partial is not None)
+    where = f"step {run.batches_done} of epoch {run.epoch + 1}" if partial else f"epoch {run.epoch}"
+    _log(f"resuming {run_dir} after {where} (of {config.epochs} epochs)")
+    return run
+
+
+def _with_learning_rates(optimizer_state: dict, args: Callable[[str], dict]) -> dict:
+    """The saved per-parameter optimizer states with each group's lr set from ``args``."""
+    updated = {}
+    for name, saved in optimizer_state.items():
+        groups = [{**group, "lr": args(name)["lr"]} for group in saved["param_groups"]]
+        updated[name] = {**saved, "param_groups": groups}
+    return updated
+
+
+def _repair_best(run_dir: Path, history: list, state: dict, mid_epoch: bool) -> None:
+    """``best.pt`` must hold the epoch the history calls best. It can be one epoch ahead of
+    ``checkpoint.pt`` (killed between the two writes): the resumed run redoes and rewrites
+    it. Missing or behind while the checkpoint holds the best epoch: copied from it."""
+    if not history:
+        return
+    best_epoch = max(history, key=lambda row: row["valid_elbo"])["epoch"]
+    path = run_dir / BEST
+    held = None
+    if path.exists():
+        try:
+            held = load_checkpoint(path)["epoch"]
+        except CheckpointError:
+            held = None
+    if held == best_epoch or (held is not None and held > state["epoch"]):
+        return
+    if best_epoch == state["epoch"] and not mid_epoch:
+        atomic_write_bytes(path, (run_dir / CHECKPOINT).read_bytes())
+        _log(f"note: {BEST} did not hold the best epoch {best_epoch}; copied from {CHECKPOINT}")
+    else:
+        _log(
+            f"warning: {BEST} holds epoch {held}, but the history's best is epoch {best_epoch}, "
+            "whose parameters were not kept; it is replaced when a later epoch beats it"
+        )
+
+
+def _save_in_progress(pair, optimizer, run: _Progress, config, device, path, where) -> None:
+    """A checkpoint in the middle of an epoch: the last finished epoch's history, the state
+    after this step, and the epoch in progress. ``best.pt`` and ``metrics.csv`` stay."""
+    _check_finite(pair, where, _saved_at(run), path.parent, config)
+    state = checkpoint_state(pair, optimizer, run.epoch, run.history, config, device, run.step)
+    state["in_progress"] = run.in_progress()
+    save_checkpoint(state, path)
+
+
+def _saved_at(run: _Progress) -> str:
+    if run.batches_done:
+        return f"the checkpoint of epoch {run.epoch + 1}, step {run.batches_done}"
+    if run.epoch:
+        return f"the checkpoint of epoch {run.epoch}"
+    return ""
+
+
+def _diverged(cause: str, where: str, saved: str, run_dir: Path, config) -> TrainingError:
+    if saved:
+        kept = f"{saved} in {str(run_dir)!r} is kept (its parameters are finite)"
+        advice = (
+            "Resume it with a smaller learning rate (pyro-vae train --out "
+            f"{run_dir} --resume --lr {config.lr / 10:g})"
+        )
+    else:
+        kept = "no checkpoint was written yet"
+        advice = f"Start again with a smaller --lr (now {config.lr:g})"
+    return TrainingError(
+        f"{cause} at {where}: training stopped; {kept}. {advice}, or check the data and the pair."
+    )
+
+
+def _parameters_finite(pair: Any) -> bool:
+    tensors = [value for _, value in pyro.get_param_store().named_parameters()]
+    tensors += [p for module in pair_modules(pair) for p in module.parameters()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _check_finite(pair: Any, where: str, saved: str, run_dir: Path, config) -> None:
+    """Never save non-finite parameters over a good checkpoint."""
+    if not _parameters_finite(pair):
+        raise _diverged("a parameter is not finite", where, saved, run_dir, config)
+
+
+def _svi_step(svi, x: torch.Tensor, pair: Any, where: str, saved: str, run_dir, config) -> float:
+    """One SVI step; a non-finite loss, or a failure from non-finite values (Pyro's
+    validation of a distribution's parameters, NaN parameters), becomes a TrainingError
+    that says what was kept; any other failure one naming the step and the batch."""
+    try:
+        loss = svi.step(x)
+    except Exception as error:
+        message = str(error)
+        if not _parameters_finite(pair) or _invalid_values(error):
+            what = "non-finite parameters" if not _parameters_finite(pair) else "invalid values"
+            first = message.splitlines()[0].rstrip(":")
+            cause = f"the run diverged: {what} ({type(error).__name__}: {first})"
+            raise _diverged(cause, where, saved, run_dir, config) from error
+        hint = ""
+        if x.shape[0] == 1:
+            hint = (
+                " A batch of one point: BatchNorm cannot train on it; pass --drop-last, or a "
+                "--batch-size that divides the training set"
+            )
+        raise TrainingError(
+            f"the SVI step failed at {where} on a batch of shape {tuple(x.shape)}: "
+            f"{type(error).__name__}: {message}.{hint}"
+        ) from error
+    if not math.isfinite(loss):
+        raise _diverged(f"loss is {loss}", where, saved, run_dir, config)
+    return loss
+
+
+def _validate(pair, valid_x, info, config, epoch, saved, run_dir) -> float:
+    """The validation ELBO of an epoch; a failure from invalid values in the pair's
+    distributions, or a non-finite ELBO, is a divergence (kept checkpoint named)."""
+    where = f"the validation of epoch {epoch}"
+    try:
+        valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500))
+    except ValueError as error:
+        if not _invalid_values(error):
+            raise
+        first = str(error).splitlines()[0].rstrip(":")
+        cause = f"the run diverged: invalid values (ValueError: {first})"
+        raise _diverged(cause, where, saved, run_dir, config) from error
+    if not math.isfinite(valid):
+        raise _diverged(f"the validation ELBO is {valid}", where, saved, run_dir, config)
+    return valid
+
+
+def _invalid_values(error: Exception) -> bool:
+    """Pyro's (torch.distributions') argument validation refusing a parameter's values."""
+    message = str(error)
+    return (
+        isinstance(error, ValueError)
+        and "Expected parameter" in message
+        and "invalid values" in message
+    )
+
+
+def _finish(run_dir: Path, history: list) -> None:
+    """The finishing steps of a run (again on a resume of a finished run): the curves."""
     if history:
         from pyro_vae.plots import training_curves  # matplotlib only when a run finishes
 
         training_curves(history, run_dir / CURVES)
-    return RunResult(run_dir=run_dir, config=config, history=history, pair=pair)

@@ -23,9 +23,14 @@ TEST_DEVICE = os.environ.get("PYRO_VAE_TEST_DEVICE", "cpu")
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    # the long campaigns run only when asked for by marker: pytest -m slow
+    skip_slow = pytest.mark.skip(reason="slow: run with pytest -m slow")
+    slow_asked = "slow" in (config.getoption("markexpr") or "")
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+        if "slow" in item.keywords and not slow_asked:
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture(autouse=True)

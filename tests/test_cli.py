@@ -30,7 +30,9 @@ def digits_run(run_cli, tmp_path_factory):
 def test_train_writes_a_run_and_prints_a_summary(digits_run):
     assert (digits_run / "checkpoint.pt").is_file() and (digits_run / "best.pt").is_file()
     lines = (digits_run / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,valid_elbo,seconds,train_seconds,beta" and len(lines) == 3
+    assert (
+        lines[0] == "epoch,train_loss,valid_elbo,seconds,train_seconds,beta,lr" and len(lines) == 3
+    )
 
 
 def test_resume_from_the_cli_matches_an_uninterrupted_run(run_cli, tmp_path, digits_run):
@@ -212,9 +214,12 @@ def test_sigterm_keeps_the_last_epoch_and_the_run_resumes(run_cli, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert "interrupted" in stderr and "--resume" in stderr
+    assert "SIGTERM: stopped after epoch" in stderr and "--resume" in stderr
     assert "Traceback" not in stderr
-    done = torch.load(checkpoint, weights_only=False)["epoch"]
+    state = torch.load(checkpoint, weights_only=True)
+    done = state["epoch"]
     assert done >= 1
     out = run_cli("train", "--epochs", str(done + 1), "--out", "run", "--resume", cwd=tmp_path)
-    assert f"resuming run after epoch {done}" in out.stderr
+    partial = state.get("in_progress")
+    saved = f"step {partial['batches_done']} of epoch" if partial else "epoch"
+    assert f"resuming run after {saved}" in out.stderr

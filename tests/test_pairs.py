@@ -220,3 +220,26 @@ def test_plate_shape_error_inside_the_guide_names_the_site():
 
     with pytest.raises(PairError, match=r"the guide failed on a batch .*at site z"):
         check_pair(_pair(_normal_model, guide), torch.randn(5, 3))
+
+
+NET = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Dropout(0.5))
+
+
+def _global_model(x):
+    pyro.module("net", NET)
+
+
+def test_evaluation_mode_reaches_the_modules_that_plain_functions_use():
+    from pyro_vae.pairs import evaluation_mode, pair_modules
+
+    encoder = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2))
+
+    def guide(x):  # a closure over a local module
+        pyro.module("encoder", encoder)
+
+    pair = FunctionPair(_global_model, guide)
+    assert [id(m) for m in pair_modules(pair)] == [id(NET), id(encoder)]
+    with evaluation_mode(pair):
+        assert not NET[1].training and not encoder[1].training
+    assert NET[1].training and encoder[1].training
+    assert pair_modules(FunctionPair(print, len)) == []  # builtins: nothing to find
