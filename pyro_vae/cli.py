@@ -16,7 +16,8 @@ from pyro_vae.diagnose import DiagnoseError
 from pyro_vae.estimators import ESTIMATORS, EstimatorError
 from pyro_vae.files import WriteError, jsonable
 from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
-from pyro_vae.objectives import OBJECTIVES, ObjectiveError
+from pyro_vae.labels import LABEL_ENCODINGS, LabelError
+from pyro_vae.objectives import ENUMERATE_STRATEGIES, OBJECTIVES, ObjectiveError
 from pyro_vae.pairs import PAIRS, PairError
 from pyro_vae.runs import RunInUseError
 from pyro_vae.train import TrainingError, prepare_run_dir
@@ -27,6 +28,7 @@ USER_ERRORS = (
     DataError,
     DiagnoseError,
     EstimatorError,
+    LabelError,
     ObjectiveError,
     PairError,
     RunInUseError,
@@ -154,6 +156,32 @@ def _add_train(subparsers) -> None:
         type=float,
         metavar="B0",
         help="latent weight at the first step of --kl-warmup (default 0)",
+    )
+    p.add_argument(
+        "--label-encoding",
+        choices=LABEL_ENCODINGS,
+        help="labels as the pair's programs receive them: class indices (B,) or one-hot rows "
+        "(B, C) (default index)",
+    )
+    p.add_argument(
+        "--num-labelled",
+        type=int,
+        metavar="N",
+        help="keep the labels of N training points, the same number per class, chosen with "
+        "--seed (default: all, for a pair whose programs take labels)",
+    )
+    p.add_argument(
+        "--labelled-batches",
+        type=int,
+        metavar="L",
+        help="labelled batches per epoch, spread evenly among the unlabelled ones (default: "
+        "one pass over the labelled points)",
+    )
+    p.add_argument(
+        "--enumerate",
+        choices=ENUMERATE_STRATEGIES,
+        help="with --objective enum: parallel (one vectorized pass over each discrete "
+        "site's values) or sequential (one pass per value) (default parallel)",
     )
     p.add_argument(
         "--pixel-scale",
@@ -440,6 +468,12 @@ def _add_sample(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
     p.add_argument("--device")
+    p.add_argument(
+        "--label",
+        type=int,
+        metavar="K",
+        help="a conditional pair: samples of class K only (default: one row per class)",
+    )
     p.set_defaults(run=_run_sample)
 
 
@@ -456,8 +490,44 @@ def _run_sample(args) -> int:
         )
     prepare_run_dir(out.parent)
     path = sample_figure(args.run_dir, out, num=args.num, split=args.split, seed=args.seed,
-                         device=args.device, checkpoint=args.checkpoint)  # fmt: skip
+                         device=args.device, checkpoint=args.checkpoint,
+                         label=args.label)  # fmt: skip
     print(f"wrote {path}")
+    return 0
+
+
+def _add_latents(subparsers) -> None:
+    p = subparsers.add_parser(
+        "latents",
+        help="2-D map of E_q[z|x] over a split, coloured by label (PNG and CSV)",
+        description="Project the guide's mean E_q[z|x] of every point of a split to two "
+        "dimensions (PCA or t-SNE) and draw it, one colour per class label; writes "
+        "latents_<split>_<method>.png, .csv (coordinates and the means) and .json.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_run_options(p, out_help="folder to write into (default RUN_DIR/latents)")
+    p.add_argument("--method", choices=("pca", "tsne"), default="pca")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N points")
+    p.add_argument("--site", help="the guide's latent site to map (default: the first "
+                   "continuous per-point one)")  # fmt: skip
+    p.add_argument("--draws", type=int, default=10,
+                   help="guide draws averaged where z depends on a sampled discrete latent "
+                   "(default 10)")  # fmt: skip
+    p.set_defaults(run=_run_latents)
+
+
+def _run_latents(args) -> int:
+    from pyro_vae.latents import latent_map
+
+    options = _run_options(args)
+    options.pop("progress", None)
+    summary = latent_map(args.run_dir, method=args.method, limit=args.limit, site=args.site,
+                         draws=args.draws, **options)  # fmt: skip
+    if args.json:
+        print(json.dumps(jsonable(summary)))
+    else:
+        print(f"wrote {summary['png']} and {summary['csv']} ({summary['num_points']} points, "
+              f"site {summary['site']!r}, {summary['latent_dims']} dims)")  # fmt: skip
     return 0
 
 
@@ -495,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_convergence,
         _add_gradvar,
         _add_diagnose,
+        _add_latents,
     ):
         add(subparsers)
     return parser

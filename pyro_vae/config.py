@@ -67,6 +67,14 @@ class TrainConfig:
     pixel_scale: str = "auto"
     # Mid-epoch checkpoints every N SVI steps (0: at the end of each epoch only).
     checkpoint_every: int = 0
+    # Labels (pyro_vae.labels), for pairs whose programs take them: y as class indices or
+    # one-hot rows; how many training points keep theirs (None: all; balanced and seeded);
+    # labelled batches per epoch (None: one pass over the labelled points).
+    label_encoding: str = "index"
+    num_labelled: int | None = None
+    labelled_batches: int | None = None
+    # --objective enum: how the guide's discrete sites are enumerated.
+    enumerate: str = "parallel"
     # Set when a pair object given from Python cannot be rebuilt from `pair` and `pair_kwargs`:
     # what to pass so that the command line can rebuild it.
     pair_note: str | None = None
@@ -115,6 +123,21 @@ class TrainConfig:
             raise ConfigError(
                 f"--pixel-scale {self.pixel_scale!r}: choose from {', '.join(PIXEL_SCALE_CHOICES)}"
             )
+        from pyro_vae.labels import LABEL_ENCODINGS
+        from pyro_vae.objectives import ENUMERATE_STRATEGIES
+
+        choices = (
+            ("--label-encoding", self.label_encoding, LABEL_ENCODINGS),
+            ("--enumerate", self.enumerate, ENUMERATE_STRATEGIES),
+        )
+        for flag, value, allowed in choices:
+            if value not in allowed:
+                raise ConfigError(f"{flag} {value!r}: choose from {', '.join(allowed)}")
+        counts = (("--num-labelled", self.num_labelled), ("--labelled-batches",
+                  self.labelled_batches))  # fmt: skip
+        for flag, value in counts:
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} {value!r}: must be at least 1")
         if not isinstance(self.pair_kwargs, dict):
             raise ConfigError(f"--pair-kwargs must be a JSON object, got {self.pair_kwargs!r}")
         self._validate_gradient_estimator()

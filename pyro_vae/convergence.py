@@ -79,9 +79,17 @@ def exact_log_marginal(pair: Any, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _repeated_estimates(
-    pair: Any, info: PairInfo, x: torch.Tensor, num_samples: int, repeats: int, estimator: str
+    pair: Any,
+    info: PairInfo,
+    x: torch.Tensor,
+    num_samples: int,
+    repeats: int,
+    estimator: str,
+    y: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``repeats`` independent estimates for each point of ``x``: tensors of shape (R, N)."""
+    """``repeats`` independent estimates for each point of ``x``: tensors of shape (R, N)
+    (``y``: the labels of a pair that needs them)."""
+    repeated_y = None if y is None else y.repeat(repeats, *([1] * (y.dim() - 1)))
     out = estimate_log_px_in_batches(
         pair,
         x.repeat(repeats, 1),
@@ -90,6 +98,7 @@ def _repeated_estimates(
         max_plate_nesting=info.max_plate_nesting,
         vectorize=getattr(pair, "vectorizable", info.vectorizable),
         estimator=estimator,
+        y=repeated_y,
     )
     return {key: value.reshape(repeats, x.shape[0]) for key, value in out.items()}
 
@@ -166,6 +175,7 @@ def convergence_study(
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
                            data_dir=data_dir, pair=pair)  # fmt: skip
     x = restored.x[:num_points]
+    y = None if restored.y is None else restored.y[:num_points]
     exact = exact_log_marginal(restored.pair, x)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -175,10 +185,10 @@ def convergence_study(
     results = []
     warnings: list[str] = []
     with evaluation_mode(restored.pair):
-        view = evaluation_view(restored.pair, restored.info, x[:2])
+        view = evaluation_view(restored.pair, restored.info, x[:2], None if y is None else y[:2])
     for estimator, k in tqdm(cells, desc="convergence", disable=not progress, unit="cell"):
         cell_started = time.perf_counter()
-        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator)
+        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator, y)
         warnings += low_ess_warnings(float(out_k["ess"].mean()), k, f"{estimator}, K={k}")
         results.append(
             {

@@ -2,8 +2,9 @@
 
 Every named data set is one `DatasetSpec` entry in `DATASETS`; `load_dataset` finds its files in
 the search roots (`--data-dir`, `$PYRO_VAE_DATA_DIR`, the cache), verifies their checksums,
-optionally downloads what is missing, and returns a `Dataset` of flattened float32 tensors.
-A path ending in `.npy` or `.npz` loads the user's own arrays instead.
+optionally downloads what is missing, and returns a `Dataset` of flattened float32 tensors with,
+where the files carry them, int64 class labels. A path ending in `.npy` or `.npz` loads the user's
+own arrays instead (an .npz may hold labels as `y_train`, `y_valid`, `y_test`).
 
 References:
     LeCun et al. (1998), MNIST. Xiao et al. (2017), Fashion-MNIST.
@@ -58,6 +59,8 @@ _DOWNLOAD_TIMEOUT_S = 60
 
 # (train, valid, test), each (N, D) float32.
 Splits = tuple[np.ndarray, np.ndarray, np.ndarray]
+# (train, valid, test) class indices, each (N,) int64, in the row order of the splits.
+SplitLabels = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class DataError(ValueError):
@@ -75,6 +78,11 @@ class Dataset:
     `pixel_scale` is the divisor the stored values were scaled by on loading (255.0 for 8-bit
     pixels, 16.0 for the digits' 0..16 levels), or None when they are kept as stored (counts,
     floats, 0/1 bits).
+
+    `labels` holds one int64 tensor of class indices in [0, num_classes) per split, row i
+    labelling row i of that split; None (and `num_classes` None) for a set without labels.
+    `missing_labels_reason` says why labels are absent when that is the user's to fix (label
+    files not found); `split_labels` raises it.
     """
 
     name: str
@@ -84,6 +92,9 @@ class Dataset:
     image_shape: tuple[int, int, int]
     binary: bool
     pixel_scale: float | None = None
+    labels: dict[str, torch.Tensor] | None = None
+    num_classes: int | None = None
+    missing_labels_reason: str | None = None
 
     def __post_init__(self) -> None:
         size = int(np.prod(self.image_shape))
@@ -94,6 +105,41 @@ class Dataset:
                     f"data set {self.name!r}: split {split!r} has shape {tuple(tensor.shape)}, "
                     f"expected (N, {size}) for image shape {self.image_shape}"
                 )
+        self._check_labels()
+
+    def _check_labels(self) -> None:
+        """Labels, when given: int64 (N_split,) per split, every value in [0, num_classes)."""
+        if self.labels is None:
+            if self.num_classes is not None:
+                raise DataError(
+                    f"data set {self.name!r}: num_classes={self.num_classes} given without "
+                    "labels; pass both or neither"
+                )
+            return
+        if sorted(self.labels) != sorted(SPLITS):
+            raise DataError(
+                f"data set {self.name!r}: labels must hold one tensor per split "
+                f"({', '.join(SPLITS)}), got {sorted(self.labels)}"
+            )
+        num_classes = self.num_classes
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise DataError(
+                f"data set {self.name!r}: labels need num_classes, an int >= 1; got {num_classes!r}"
+            )
+        for split in SPLITS:
+            labels, rows = self.labels[split], getattr(self, split).shape[0]
+            if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != rows:
+                raise DataError(
+                    f"data set {self.name!r}: labels of split {split!r} are {labels.dtype} of "
+                    f"shape {tuple(labels.shape)}, expected torch.int64 of shape ({rows},), one "
+                    "class index per example"
+                )
+            if rows and (labels.min() < 0 or labels.max() >= num_classes):
+                raise DataError(
+                    f"data set {self.name!r}: labels of split {split!r} range over "
+                    f"[{labels.min().item()}, {labels.max().item()}], outside "
+                    f"[0, {num_classes}) for num_classes={num_classes}"
+                )
 
     def split(self, name: str) -> torch.Tensor:
         """The tensor of split `name` ("train", "valid" or "test")."""
@@ -101,9 +147,19 @@ class Dataset:
             raise DataError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
         return getattr(self, name)
 
+    def split_labels(self, name: str) -> torch.Tensor:
+        """The class labels of split `name`: int64 (N,), row i labelling `split(name)[i]`."""
+        self.split(name)  # the same check of the name
+        if self.labels is None:
+            raise DataError(self.missing_labels_reason or _no_labels_message(self.name))
+        return self.labels[name]
+
     def to(self, device: torch.device | str) -> Dataset:
-        """A copy with all three splits moved to `device` (the whole data set lives there)."""
-        return replace(self, **{split: getattr(self, split).to(device) for split in SPLITS})
+        """A copy with all three splits, and their labels, moved to `device`."""
+        moved = {split: getattr(self, split).to(device) for split in SPLITS}
+        if self.labels is not None:
+            moved["labels"] = {split: labels.to(device) for split, labels in self.labels.items()}
+        return replace(self, **moved)
 
     @property
     def dim(self) -> int:
@@ -114,8 +170,21 @@ class Dataset:
         sizes = ", ".join(f"{split}={getattr(self, split).shape[0]}" for split in SPLITS)
         return (
             f"Dataset(name={self.name!r}, {sizes}, image_shape={self.image_shape}, "
-            f"binary={self.binary}, pixel_scale={self.pixel_scale}, device={self.train.device})"
+            f"binary={self.binary}, pixel_scale={self.pixel_scale}, "
+            f"num_classes={self.num_classes}, device={self.train.device})"
         )
+
+
+def _no_labels_message(name: str) -> str:
+    """Why a data set without labels has none, and where labelled data come from."""
+    labelled = [key for key, spec in DATASETS.items() if spec.num_classes is not None]
+    unlabelled = [key for key, spec in DATASETS.items() if spec.num_classes is None]
+    return (
+        f"data set {name!r} has no class labels: {' and '.join(unlabelled)} carry none, nor do "
+        ".npy files and single-array .npz files. For labels use "
+        f"{', '.join(labelled[:-1])} or {labelled[-1]}, or save an .npz with arrays y_train, "
+        "y_valid, y_test (integer class indices, one per example) beside train, valid, test."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +212,8 @@ class DatasetSpec:
     folder: str
     # role -> accepted forms of that file, in lookup order (the first form found wins).
     files: Mapping[str, tuple[DataFile, ...]]
-    reader: Callable[[Mapping[str, Path]], Splits]
+    # The paths of the files found, by role -> the splits and their labels (None: no labels).
+    reader: Callable[[Mapping[str, Path]], tuple[Splits, SplitLabels | None]]
     image_shape: tuple[int, int, int]
     default_binarize: str
     default_pair: str
@@ -151,6 +221,11 @@ class DatasetSpec:
     # What the reader divides the stored levels by to reach [0, 1]; None for values kept as
     # stored (binarized MNIST's 0/1 bits).
     pixel_scale: float | None = None
+    # Number of classes of the set's labels; None for a set without labels.
+    num_classes: int | None = None
+    # Roles in `files` that hold only labels: optional, the images load without them (and
+    # then without labels); --download fetches them like the rest.
+    label_roles: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +303,9 @@ def _split_tail(rows: np.ndarray, num_valid: int, num_test: int, source: str) ->
 
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 MNIST_NUM_VALID = 10_000
+MNIST_NUM_CLASSES = 10
 
 
 def read_idx_images(path: Path, image_size: tuple[int, int] = (28, 28)) -> np.ndarray:
@@ -254,8 +331,55 @@ def read_idx_images(path: Path, image_size: tuple[int, int] = (28, 28)) -> np.nd
     return np.frombuffer(content, dtype=np.uint8, offset=16).reshape(count, height, width)
 
 
-def _read_idx_splits(paths: Mapping[str, Path]) -> Splits:
-    """MNIST-style sets: train = first 50000 train images, valid = last 10000, test = t10k."""
+def read_idx_labels(path: Path) -> np.ndarray:
+    """int64 class labels (N,) from an IDX label file (gzipped or not): one byte per item."""
+    content = _read_bytes(path)
+    if len(content) < 8:
+        raise DataError(f"{path} is too short ({len(content)} bytes) to be an IDX label file")
+    magic, count = (int.from_bytes(content[i : i + 4], "big") for i in (0, 4))
+    if magic == IDX_IMAGES_MAGIC:
+        raise DataError(
+            f"{path} is not an IDX label file: magic number {magic} marks an IDX image file "
+            f"(expected {IDX_LABELS_MAGIC}). Were the images and labels files swapped? The "
+            "labels are *-labels-idx1-ubyte.gz."
+        )
+    if magic != IDX_LABELS_MAGIC:
+        raise DataError(
+            f"{path} is not an IDX label file: magic number {magic}, expected "
+            f"{IDX_LABELS_MAGIC} (a different format, or a corrupt file?)"
+        )
+    if len(content) != 8 + count:
+        raise DataError(
+            f"{path} has {len(content)} bytes but its header promises {count} labels "
+            f"({8 + count} bytes); the file is truncated or corrupt. "
+            "Delete it and fetch it again (--download)."
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=8).astype(np.int64)
+
+
+def _read_labels_of(labels_path: Path, images_path: Path, num_images: int) -> np.ndarray:
+    """The labels of an IDX image file: one per image, each a class index below 10."""
+    labels = read_idx_labels(labels_path)
+    if len(labels) != num_images:
+        raise DataError(
+            f"{labels_path} holds {len(labels)} labels but {images_path} holds {num_images} "
+            "images; each image needs one label. The two files are from different sets or "
+            "versions: fetch both again (--download) from the same source."
+        )
+    if labels.max(initial=0) >= MNIST_NUM_CLASSES:
+        raise DataError(
+            f"{labels_path} holds label {labels.max()}, but the classes are "
+            f"0..{MNIST_NUM_CLASSES - 1}; the file is corrupt or from another set. "
+            "Delete it and fetch it again (--download)."
+        )
+    return labels
+
+
+def _read_idx_splits(paths: Mapping[str, Path]) -> tuple[Splits, SplitLabels | None]:
+    """MNIST-style sets: train = first 50000 train images, valid = last 10000, test = t10k.
+
+    The labels are split the same way; without both label files the images come unlabelled.
+    """
     train_images = read_idx_images(paths["train_images"])
     test_images = read_idx_images(paths["test_images"])
     if len(train_images) <= MNIST_NUM_VALID:
@@ -265,7 +389,13 @@ def _read_idx_splits(paths: Mapping[str, Path]) -> Splits:
         )
     train = _scale_bytes(train_images[:-MNIST_NUM_VALID])
     valid = _scale_bytes(train_images[-MNIST_NUM_VALID:])
-    return train, valid, _scale_bytes(test_images)
+    splits = (train, valid, _scale_bytes(test_images))
+    if "train_labels" not in paths or "test_labels" not in paths:
+        return splits, None
+    train_labels = _read_labels_of(paths["train_labels"], paths["train_images"], len(train_images))
+    test_labels = _read_labels_of(paths["test_labels"], paths["test_images"], len(test_images))
+    labels = (train_labels[:-MNIST_NUM_VALID], train_labels[-MNIST_NUM_VALID:], test_labels)
+    return splits, labels
 
 
 def read_amat(path: Path, dim: int = 784) -> np.ndarray:
@@ -310,9 +440,10 @@ def _amat_values_by_line(content: np.ndarray, dim: int, path: Path) -> np.ndarra
     return np.frombuffer(joined, dtype=np.uint8).reshape(len(rows), dim)
 
 
-def _read_amat_splits(paths: Mapping[str, Path]) -> Splits:
-    """Binarized MNIST: three ready-made splits of 0/1 rows."""
-    return read_amat(paths["train"]), read_amat(paths["valid"]), read_amat(paths["test"])
+def _read_amat_splits(paths: Mapping[str, Path]) -> tuple[Splits, None]:
+    """Binarized MNIST: three ready-made splits of 0/1 rows, without labels."""
+    splits = read_amat(paths["train"]), read_amat(paths["valid"]), read_amat(paths["test"])
+    return splits, None
 
 
 FREY_IMAGE_SIZE = (28, 20)
@@ -343,10 +474,10 @@ def read_frey_mat(path: Path) -> np.ndarray:
     return faces.T.reshape(-1, *FREY_IMAGE_SIZE)
 
 
-def _read_frey_splits(paths: Mapping[str, Path]) -> Splits:
-    """Frey Face, in video order: the last 200 frames test, the 200 before them valid."""
+def _read_frey_splits(paths: Mapping[str, Path]) -> tuple[Splits, None]:
+    """Frey Face, in video order: the last 200 frames test, the 200 before them valid; no labels."""
     faces = _scale_bytes(read_frey_mat(paths["faces"]))
-    return _split_tail(faces, FREY_NUM_VALID, FREY_NUM_TEST, str(paths["faces"]))
+    return _split_tail(faces, FREY_NUM_VALID, FREY_NUM_TEST, str(paths["faces"])), None
 
 
 DIGITS_NUM_TRAIN = 1297
@@ -354,24 +485,36 @@ DIGITS_NUM_VALID = 200
 DIGITS_LEVELS = 16.0  # scikit-learn's digits count 0..16 pixels of a 4x4 block
 
 
-def _read_digits_splits(paths: Mapping[str, Path]) -> Splits:
+def _read_digits_splits(paths: Mapping[str, Path]) -> tuple[Splits, SplitLabels]:
     """scikit-learn's 8x8 digits, /16, in file order: first 1297 train, next 200 valid, last 300.
 
     No shuffle: the file is roughly grouped by writer, so the test digits come mostly from
-    writers unseen in training, which makes the split a fair held-out test.
+    writers unseen in training, which makes the split a fair held-out test. The labels are
+    scikit-learn's `target`, split the same way.
     """
     from sklearn.datasets import load_digits
 
-    images = (load_digits().data / DIGITS_LEVELS).astype(np.float32)
+    digits = load_digits()
+    images = (digits.data / DIGITS_LEVELS).astype(np.float32)
+    labels = np.asarray(digits.target).astype(np.int64)
     end_valid = DIGITS_NUM_TRAIN + DIGITS_NUM_VALID
-    return images[:DIGITS_NUM_TRAIN], images[DIGITS_NUM_TRAIN:end_valid], images[end_valid:]
+
+    def in_file_order(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return rows[:DIGITS_NUM_TRAIN], rows[DIGITS_NUM_TRAIN:end_valid], rows[end_valid:]
+
+    return in_file_order(images), in_file_order(labels)
+
+
+IDX_LABEL_ROLES = ("train_labels", "test_labels")
 
 
 def _idx_files(checksums: Mapping[str, str], base_url: str) -> dict[str, tuple[DataFile, ...]]:
-    """The two image files of an MNIST-style set, by role."""
+    """The image and label files of an MNIST-style set, by role."""
     names = {
         "train_images": "train-images-idx3-ubyte.gz",
         "test_images": "t10k-images-idx3-ubyte.gz",
+        "train_labels": "train-labels-idx1-ubyte.gz",
+        "test_labels": "t10k-labels-idx1-ubyte.gz",
     }
     return {
         role: (DataFile(name, checksums[role], f"{base_url}{name}"),)
@@ -420,6 +563,7 @@ DATASETS: dict[str, DatasetSpec] = {
             default_pair="mlp",
             description="scikit-learn's 1797 handwritten 8x8 digits (ships with sklearn; offline)",
             pixel_scale=DIGITS_LEVELS,
+            num_classes=10,
         ),
         DatasetSpec(
             name="mnist",
@@ -428,6 +572,8 @@ DATASETS: dict[str, DatasetSpec] = {
                 {
                     "train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
                     "test_images": "9fb629c4189551a2d022fa330f9573f3",
+                    "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
+                    "test_labels": "ec29112dd5afa0611ce80d1b7f02629c",
                 },
                 _MNIST_URL,
             ),
@@ -437,6 +583,8 @@ DATASETS: dict[str, DatasetSpec] = {
             default_pair="mlp",
             description="MNIST handwritten digits, 28x28 grey levels (LeCun et al. 1998)",
             pixel_scale=PIXEL_LEVELS,
+            num_classes=MNIST_NUM_CLASSES,
+            label_roles=IDX_LABEL_ROLES,
         ),
         DatasetSpec(
             name="fashion-mnist",
@@ -445,6 +593,8 @@ DATASETS: dict[str, DatasetSpec] = {
                 {
                     "train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
                     "test_images": "bef4ecab320f06d8554ea6380940ec79",
+                    "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
+                    "test_labels": "bb300cfdad3c16e7a12a480ee83cd310",
                 },
                 _FASHION_URL,
             ),
@@ -454,6 +604,8 @@ DATASETS: dict[str, DatasetSpec] = {
             default_pair="mlp",
             description="Fashion-MNIST clothing images, 28x28 grey levels (Xiao et al. 2017)",
             pixel_scale=PIXEL_LEVELS,
+            num_classes=MNIST_NUM_CLASSES,
+            label_roles=IDX_LABEL_ROLES,
         ),
         DatasetSpec(
             name="binarized-mnist",
@@ -532,6 +684,24 @@ def _missing_files_error(spec: DatasetSpec, missing: Mapping[str, list[Path]]) -
     )
 
 
+def _missing_labels_reason(
+    spec: DatasetSpec, missing: Mapping[str, list[Path]], download_errors: list[str]
+) -> str:
+    """Why a set loaded without labels: its label files, every place searched, how to fix it,
+    and why --download could not fetch them when it was asked to."""
+    wanted = ", ".join(form.filename for role in missing for form in spec.files[role])
+    searched = "\n".join(f"  {path}" for paths in missing.values() for path in paths)
+    failed = "".join(f"\n--download was given but failed: {error}" for error in download_errors)
+    return (
+        f"data set {spec.name!r} was loaded without class labels: label file(s) not found: "
+        f"{wanted} (the images load without them).\n"
+        f"Searched:\n{searched}\n"
+        f"To fix: put the label files beside the images, in DIR/{spec.folder}/ (or in DIR "
+        f"itself), and pass --data-dir DIR or set PYRO_VAE_DATA_DIR=DIR; or pass --download to "
+        f"fetch them into {cache_dir() / spec.folder}.{failed}"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Download
 
@@ -601,8 +771,15 @@ def _fetch(spec: DatasetSpec, role: str, base_url: str | None) -> Path:
 
 def _locate(
     spec: DatasetSpec, roots: list[Path], download: bool, base_url: str | None
-) -> dict[str, Path]:
-    """Path of every file of a data set, checksum-verified; downloads the missing if asked."""
+) -> tuple[dict[str, Path], str | None]:
+    """Path of every file of a data set, checksum-verified; downloads the missing if asked.
+
+    Returns the paths found by role and, when label files (`spec.label_roles`) are found
+    nowhere, the reason the set comes without labels (for `Dataset.split_labels`). Label files
+    are optional: one that --download cannot fetch leaves the set unlabelled, with a warning,
+    rather than blocking images already on disk (an offline run with --download, a mirror
+    without label files).
+    """
     found: dict[str, Path] = {}
     missing: dict[str, list[Path]] = {}
     for role in spec.files:
@@ -614,11 +791,25 @@ def _locate(
             found[role] = path
         else:
             missing[role] = [path for path, _ in candidates]
-    if missing and not download:
-        raise _missing_files_error(spec, missing)
-    for role in missing:
+    required = {role: paths for role, paths in missing.items() if role not in spec.label_roles}
+    if required and not download:
+        raise _missing_files_error(spec, required)
+    for role in required:
         found[role] = _fetch(spec, role, base_url)
-    return found
+    missing_labels = {role: paths for role, paths in missing.items() if role in spec.label_roles}
+    download_errors = []
+    for role in list(missing_labels) if download else []:
+        try:
+            found[role] = _fetch(spec, role, base_url)
+        except DataError as error:
+            logger.warning("%s: loading without class labels: %s", spec.name, error)
+            download_errors.append(str(error))
+        else:
+            del missing_labels[role]
+    if not missing_labels:
+        return found, None
+    logger.info("%s: label files not found; loading without class labels", spec.name)
+    return found, _missing_labels_reason(spec, missing_labels, download_errors)
 
 
 def _array_splits(array: np.ndarray, source: str) -> Splits:
@@ -632,12 +823,18 @@ def _array_splits(array: np.ndarray, source: str) -> Splits:
     return _split_tail(array, num_held_out, num_held_out, source)
 
 
-def _npz_splits(arrays: Mapping[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
-    """train/valid/test arrays from an .npz: named splits, or one array split 80/10/10."""
+def _npz_splits(
+    arrays: Mapping[str, np.ndarray], path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """train/valid/test arrays from an .npz (named splits, or one array split 80/10/10), and
+    their labels from y_train/y_valid/y_test (None when there are none).
+
+    A missing 'valid' is the last tenth of 'train', and its labels the last tenth of 'y_train'.
+    """
     if "train" not in arrays:
         if len(arrays) == 1:
             (key,) = arrays
-            return dict(zip(SPLITS, _array_splits(arrays[key], f"{path}[{key!r}]")))
+            return dict(zip(SPLITS, _array_splits(arrays[key], f"{path}[{key!r}]"))), None
         raise DataError(
             f"{path} holds arrays {sorted(arrays)}; expected 'train' and 'test' "
             "(and optionally 'valid'), or a single array to split 80/10/10"
@@ -645,15 +842,100 @@ def _npz_splits(arrays: Mapping[str, np.ndarray], path: Path) -> dict[str, np.nd
     if "test" not in arrays:
         raise DataError(f"{path} has a 'train' array but no 'test' array; add one")
     splits = {split: arrays[split] for split in SPLITS if split in arrays}
+    labels = _npz_labels(arrays, splits, path)
     if "valid" not in splits:
         num_valid = len(splits["train"]) // 10
         if num_valid == 0:
             raise DataError(f"{path}: 'train' has too few rows to split off a 'valid' array")
-        splits["train"], splits["valid"] = (
-            splits["train"][:-num_valid],
-            splits["train"][-num_valid:],
+        for named in [splits] if labels is None else [splits, labels]:
+            train = named["train"]
+            named["train"], named["valid"] = train[:-num_valid], train[-num_valid:]
+    return splits, labels
+
+
+def _label_key(split: str) -> str:
+    """The name of a split's label array in an .npz: y_train, y_valid, y_test."""
+    return f"y_{split}"
+
+
+def _npz_labels(
+    arrays: Mapping[str, np.ndarray], splits: Mapping[str, np.ndarray], path: Path
+) -> dict[str, np.ndarray] | None:
+    """int64 class labels (N,) of every split in `splits` from the .npz's y arrays, or None.
+
+    Labels come for every split present or for none: a partial set is an error, not a guess.
+    """
+    stray = [_label_key(split) for split in SPLITS if split not in splits]
+    stray = [key for key in stray if key in arrays]
+    if stray:
+        raise DataError(
+            f"{path} has label array(s) {stray} but no images for them to label "
+            f"(no {[key[2:] for key in stray]} array); drop them or add the images"
         )
-    return splits
+    given = [_label_key(split) for split in splits if _label_key(split) in arrays]
+    if not given:
+        return None
+    lacking = [_label_key(split) for split in splits if _label_key(split) not in arrays]
+    if lacking:
+        raise DataError(
+            f"{path} has label array(s) {given} but not {lacking}: labels go with every split "
+            f"or none. Save {', '.join(map(_label_key, splits))} beside "
+            f"{', '.join(splits)}, or drop the y arrays."
+        )
+    return {
+        split: _class_indices(arrays[_label_key(split)], len(images), path, split)
+        for split, images in splits.items()
+    }
+
+
+def _class_indices(array: np.ndarray, num_rows: int, path: Path, split: str) -> np.ndarray:
+    """An .npz label array checked and converted to int64 class indices (N,).
+
+    Integer dtypes and bools are taken as they are; floats only when every value is a whole
+    number (1.0, 7.0), as arrays saved through a float pipeline often are.
+    """
+    source = f"{path} array {_label_key(split)!r}"
+    if array.ndim != 1:
+        how = (
+            f"{_label_key(split)}.reshape(-1)"
+            if array.ndim == 2 and array.shape[1] == 1
+            else f"{_label_key(split)}.argmax(1) for one-hot or per-class rows"
+        )
+        raise DataError(
+            f"{source} has shape {array.shape}; labels must be class indices of shape (N,), "
+            f"one integer per example. Save the indices instead, e.g. {how}."
+        )
+    if len(array) != num_rows:
+        raise DataError(
+            f"{source} has {len(array)} labels but {split!r} has {num_rows} examples; each "
+            "example needs exactly one label, in the same order"
+        )
+    integer = np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_
+    if not (integer or np.issubdtype(array.dtype, np.floating)):
+        raise DataError(
+            f"{source} has dtype {array.dtype}; expected integer class indices 0..K-1. Class "
+            "names? Turn them into indices first, e.g. np.unique(y, return_inverse=True)[1]."
+        )
+    if not integer:
+        fractional = ~np.isfinite(array) | (array != np.round(array))
+        if fractional.any():
+            raise DataError(
+                f"{source} holds {int(fractional.sum())} values that are not whole numbers "
+                f"(e.g. {array[fractional][0].item()}); expected integer class indices 0..K-1. "
+                "Save class indices, not probabilities or scores."
+            )
+    labels = array.astype(np.int64)
+    if labels.min(initial=0) < 0:
+        raise DataError(
+            f"{source} holds negative labels (smallest {labels.min()}); expected class "
+            "indices 0..K-1 (K = the number of classes)"
+        )
+    return labels
+
+
+def _num_classes_seen(labels: Mapping[str, np.ndarray]) -> int:
+    """1 + the largest label in any split: the classes a user's labels imply."""
+    return 1 + max(int(split_labels.max(initial=0)) for split_labels in labels.values())
 
 
 def _image_shape_of(trailing: tuple[int, ...], source: str) -> tuple[int, int, int]:
@@ -788,16 +1070,19 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _load_array_file(
     path: Path, pixel_scale: str = "auto"
-) -> tuple[Splits, tuple[int, int, int], float | None]:
-    """Splits, image shape and the divisor applied (or None) from a user's .npy or .npz file.
+) -> tuple[Splits, SplitLabels | None, tuple[int, int, int], float | None]:
+    """Splits, their labels (or None), image shape and the divisor applied (or None) from a
+    user's .npy or .npz file.
 
     The divisor comes from `_ARRAY_DIVISORS[pixel_scale]`, one for all splits: splits that
     `auto` would scale differently (uint8 images beside floats) are an error, not a mix.
+    Labels come only from an .npz's y_train/y_valid/y_test arrays.
     """
+    labels = None
     if path.suffix.lower() == ".npy":
         named = dict(zip(SPLITS, _array_splits(_read_npy(path), str(path))))
     else:
-        named = _npz_splits(_read_npz(path), path)
+        named, labels = _npz_splits(_read_npz(path), path)
     for split, array in named.items():
         if array.ndim < 2:
             raise DataError(
@@ -826,7 +1111,8 @@ def _load_array_file(
     splits = tuple(
         _as_float_rows(named[split], f"{path} array {split!r}", divisor) for split in SPLITS
     )
-    return splits, image_shape, divisor
+    split_labels = None if labels is None else tuple(labels[split] for split in SPLITS)
+    return splits, split_labels, image_shape, divisor
 
 
 def _resolve_array_path(name: str, roots: list[Path]) -> Path:
@@ -928,6 +1214,9 @@ def load_dataset(
     and `minibatches(..., binarize="dynamic")` draws per batch. Raises DataError with what to do
     for a missing, corrupt or mismatching file, an unknown name, an unknown binarization or an
     unknown pixel scale.
+
+    Class labels come with mnist and fashion-mnist (their optional label files), digits, and an
+    .npz holding y_train/y_valid/y_test; `Dataset.split_labels` says why when there are none.
     """
     _check_binarization(binarize)
     _check_pixel_scale(pixel_scale)
@@ -937,14 +1226,17 @@ def load_dataset(
             "data sets (one subfolder each) or the files themselves"
         )
     roots = search_roots(data_dir)
+    missing_labels_reason = None
     if name.lower().endswith(ARRAY_SUFFIXES):
         path = _resolve_array_path(name, roots)
-        arrays, image_shape, divisor = _load_array_file(path, pixel_scale)
+        arrays, labels, image_shape, divisor = _load_array_file(path, pixel_scale)
+        num_classes = None if labels is None else _num_classes_seen(dict(zip(SPLITS, labels)))
     elif name in DATASETS:
         spec = DATASETS[name]
         _check_named_pixel_scale(spec, pixel_scale)
-        arrays = spec.reader(_locate(spec, roots, download, base_url))
-        image_shape, divisor = spec.image_shape, spec.pixel_scale
+        paths, missing_labels_reason = _locate(spec, roots, download, base_url)
+        arrays, labels = spec.reader(paths)
+        image_shape, divisor, num_classes = spec.image_shape, spec.pixel_scale, spec.num_classes
     else:
         raise _unknown_dataset_error(name)
     splits = {split: torch.from_numpy(array) for split, array in zip(SPLITS, arrays)}
@@ -952,7 +1244,19 @@ def load_dataset(
         _check_intensities(name, splits, binarize)
     splits = _LOAD_BINARIZERS[binarize](splits, seed)
     binary = all(_is_binary(tensor) for tensor in splits.values())
-    return Dataset(name=name, image_shape=image_shape, binary=binary, pixel_scale=divisor, **splits)
+    label_tensors = None
+    if labels is not None:
+        label_tensors = {split: torch.from_numpy(y) for split, y in zip(SPLITS, labels)}
+    return Dataset(
+        name=name,
+        image_shape=image_shape,
+        binary=binary,
+        pixel_scale=divisor,
+        labels=label_tensors,
+        num_classes=num_classes if labels is not None else None,
+        missing_labels_reason=missing_labels_reason,
+        **splits,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from pyro_vae.estimators import (
     particle_traces,
     summarize_log_weights,
 )
-from pyro_vae.evaluate import restore_run
+from pyro_vae.evaluate import refuse_conditional_pair, restore_run
 from pyro_vae.files import atomic_write_bytes, json_bytes, jsonable
 from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim, evaluation_mode, pair_modules
 
@@ -1058,6 +1058,7 @@ def diagnose(
         progress = sys.stderr.isatty()
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
                            data_dir=data_dir, pair=pair)  # fmt: skip
+    refuse_conditional_pair(restored, "diagnose")
     pair, info, state, config = restored.pair, restored.info, restored.state, restored.config
     torch_device, x_all = restored.device, restored.x
     chosen = select_indices(x_all.shape[0], split, points, indices)

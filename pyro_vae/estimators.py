@@ -36,6 +36,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 
 from pyro_vae.handlers import fix_sites, is_fixed, unscaled
+from pyro_vae.labels import program_args
 from pyro_vae.pairs import (
     PARTICLE_PLATE,
     PairError,
@@ -156,23 +157,26 @@ def particle_traces(
     x: torch.Tensor,
     num_samples: int | None,
     max_plate_nesting: int,
+    y: torch.Tensor | None = None,
 ) -> tuple[Any, Any]:
     """A guide trace of ``num_samples`` draws z ~ q(z|x) in one vectorized particle plate
-    (dim ``-max_plate_nesting - 1``; None: one draw, no plate), and the model replayed on it."""
+    (dim ``-max_plate_nesting - 1``; None: one draw, no plate), and the model replayed on it.
+    ``y``: labels passed to both programs (a pair that needs them, :mod:`pyro_vae.labels`)."""
+    args = program_args(x, y)
     # == not is: two accesses of a bound method (pair.model) are equal, not identical
     from_prior = isinstance(guide, PriorProposal) and guide.model == model
     if num_samples is not None:
         plate = pyro.plate(_PARTICLE_PLATE, num_samples, dim=-max_plate_nesting - 1)
         model, guide = plate(model), plate(guide)
     if from_prior:  # one run of the model: its latent sites are the proposal's
-        model_trace = poutine.trace(model).get_trace(x)
+        model_trace = poutine.trace(model).get_trace(*args)
         guide_trace = model_trace.copy()
         for name, site in model_trace.nodes.items():
             if site["type"] == "sample" and site["is_observed"]:
                 guide_trace.remove_node(name)
         return guide_trace, model_trace
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     return guide_trace, model_trace
 
 
@@ -183,10 +187,12 @@ def _trace_log_weights(
     num_samples: int | None,
     max_plate_nesting: int,
     data_plate: str | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p(x,z) - log q(z|x) per sample and point; ``num_samples=None`` means no particle
     plate (one sample, unvectorized)."""
-    guide_trace, model_trace = particle_traces(model, guide, x, num_samples, max_plate_nesting)
+    guide_trace, model_trace = particle_traces(model, guide, x, num_samples, max_plate_nesting,
+                                               y)  # fmt: skip
     return log_weights_of_traces(guide_trace, model_trace, x.shape[0],
                                  max_plate_nesting=max_plate_nesting,
                                  num_samples=num_samples, data_plate=data_plate)  # fmt: skip
@@ -202,6 +208,7 @@ def log_importance_weights(
     chunk_size: int | None = None,
     vectorize: bool | None = None,
     data_plate: str | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-datapoint log importance weights log p(x, z_k) - log q(z_k|x), shape ``(K, B)``.
 
@@ -211,7 +218,12 @@ def log_importance_weights(
     Samples are drawn ``chunk_size`` at a time in one vectorized trace (an outer plate over
     samples, as Pyro vectorizes particles); ``vectorize=None`` tries that and falls back to a
     loop over samples, with a warning, for pairs that do not broadcast. Runs under
-    ``torch.no_grad``: the result is for evaluation, not for gradients.
+    ``torch.no_grad``: the result is for evaluation, not for gradients. ``y``: labels for a
+    pair that needs them (both programs get ``(x, y)``).
+
+    A discrete latent (a label q(y|x), a mixture component) is sampled from the guide like
+    any other latent, inside each weight: the estimate stays unbiased in p(x), and where
+    q(y|x) is close to p(y|x) the sampling costs little variance.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -224,7 +236,7 @@ def log_importance_weights(
                 while done < num_samples:
                     k = min(chunk_size, num_samples - done)
                     chunks.append(
-                        _trace_log_weights(model, guide, x, k, max_plate_nesting, data_plate)
+                        _trace_log_weights(model, guide, x, k, max_plate_nesting, data_plate, y)
                     )
                     done += k
                 return torch.cat(chunks, dim=0)
@@ -242,7 +254,9 @@ def log_importance_weights(
                 )
                 chunks = []
         for _ in range(num_samples):
-            chunks.append(_trace_log_weights(model, guide, x, None, max_plate_nesting, data_plate))
+            chunks.append(
+                _trace_log_weights(model, guide, x, None, max_plate_nesting, data_plate, y)
+            )
         return torch.cat(chunks, dim=0)
 
 
@@ -322,8 +336,10 @@ def estimate_log_px(
     max_elements: int = 2**24,
     vectorize: bool | None = None,
     estimator: str = "is",
+    y: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Importance-sampled log p(x) and the mean log weight for each point of the batch ``x``.
+    """Importance-sampled log p(x) and the mean log weight for each point of the batch ``x``
+    (log p(x | y) for a pair that needs the labels ``y``).
 
     log p(x) ~= log (1/K) sum_k p(x, z_k) / r(z_k|x),   z_k ~ r(z|x),
 
@@ -352,6 +368,7 @@ def estimate_log_px(
             chunk_size=chunk_size_for(x.shape[0], x[0].numel(), max_elements),
             vectorize=vectorize,
             data_plate=pair.info.data_plate if isinstance(pair, EvaluationPair) else None,
+            y=y,
         )
     return summarize_log_weights(log_weights)
 
@@ -377,6 +394,7 @@ def estimate_log_px_in_batches(
     vectorize: bool | None = None,
     estimator: str = "is",
     progress: Callable[[Iterable], Iterable] | None = None,
+    y: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`estimate_log_px` over the rows of ``x``, ``batch_size`` points at a time.
 
@@ -396,6 +414,7 @@ def estimate_log_px_in_batches(
             max_plate_nesting=max_plate_nesting,
             vectorize=vectorize,
             estimator=estimator,
+            y=None if y is None else y[start : start + batch_size],
         )
         for key, values in parts.items():
             values.append(out[key].cpu())
@@ -435,14 +454,16 @@ class EvaluationPair:
         return unscaled(fix_sites(poutine.uncondition(self.base_pair.model), self.fixed_values))
 
 
-def global_values(pair: Any, x: torch.Tensor, info: PairInfo) -> dict[str, Any]:
+def global_values(
+    pair: Any, x: torch.Tensor, info: PairInfo, y: torch.Tensor | None = None
+) -> dict[str, Any]:
     """The guide's mean of each global latent site (a draw where the distribution has no
     closed-form mean), from one guide trace on ``x`` in eval mode; the global RNG is left as
     it was. Returns ``{"values": {site: tensor}, "at": {site: "guide mean" | "guide draw"}}``."""
     devices = [x.device] if x.device.type == "cuda" else []
     values, at = {}, {}
     with torch.random.fork_rng(devices=devices), evaluation_mode(pair), torch.no_grad():
-        trace = poutine.trace(pair.guide).get_trace(x)
+        trace = poutine.trace(pair.guide).get_trace(*program_args(x, y))
     for name in info.global_sites:
         site = trace.nodes[name]
         try:
@@ -454,15 +475,18 @@ def global_values(pair: Any, x: torch.Tensor, info: PairInfo) -> dict[str, Any]:
     return {"values": values, "at": at}
 
 
-def evaluation_view(pair: Any, info: PairInfo, x: torch.Tensor) -> EvaluationPair:
+def evaluation_view(
+    pair: Any, info: PairInfo, x: torch.Tensor, y: torch.Tensor | None = None
+) -> EvaluationPair:
     """The :class:`EvaluationPair` of ``pair``: unscaled, with its global latents (if any)
-    fixed at the guide's mean found on the points ``x``."""
+    fixed at the guide's mean found on the points ``x`` (with labels ``y``, for a pair that
+    needs them)."""
     if isinstance(pair, EvaluationPair):
         return pair
     conditioned_on = None
     values: dict[str, torch.Tensor] = {}
     if info.global_sites:
-        found = global_values(pair, x, info)
+        found = global_values(pair, x, info, y)
         values = found["values"]
         conditioned_on = {
             "sites": found["at"],
@@ -473,15 +497,17 @@ def evaluation_view(pair: Any, info: PairInfo, x: torch.Tensor) -> EvaluationPai
     guide = unscaled(fix_sites(pair.guide, values))
     vectorizable = info.vectorizable
     if values:
-        vectorizable = _runs_vectorized(model, guide, x[:2], info)
+        vectorizable = _runs_vectorized(model, guide, x[:2], info, None if y is None else y[:2])
     return EvaluationPair(pair, model, guide, info, conditioned_on, vectorizable, values)
 
 
-def _runs_vectorized(model: Callable, guide: Callable, x: torch.Tensor, info: PairInfo) -> bool:
+def _runs_vectorized(
+    model: Callable, guide: Callable, x: torch.Tensor, info: PairInfo, y: torch.Tensor | None
+) -> bool:
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
-            log_weights = _trace_log_weights(model, guide, x, 2, info.max_plate_nesting)
+            log_weights = _trace_log_weights(model, guide, x, 2, info.max_plate_nesting, y=y)
     except Exception:
         return False
     return bool(log_weights.shape == (2, x.shape[0]) and torch.isfinite(log_weights).all())

@@ -36,8 +36,13 @@ from pyro_vae.estimators import (
     low_ess_warnings,
 )
 from pyro_vae.files import atomic_write_bytes, json_bytes
+from pyro_vae.labels import (
+    accuracy,
+    cluster_accuracy,
+    guide_class_probabilities,
+)
 from pyro_vae.pairs import PairInfo, evaluation_mode
-from pyro_vae.train import eval_split, read_config, resolve_device, restore_pair
+from pyro_vae.train import eval_split, read_config, resolve_device, restore_pair, split_labels
 
 #: Seed of the importance samples, so evaluating twice gives the same numbers.
 EVAL_SEED = 0
@@ -53,6 +58,14 @@ class RestoredRun(NamedTuple):
     dataset: str
     device: torch.device
     config: TrainConfig
+    #: The split's labels as the pair receives them and as class indices (None: no labels).
+    labels: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
+
+    @property
+    def y(self) -> torch.Tensor | None:
+        """The labels the pair's programs get: only a pair that needs them gets them."""
+        return self.labels if self.info.needs_labels else None
 
 
 def restore_run(
@@ -75,7 +88,44 @@ def restore_run(
     pyro.set_rng_seed(config.seed)
     pair, info, data, state = restore_pair(Path(run_dir), config, torch_device, pair, checkpoint)
     x = eval_split(data, split, config.binarize)
-    return RestoredRun(pair, info, x, state, config.dataset, torch_device, config)
+    labels = split_labels(data, split, config, pair)
+    if labels is None and data.labels is not None:
+        labels = (None, data.split_labels(split))
+    encoded, classes = labels if labels is not None else (None, None)
+    return RestoredRun(pair, info, x, state, config.dataset, torch_device, config, encoded,
+                       classes)  # fmt: skip
+
+
+def _classification(pair, info: PairInfo, x: torch.Tensor, classes, batch_size: int) -> dict:
+    """How well the guide classifies: ``accuracy`` of argmax q(y|x) at the label site (and
+    ``num_labelled``, the training labels), or for an unsupervised discrete site (a mixture
+    component) its ``cluster_accuracy`` against the labels (see
+    :func:`pyro_vae.labels.cluster_accuracy`). Empty without labels."""
+    if classes is None:
+        return {}
+    site = info.label_site
+    if site is None:
+        clusters = [name for name in info.enumerable_sites if name not in info.global_sites]
+        if len(clusters) != 1:
+            return {}
+        site = clusters[0]
+    probs = guide_class_probabilities(pair.guide, x, site, max(batch_size, 500))
+    if info.label_site is not None:
+        return {"accuracy": accuracy(probs, classes), "label_site": site}
+    result = cluster_accuracy(probs.argmax(-1).cpu().numpy(), classes.cpu().numpy())
+    return {**result, "cluster_site": site}
+
+
+def refuse_conditional_pair(restored: RestoredRun, command: str) -> None:
+    """A ConfigError for commands that call a pair's programs with ``x`` alone, on a run
+    whose pair needs labels on every call (a conditional pair, ``model(x, y)``)."""
+    if restored.info.needs_labels:
+        raise ConfigError(
+            "the run's pair needs labels on every call (its programs are "
+            f"model(x, y) and guide(x, y) with no default for y), and {command} calls them "
+            "with x alone; evaluate and convergence take the labels (log p(x | y)), "
+            f"{command} does not yet"
+        )
 
 
 def evaluation_stem(split: str, estimator: str = "is") -> str:
@@ -128,8 +178,11 @@ def evaluate(
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
                            data_dir=data_dir, pair=pair)  # fmt: skip
     pair, info, x_all, state = restored.pair, restored.info, restored.x, restored.state
+    y_all, classes = restored.y, restored.classes
     if limit is not None:
         x_all = x_all[:limit]
+        y_all = None if y_all is None else y_all[:limit]
+        classes = None if classes is None else classes[:limit]
     if progress is None:
         progress = sys.stderr.isatty()
     if batch_size < 1:
@@ -137,7 +190,7 @@ def evaluate(
     pyro.set_rng_seed(EVAL_SEED)
     started = time.perf_counter()
     with evaluation_mode(pair):
-        view = evaluation_view(pair, info, x_all[:2])
+        view = evaluation_view(pair, info, x_all[:2], None if y_all is None else y_all[:2])
         out = estimate_log_px_in_batches(
             view,
             x_all,
@@ -147,7 +200,9 @@ def evaluate(
             vectorize=view.vectorizable,
             estimator=estimator,
             progress=partial(tqdm, desc=f"evaluate {split}", disable=not progress, unit="batch"),
+            y=y_all,
         )
+        classification = _classification(pair, info, x_all, classes, batch_size)
     seconds = time.perf_counter() - started
     log_px_t, elbo_t, ess_t = out["log_px"], out["elbo"], out["ess"]
     n = log_px_t.shape[0]
@@ -172,8 +227,13 @@ def evaluate(
         "device": str(restored.device),
         "seconds": seconds,
         **evaluation_notes(view),
+        **classification,
         "warnings": low_ess_warnings(float(ess_t.mean()), num_samples),
     }
+    if "accuracy" in classification:
+        summary["num_labelled"] = restored.config.num_labelled
+    if info.needs_labels:
+        summary["conditioned_on_labels"] = "log p(x | y): the pair needs the labels y"
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if save:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
 from pyro_vae.config import ConfigError
-from pyro_vae.evaluate import restore_run
+from pyro_vae.evaluate import refuse_conditional_pair, restore_run
 from pyro_vae.files import atomic_write_bytes, json_bytes
 from pyro_vae.gradients import (
     GRADIENT_ESTIMATORS,
@@ -246,6 +246,7 @@ def gradient_variance(
     run_dir = Path(run_dir)
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
                            data_dir=data_dir, pair=pair)  # fmt: skip
+    refuse_conditional_pair(restored, "gradvar")
     pair, info, state, config = restored.pair, restored.info, restored.state, restored.config
     torch_device = restored.device
     x = restored.x[:batch_size]

@@ -2,7 +2,9 @@
 
 Every helper here accepts inputs with arbitrary leading batch dimensions, because Pyro's
 vectorized particles (``Trace_ELBO(vectorize_particles=True)``) hand decoders latents of
-shape ``(num_particles, batch, z_dim)`` while the data keep shape ``(batch, x_dim)``.
+shape ``(num_particles, batch, z_dim)`` while the data keep shape ``(batch, x_dim)``, and
+parallel enumeration (``TraceEnum_ELBO``) hands them discrete values with extra dims on the
+left, e.g. a one-hot label of shape ``(C, 1, C)``; `broadcast_cat` joins such inputs.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ __all__ = [
     "GaussianHead",
     "activation_layer",
     "apply_flat",
+    "broadcast_cat",
     "check_flat_data",
+    "labels_for_batch",
     "mlp",
+    "one_hot_labels",
 ]
 
 #: Activation name -> module class; the one table that `mlp` and the conv nets read.
@@ -125,3 +130,73 @@ def check_flat_data(x: Tensor, x_dim: int, owner: str) -> None:
             f"dim), got {shape}; reshape with x.reshape(x.shape[0], -1) or build the "
             f"network with the data's x_dim"
         )
+
+
+def broadcast_cat(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate along the last dim after broadcasting all the other dims against each other.
+
+    ``torch.cat`` needs equal leading dims; the inputs of a network that meet inside a Pyro
+    program do not have them. Data ``x`` of shape ``(B, D)`` and a label ``y`` enumerated in
+    parallel, of shape ``(C, 1, C)``, give ``(C, B, D + C)``: entry ``[k, b]`` is
+    ``[x[b], y[k, 0]]``. Likewise latents ``(P, B, Z)`` from vectorized particles with
+    ``(B, C)`` labels give ``(P, B, Z + C)``. Leading dims follow ``torch.broadcast_shapes``.
+    """
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("broadcast_cat needs at least one tensor")
+    if any(tensor.dim() == 0 for tensor in tensors):
+        raise ValueError("broadcast_cat: every input needs a last dim to concatenate along")
+    shapes = [tuple(tensor.shape) for tensor in tensors]
+    try:
+        batch_shape = torch.broadcast_shapes(*(shape[:-1] for shape in shapes))
+    except RuntimeError:
+        raise ValueError(
+            f"broadcast_cat: leading dims of the shapes {shapes} do not broadcast"
+        ) from None
+    return torch.cat([tensor.expand(*batch_shape, tensor.shape[-1]) for tensor in tensors], -1)
+
+
+def one_hot_labels(y: Tensor, num_classes: int, dtype: torch.dtype, owner: str) -> Tensor:
+    """Class labels as one-hot floats of shape ``(..., num_classes)`` and the given dtype.
+
+    ``y`` holds either integer class indices, shape ``(...)``, or one-hot (or soft) floats,
+    shape ``(..., num_classes)``, which pass through cast to ``dtype``.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"{owner} expects labels y as a tensor, got {type(y).__name__}")
+    if torch.is_floating_point(y):
+        if y.dim() == 0 or y.shape[-1] != num_classes:
+            raise ValueError(
+                f"{owner}: floating-point labels y must be one-hot of shape (..., {num_classes}), "
+                f"got {tuple(y.shape)}; pass class indices as an integer tensor instead"
+            )
+        return y.to(dtype)
+    if y.dtype == torch.bool or y.is_complex():
+        raise ValueError(
+            f"{owner}: labels y must be integer class indices or one-hot floats, got {y.dtype}"
+        )
+    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            f"{owner}: class indices y must lie in [0, {num_classes}), got values from "
+            f"{int(y.min())} to {int(y.max())}; build the network with num_classes set to the "
+            f"data's number of classes"
+        )
+    return F.one_hot(y.long(), num_classes).to(dtype)
+
+
+def labels_for_batch(y: Tensor, x: Tensor, num_classes: int, owner: str) -> Tensor:
+    """The labels of the data batch ``x`` (B, D) as one-hot floats (B, num_classes), x's dtype.
+
+    Accepts int class indices of shape ``(B,)`` or one-hot floats of shape
+    ``(B, num_classes)``; anything else raises an error that names ``owner``.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"{owner} expects labels y as a tensor, got {type(y).__name__}")
+    expected = (x.shape[0], num_classes) if torch.is_floating_point(y) else (x.shape[0],)
+    if tuple(y.shape) != expected:
+        raise ValueError(
+            f"{owner} expects labels y for a batch of {x.shape[0]}: int class indices of shape "
+            f"({x.shape[0]},) or one-hot floats of shape ({x.shape[0]}, {num_classes}), "
+            f"got {tuple(y.shape)}"
+        )
+    return one_hot_labels(y, num_classes, x.dtype, owner)

@@ -17,7 +17,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,24 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_vae.guides import (
+    ConditionalEncoder,
     ConvGaussianEncoder,
     GaussianMLPEncoder,
     LinearGaussianEncoder,
+    MixturePriorEncoder,
+    SemiSupervisedEncoder,
     SigmoidBeliefNetEncoder,
     TwoLayerGaussianEncoder,
 )
+from pyro_vae.labels import LabelError, find_label_site, label_arguments, program_args
 from pyro_vae.models import (
     BernoulliMLPDecoder,
+    ConditionalDecoder,
     ConvBernoulliDecoder,
     GaussianMLPDecoder,
     LinearGaussianDecoder,
+    MixturePriorDecoder,
+    SemiSupervisedDecoder,
     SigmoidBeliefNetDecoder,
     TwoLayerBernoulliDecoder,
 )
@@ -66,6 +73,35 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:
         self.encoder.guide(x)
+
+
+class SemiSupervisedVAE(VAE):
+    """A VAE whose programs take labels where a batch has them, ``model(x, y=None)`` and
+    ``guide(x, y=None)`` (M2), and the encoder's classification loss as Pyro's convention
+    names it, ``model_classify(x, y)`` / ``guide_classify(x, y)``, trained on labelled
+    batches."""
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        self.decoder.model(x, y)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        self.encoder.guide(x, y)
+
+    def model_classify(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.encoder.model_classify(x, y)
+
+    def guide_classify(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.encoder.guide_classify(x, y)
+
+
+class ConditionalVAE(VAE):
+    """A VAE conditioned on a label every batch has: ``model(x, y)``, ``guide(x, y)``."""
+
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.decoder.model(x, y)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.encoder.guide(x, y)
 
 
 class FunctionPair:
@@ -144,6 +180,37 @@ def _sbn_straight_through(
     )
 
 
+def _ss_m2(
+    image_shape, num_classes=10, z_dim=50, hidden=(500,), activation="softplus",
+    classify_weight=50.0,
+) -> SemiSupervisedVAE:  # fmt: skip
+    x_dim = math.prod(image_shape)
+    return SemiSupervisedVAE(
+        SemiSupervisedDecoder(x_dim, num_classes, z_dim, hidden, activation),
+        SemiSupervisedEncoder(
+            x_dim, num_classes, z_dim, hidden, activation, classify_weight=classify_weight
+        ),
+    )
+
+
+def _cvae(
+    image_shape, num_classes=10, z_dim=20, hidden=(500,), activation="softplus"
+) -> ConditionalVAE:
+    x_dim = math.prod(image_shape)
+    return ConditionalVAE(
+        ConditionalDecoder(x_dim, num_classes, z_dim, hidden, activation),
+        ConditionalEncoder(x_dim, num_classes, z_dim, hidden, activation),
+    )
+
+
+def _gmvae(image_shape, num_components=10, z_dim=10, hidden=(500,), activation="softplus") -> VAE:
+    x_dim = math.prod(image_shape)
+    return VAE(
+        MixturePriorDecoder(x_dim, num_components, z_dim, hidden, activation),
+        MixturePriorEncoder(x_dim, num_components, z_dim, hidden, activation),
+    )
+
+
 @dataclass(frozen=True)
 class PairSpec:
     """One built-in pair: its factory ``factory(image_shape, **kwargs)`` and what it suits."""
@@ -188,7 +255,29 @@ PAIRS: dict[str, PairSpec] = {
         "linear SBN-200 with a straight-through guide (biased, reparameterized gradient; "
         "same discrete model); train with --objective elbo; kwargs temperature, hidden",
     ),
+    "ss-m2": PairSpec(
+        _ss_m2,
+        "bernoulli",
+        "semi-supervised M2 (Kingma et al. 2014): q(y|x), q(z|x,y), p(x|y,z), MLPs of 500 "
+        "softplus units, z_dim 50; train with --objective enum --num-labelled N",
+    ),
+    "cvae": PairSpec(
+        _cvae,
+        "bernoulli",
+        "class-conditional VAE: p(x|y,z) p(z), q(z|x,y); every batch labelled; "
+        "`sample` draws one row per class",
+    ),
+    "gmvae": PairSpec(
+        _gmvae,
+        "bernoulli",
+        "VAE with a Gaussian-mixture prior, component c enumerated (--objective enum): "
+        "unsupervised clustering; num_components 10, z_dim 10",
+    ),
 }
+
+#: Constructor arguments that name the number of classes of the labels; filled in from the
+#: data set when a factory takes one and --pair-kwargs does not give it.
+NUM_CLASSES_NAMES = ("num_classes", "n_classes", "num_labels", "label_dim", "y_dim")
 
 
 def load_object(spec: str, *, flag: str = "--pair") -> Any:
@@ -406,9 +495,12 @@ INPUT_SIZE_NAMES = (
 INPUT_SHAPE_NAMES = ("image_shape", "input_shape", "x_shape")
 
 
-def input_arguments(factory: Callable, image_shape: tuple) -> dict[str, Any]:
-    """The arguments of :data:`INPUT_SIZE_NAMES` / :data:`INPUT_SHAPE_NAMES` that ``factory``
-    takes, with their values for data of ``image_shape``."""
+def input_arguments(
+    factory: Callable, image_shape: tuple, num_classes: int | None = None
+) -> dict[str, Any]:
+    """The arguments of :data:`INPUT_SIZE_NAMES` / :data:`INPUT_SHAPE_NAMES` (and, for
+    labelled data, :data:`NUM_CLASSES_NAMES`) that ``factory`` takes, with their values for
+    data of ``image_shape``."""
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -419,13 +511,17 @@ def input_arguments(factory: Callable, image_shape: tuple) -> dict[str, Any]:
             filled[name] = math.prod(image_shape)
         elif name in INPUT_SHAPE_NAMES:
             filled[name] = tuple(image_shape)
+        elif name in NUM_CLASSES_NAMES and num_classes is not None:
+            filled[name] = int(num_classes)
     return filled
 
 
-def _call_with_shape(factory: Callable, kwargs: dict, image_shape: tuple, spec: str) -> Any:
+def _call_with_shape(
+    factory: Callable, kwargs: dict, image_shape: tuple, spec: str, num_classes: int | None = None
+) -> Any:
     """Call a user factory, filling the input-size arguments it asks for (see
     :data:`INPUT_SIZE_NAMES`) unless ``kwargs`` gives them."""
-    kwargs = {**input_arguments(factory, image_shape), **kwargs}
+    kwargs = {**input_arguments(factory, image_shape, num_classes), **kwargs}
     try:
         return factory(**kwargs)
     except TypeError as error:
@@ -448,9 +544,11 @@ def build_pair(
     pair_kwargs: dict | None = None,
     model: str | None = None,
     guide: str | None = None,
+    num_classes: int | None = None,
 ) -> Any:
     """Build a pair from a built-in name, a ``FILE.py:NAME``/``module:NAME`` spec, or two
-    function specs ``model``/``guide``."""
+    function specs ``model``/``guide``. ``num_classes`` (the data set's, if labelled) fills
+    a factory argument of :data:`NUM_CLASSES_NAMES` that ``pair_kwargs`` does not give."""
     pair_kwargs = dict(pair_kwargs or {})
     if model or guide:
         if pair:
@@ -467,6 +565,9 @@ def build_pair(
         raise PairError(f"no pair given: use --pair NAME (built-in: {', '.join(PAIRS)})")
     if pair in PAIRS:
         factory = PAIRS[pair].factory
+        filled = input_arguments(factory, image_shape, num_classes)
+        pair_kwargs = {**{k: v for k, v in filled.items() if k in NUM_CLASSES_NAMES},
+                       **pair_kwargs}  # fmt: skip
         try:
             return factory(tuple(image_shape), **pair_kwargs)
         except TypeError as error:
@@ -481,7 +582,9 @@ def build_pair(
         )
     obj = load_object(pair)
     check_pair_factory(obj, pair)
-    built = _call_with_shape(obj, pair_kwargs, image_shape, pair) if callable(obj) else obj
+    built = (
+        _call_with_shape(obj, pair_kwargs, image_shape, pair, num_classes) if callable(obj) else obj
+    )
     if not (callable(getattr(built, "model", None)) and callable(getattr(built, "guide", None))):
         raise PairError(
             f"--pair {pair!r} built a {type(built).__name__}, which lacks methods model(x) and "
@@ -664,6 +767,14 @@ class PairInfo:
     data_plate_dim: int = -1
     data_subsampled: bool = False
     data_plate_size: int | None = None  # the full size of a data plate the pair subsamples
+    # Labels (pyro_vae.labels): the programs take a second argument y / need it; the model
+    # site that y observes (latent without y: q(y|x) classifies); model_classify/guide_classify.
+    takes_labels: bool = False
+    needs_labels: bool = False
+    label_site: str | None = None
+    has_classifier: bool = False
+    #: Guide sites with a finite discrete support that TraceEnum_ELBO can sum out exactly.
+    enumerable_sites: tuple[str, ...] = ()
 
     @property
     def local_latent_sites(self) -> tuple[str, ...]:
@@ -792,7 +903,7 @@ def _subsample_size(trace, data_plate: str) -> int | None:
     return None
 
 
-def check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
+def check_pair(pair: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> PairInfo:
     """Trace ``guide(x)`` and ``model(x)`` once and report what does not fit, by site name.
 
     Checks: every latent of the model is sampled by the guide and vice versa; the guide does
@@ -802,18 +913,56 @@ def check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
     forgotten plate from a global); log-densities are finite. Also finds the plate nesting,
     the global and the scaled sites, and whether the pair survives Pyro's vectorization over
     particles. Modules are traced in eval mode, so a check leaves BatchNorm statistics alone.
+
+    A pair whose programs take labels (``model(x, y=None)``, see :mod:`pyro_vae.labels`) is
+    checked with the labels ``y`` and without them (only with them when it needs them), and
+    its label site is found.
     """
     if x.dim() < 2 or x.shape[0] < 2:
         raise PairError(f"check_pair needs a batch of at least 2 points, got {tuple(x.shape)}")
+    try:
+        arguments = label_arguments(pair)
+    except LabelError as error:
+        raise PairError(str(error)) from error
+    if arguments.needs and y is None:
+        raise PairError(
+            "the pair's programs need labels (model(x, y) with no default for y), but the "
+            "data set has none: train it on a labelled data set (mnist, fashion-mnist, "
+            "digits, or an .npz with y_train/y_valid/y_test), or give y a default of None "
+            "and sample it where it is missing"
+        )
+    if not arguments.takes:
+        y = None
     with evaluation_mode(pair), torch.no_grad():
-        return _check_pair(pair, x)
+        if arguments.needs:
+            info = _check_pair(pair, x, y)
+            return replace(info, takes_labels=True, needs_labels=True,
+                           has_classifier=arguments.classifier)  # fmt: skip
+        info = _check_pair(pair, x)
+        if y is None:
+            return replace(info, takes_labels=arguments.takes,
+                           has_classifier=arguments.classifier)  # fmt: skip
+        labelled = _check_pair(pair, x, y, "with labels")
+        label_site = find_label_site(pair.model, x, y)
+    return replace(
+        info,
+        takes_labels=True,
+        label_site=label_site,
+        has_classifier=arguments.classifier,
+        max_plate_nesting=max(info.max_plate_nesting, labelled.max_plate_nesting),
+        vectorizable=info.vectorizable and labelled.vectorizable,
+    )
 
 
-def _check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
-    guide_trace = _run(lambda: poutine.trace(pair.guide).get_trace(x), "guide", x)
+def _check_pair(
+    pair: Any, x: torch.Tensor, y: torch.Tensor | None = None, called: str = ""
+) -> PairInfo:
+    args = program_args(x, y)
+    guide_label, model_label = (f"guide {called}".strip(), f"model {called}".strip())
+    guide_trace = _run(lambda: poutine.trace(pair.guide).get_trace(*args), guide_label, x)
     model_trace = _run(
-        lambda: poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(x),
-        "model",
+        lambda: poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args),
+        model_label,
         x,
     )
     guide_sites = _sample_sites(guide_trace)
@@ -869,9 +1018,12 @@ def _check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
                 )
             else:
                 outside.setdefault(name, (label, site))
-    problems += _forgotten_plates(pair, x, outside)
+    problems += _forgotten_plates(pair, x, y, outside)
     if problems:
-        raise PairError("the model/guide pair does not fit:\n  - " + "\n  - ".join(problems))
+        where = f" (called {called})" if called else ""
+        raise PairError(
+            f"the model/guide pair does not fit{where}:\n  - " + "\n  - ".join(problems)
+        )
     for label, trace in (("guide", guide_trace), ("model", model_trace)):
         _run(trace.compute_log_prob, f"{label} log-density", x)
         for name, site in _sample_sites(trace).items():
@@ -910,24 +1062,37 @@ def _check_pair(pair: Any, x: torch.Tensor) -> PairInfo:
         observed_sites=tuple(observed),
         max_plate_nesting=max_plate_nesting,
         data_plate=data_plate,
-        vectorizable=_vectorizable(pair, x, max_plate_nesting),
+        vectorizable=_vectorizable(pair, args, max_plate_nesting),
         global_sites=tuple(n for n in latent if n in outside),
         scaled_sites=tuple(dict.fromkeys(scaled)),
         data_plate_dim=data_dim,
         data_subsampled=subsampled_size is not None,
         data_plate_size=subsampled_size,
+        enumerable_sites=tuple(
+            name
+            for name, site in guide_sites.items()
+            if not site["is_observed"] and _enumerable(site["fn"])
+        ),
     )
 
 
-def _forgotten_plates(pair: Any, x: torch.Tensor, outside: dict[str, tuple[str, dict]]) -> list:
+def _enumerable(fn: Any) -> bool:
+    """A discrete distribution whose support TraceEnum_ELBO can sum over."""
+    return bool(getattr(fn, "has_enumerate_support", False)) and not fn.has_rsample
+
+
+def _forgotten_plates(
+    pair: Any, x: torch.Tensor, y: torch.Tensor | None, outside: dict[str, tuple[str, dict]]
+) -> list:
     """Sites outside the data plate whose shape follows the batch size: a forgotten plate,
     not a global latent. Found by tracing the guide and model again on one point fewer."""
     if not outside:
         return []
     smaller = x[: x.shape[0] - 1]
-    guide_trace = _run(lambda: poutine.trace(pair.guide).get_trace(smaller), "guide", smaller)
+    args = program_args(smaller, None if y is None else y[: x.shape[0] - 1])
+    guide_trace = _run(lambda: poutine.trace(pair.guide).get_trace(*args), "guide", smaller)
     model_trace = _run(
-        lambda: poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(smaller),
+        lambda: poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args),
         "model",
         smaller,
     )
@@ -945,14 +1110,14 @@ def _forgotten_plates(pair: Any, x: torch.Tensor, outside: dict[str, tuple[str, 
     return problems
 
 
-def _vectorizable(pair: Any, x: torch.Tensor, max_plate_nesting: int) -> bool:
+def _vectorizable(pair: Any, args: tuple, max_plate_nesting: int) -> bool:
     """Whether the pair runs with particles vectorized in an outer plate (Pyro's way)."""
     elbo = pyro.infer.Trace_ELBO(
         num_particles=2, vectorize_particles=True, max_plate_nesting=max_plate_nesting
     )
     try:
         with torch.no_grad():
-            loss = elbo.loss(pair.model, pair.guide, x)
+            loss = elbo.loss(pair.model, pair.guide, *args)
     except Exception:
         return False
     return bool(torch.isfinite(torch.as_tensor(loss)))

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,18 @@ import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 
 from pyro_vae.checkpoints import CHECKPOINT  # noqa: E402
+from pyro_vae.config import ConfigError  # noqa: E402
 from pyro_vae.estimators import evaluation_view  # noqa: E402
 from pyro_vae.files import atomic_write_bytes  # noqa: E402
+from pyro_vae.labels import encode_labels, program_args  # noqa: E402
 from pyro_vae.pairs import data_plate_dim, evaluation_mode  # noqa: E402
-from pyro_vae.train import eval_split, read_config, resolve_device, restore_pair  # noqa: E402
+from pyro_vae.train import (  # noqa: E402
+    eval_split,
+    read_config,
+    resolve_device,
+    restore_pair,
+    split_labels,
+)
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> Path:
@@ -67,22 +76,35 @@ def _observed_means(trace, observed_sites: tuple[str, ...], num_points: int,
 
 
 def reconstructions(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
-                    data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """E[x | z] with z ~ q(z|x): the decoder's mean at a guide draw, per observed site."""
+                    data_plate: str | None = None,
+                    y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """E[x | z] with z ~ q(z|x): the decoder's mean at a guide draw, per observed site
+    (``y``: the labels of a pair that needs them)."""
+    args = program_args(x, y)
     with torch.no_grad(), evaluation_mode(pair):
-        guide_trace = poutine.trace(pair.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(x)
+        guide_trace = poutine.trace(pair.guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args)
     return _observed_means(model_trace, observed_sites, x.shape[0], data_plate)
 
 
 def prior_samples(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
-                  data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                  data_plate: str | None = None, y: torch.Tensor | None = None,
+                  label_site: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """E[x | z] with z ~ p(z), per observed site: ``x`` sets the batch size (and whatever the
-    model conditions on, e.g. the visible part of an image)."""
+    model conditions on, e.g. the visible part of an image).
+
+    With labels ``y``: samples of those classes, z ~ p(z) (or p(z|y)) and x ~ p(x|y,z). The
+    model is called with ``y``; a ``label_site`` the labels observe (M2's y) stays observed
+    at its labelled value while the data sites are drawn."""
     prior_model = getattr(pair, "prior_model", None)  # an EvaluationPair holds globals fixed
     model = prior_model() if prior_model is not None else poutine.uncondition(pair.model)
+    args = program_args(x, y)
     with torch.no_grad(), evaluation_mode(pair):
-        trace = poutine.trace(model).get_trace(x)
+        if label_site is not None and y is not None:
+            labelled = poutine.trace(pair.model).get_trace(*args)
+            value = labelled.nodes[label_site]["value"]
+            model = poutine.condition(model, data={label_site: value})
+        trace = poutine.trace(model).get_trace(*args)
     return _observed_means(trace, observed_sites, x.shape[0], data_plate)
 
 
@@ -148,8 +170,12 @@ def sample_figure(
     seed: int = 0,
     device: str | None = None,
     checkpoint: str = CHECKPOINT,
+    label: int | None = None,
 ) -> Path:
-    """Write a PNG grid: test points, their reconstructions, and samples from the prior."""
+    """Write a PNG grid: test points, their reconstructions, and samples from the prior.
+
+    A conditional pair (one whose programs take labels, with a data set that has them) gets
+    one row of samples per class instead, or only class ``label`` (``--label K``)."""
     run_dir, out = Path(run_dir), Path(out)
     config = read_config(run_dir)
     torch_device = (
@@ -159,26 +185,76 @@ def sample_figure(
     pair, info, data, _ = restore_pair(run_dir, config, torch_device, checkpoint=checkpoint)
     pyro.set_rng_seed(seed)
     x = eval_split(data, split, config.binarize)[: max(num, 2)]
+    labels = split_labels(data, split, config, pair)
+    classes = _sampled_classes(labels, data.num_classes, label)
+    y = labels[0][: x.shape[0]] if labels is not None and info.needs_labels else None
     with evaluation_mode(pair):
-        view = evaluation_view(pair, info, x)
+        view = evaluation_view(pair, info, x, None if y is None else y[:2])
     rows = [("data", x[:num])]
+    draws = [("reconstruction", partial(reconstructions, y=y))]
+    if classes is None:
+        draws.append(("prior sample", prior_samples))
+    for k in classes or ():
+        class_y = encode_labels(torch.full((x.shape[0],), k, device=x.device),
+                                config.label_encoding, data.num_classes, x.dtype)  # fmt: skip
+        draws.append((f"class {k}", partial(prior_samples, y=class_y, label_site=info.label_site)))
     skipped = []
-    for label, draw in (("reconstruction", reconstructions), ("prior sample", prior_samples)):
+    for row_label, draw in draws:
         try:
             means = draw(view, x, info.observed_sites, info.data_plate)
         except Exception as error:  # a pair whose model cannot run unconditioned, ...
-            skipped.append(f"{label}s: {type(error).__name__}: {error}")
+            skipped.append(f"{row_label}s: {type(error).__name__}: {error}")
             continue
         images, reason = as_images(means, data.image_shape)
         if images is None:
-            skipped.append(f"{label}s: {reason}")
+            skipped.append(f"{row_label}s: {reason}")
         else:
-            rows.append((label, images[:num]))
+            rows.append((row_label, images[:num]))
     for message in skipped:
         print(f"pyro-vae sample: skipped {message}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows, data.image_shape, out)
     return out
+
+
+def latent_map_figure(coordinates: Any, labels: Any, path: str | os.PathLike, *,
+                      title: str = "") -> Path:  # fmt: skip
+    """Save a 2-D scatter of ``coordinates`` (N, 2), one colour per class of ``labels`` (N,)
+    with a legend, or grey points where there are no labels."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    size = max(2.0, min(20.0, 4000.0 / max(len(coordinates), 1)))
+    if labels is None:
+        ax.scatter(coordinates[:, 0], coordinates[:, 1], s=size, c="0.4", alpha=0.7)
+    else:
+        classes = sorted(set(int(k) for k in labels))
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, k in enumerate(classes):
+            chosen = labels == k
+            ax.scatter(coordinates[chosen, 0], coordinates[chosen, 1], s=size, alpha=0.7,
+                       color=cmap(i % cmap.N), label=str(k))  # fmt: skip
+        ax.legend(title="label", markerscale=max(1.0, 12.0 / size), fontsize=8,
+                  loc="center left", bbox_to_anchor=(1.0, 0.5))  # fmt: skip
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def _sampled_classes(labels, num_classes: int | None, label: int | None) -> list[int] | None:
+    """The classes ``sample`` draws a row for: all, or ``label``; None for a pair that takes
+    no labels (``--label`` is then an error)."""
+    if labels is None:
+        if label is not None:
+            raise ConfigError(
+                f"--label {label}: this run's pair takes no labels, so its samples cannot be "
+                "drawn per class; drop --label"
+            )
+        return None
+    if label is None:
+        return list(range(num_classes))
+    if not 0 <= label < num_classes:
+        raise ConfigError(f"--label {label}: must be a class in 0..{num_classes - 1}")
+    return [label]
 
 
 def convergence_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path:

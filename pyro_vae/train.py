@@ -44,7 +44,7 @@ from pyro_vae.checkpoints import (
     set_rng_state,
 )
 from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
-from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset, minibatches
+from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset
 from pyro_vae.estimators import evaluation_view, log_importance_weights
 from pyro_vae.faults import fault_point
 from pyro_vae.files import atomic_write_bytes
@@ -58,7 +58,17 @@ from pyro_vae.gradients import (
     with_baseline,
 )
 from pyro_vae.handlers import TrainingScales, kl_weight
-from pyro_vae.objectives import make_objective
+from pyro_vae.labels import (
+    LabelError,
+    accuracy,
+    encode_labels,
+    epoch_plan,
+    guide_class_probabilities,
+    label_arguments,
+    program_args,
+    training_labels,
+)
+from pyro_vae.objectives import OBJECTIVES, enumerated_guide, make_objective
 from pyro_vae.pairs import (
     PAIRS,
     PairError,
@@ -83,6 +93,8 @@ RUN_FILES = (CONFIG, METRICS, CURVES, CHECKPOINT, BEST, "write-test")
 METRIC_COLUMNS = (
     "epoch", "train_loss", "valid_elbo", "seconds", "train_seconds", "beta", "lr",
 )  # fmt: skip
+#: Columns written only for runs that have them (a pair with a label site, a classifier).
+LABEL_METRIC_COLUMNS = ("valid_accuracy", "classify_loss")
 #: Seed of the fixed binarization of validation and test points (dynamic binarization
 #: trains on fresh draws; evaluation needs one fixed draw so numbers are comparable).
 EVAL_BINARIZE_SEED = 12345
@@ -157,19 +169,23 @@ def defaults_for(config: TrainConfig) -> TrainConfig:
 
 
 def training_guide(
-    pair: Any, config: TrainConfig, x: torch.Tensor, device: torch.device
+    pair: Any, config: TrainConfig, args: tuple[torch.Tensor, ...], device: torch.device
 ) -> tuple[Callable, nn.Module | None]:
     """The guide SVI differentiates, and its neural baselines (or ``None``).
 
     ``pair.guide``, made non-reparameterized by ``--score-function``, with the
-    ``--baseline`` at its non-reparameterized sites (found by tracing it on ``x``); the
+    ``--baseline`` at its non-reparameterized sites (found by tracing it on ``args``, a
+    probe batch ``(x,)`` or ``(x, y)``), its discrete sites enumerated under ``enum``; the
     neural baselines, one per such site, are registered as ``pyro.module("baseline")``
     so that a resume restores them in place. Evaluation always uses the plain ``pair.guide``.
     """
     guide = score_function(pair.guide) if config.score_function else pair.guide
+    if OBJECTIVES[config.objective].enumerates:
+        guide = enumerated_guide(guide, config.enumerate)
     if config.baseline == "none":
         return guide, None
-    sites = non_reparameterized_sites(guide, x)
+    x = args[0]
+    sites = non_reparameterized_sites(guide, *args)
     if not sites:
         raise ConfigError(
             f"--baseline {config.baseline}: every latent site of the guide is "
@@ -228,15 +244,22 @@ def eval_split(data: Dataset, split: str, binarize: str) -> torch.Tensor:
     return x
 
 
-def make_pair(config: TrainConfig, image_shape: tuple, device: torch.device, pair: Any = None):
+def make_pair(
+    config: TrainConfig,
+    image_shape: tuple,
+    device: torch.device,
+    pair: Any = None,
+    num_classes: int | None = None,
+):
     """Build (or take) the pair and move it to ``device``; clears Pyro's global param store
     first, so parameters of an earlier pair in this process cannot leak in."""
     pyro.clear_param_store()
     if pair is None:
         try:
             pair = build_pair(
-                image_shape, config.pair, config.pair_kwargs, config.model, config.guide
-            )
+                image_shape, config.pair, config.pair_kwargs, config.model, config.guide,
+                num_classes=num_classes,
+            )  # fmt: skip
         except PairError as error:
             if config.pair_note:
                 raise PairError(f"{error}\n{config.pair_note}") from error
@@ -264,10 +287,29 @@ def restore_pair(run_dir: Path, config: TrainConfig, device: torch.device, pair=
         may_differ=(*RESUMABLE_CHANGES, "device"),
     )
     data = load_data(config, device)
-    pair = make_pair(config, data.image_shape, device, pair)
-    info = check_pair(pair, _probe_batch(data, config))
+    pair = make_pair(config, data.image_shape, device, pair, data.num_classes)
+    probe = _probe_batch(data, config)
+    labels = split_labels(data, "train", config, pair)
+    info = check_pair(pair, probe, None if labels is None else labels[0][: probe.shape[0]])
     restore_params(pair, state, device, path)
     return pair, info, data, state
+
+
+def split_labels(
+    data: Dataset, split: str, config: TrainConfig, pair: Any
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The labels of ``split`` as ``pair`` receives them (``config.label_encoding``) and as
+    class indices; None where the pair takes no labels, or the data set has none and the
+    pair can do without."""
+    try:
+        arguments = label_arguments(pair)
+    except LabelError as error:
+        raise PairError(str(error)) from error
+    if not arguments.takes or (data.labels is None and not arguments.needs):
+        return None
+    classes = data.split_labels(split)
+    encoded = encode_labels(classes, config.label_encoding, data.num_classes, data.train.dtype)
+    return encoded, classes
 
 
 def _probe_batch(data: Dataset, config: TrainConfig) -> torch.Tensor:
@@ -277,15 +319,18 @@ def _probe_batch(data: Dataset, config: TrainConfig) -> torch.Tensor:
     return x
 
 
-def validation_elbo(pair: Any, x: torch.Tensor, info: PairInfo, batch_size: int) -> float:
+def validation_elbo(
+    pair: Any, x: torch.Tensor, info: PairInfo, batch_size: int, y: torch.Tensor | None = None
+) -> float:
     """Mean single-sample ELBO per data point over ``x``, with its own fixed seed: the true
     ELBO (every site unscaled, so beta = 1; global latents at the guide's mean; modules in
-    eval mode), whatever the training objective weighs."""
+    eval mode), whatever the training objective weighs. ``y``: the labels of a pair that
+    needs them (its ELBO is then that of log p(x | y))."""
     devices = [x.device] if x.device.type == "cuda" else []
     total = 0.0
     with torch.random.fork_rng(devices=devices), evaluation_mode(pair):
         torch.manual_seed(VALID_SEED)
-        view = evaluation_view(pair, info, x[:2])
+        view = evaluation_view(pair, info, x[:2], None if y is None else y[:2])
         for start in range(0, x.shape[0], batch_size):
             batch = x[start : start + batch_size]
             log_weights = log_importance_weights(
@@ -296,18 +341,33 @@ def validation_elbo(pair: Any, x: torch.Tensor, info: PairInfo, batch_size: int)
                 max_plate_nesting=info.max_plate_nesting,
                 vectorize=view.vectorizable,
                 data_plate=info.data_plate,
+                y=None if y is None else y[start : start + batch_size],
             )
             total += log_weights.sum().item()
     return total / x.shape[0]
 
 
+def guide_accuracy(
+    pair: Any, x: torch.Tensor, classes: torch.Tensor, label_site: str, batch_size: int
+) -> float:
+    """The fraction of points of ``x`` whose most probable class under the guide's q(y|x)
+    at ``label_site`` is their class (modules in eval mode; the RNG is left as it was)."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), evaluation_mode(pair):
+        probs = guide_class_probabilities(pair.guide, x, label_site, max(batch_size, 500))
+    return accuracy(probs, classes)
+
+
 def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
-    """Rewrite ``metrics.csv`` from the history kept in the checkpoint (never out of step)."""
+    """Rewrite ``metrics.csv`` from the history kept in the checkpoint (never out of step);
+    the label columns only where some epoch has them."""
+    extra = [c for c in LABEL_METRIC_COLUMNS if any(c in row for row in history)]
+    columns = [*METRIC_COLUMNS, *extra]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
     atomic_write_bytes(run_dir / METRICS, buffer.getvalue().encode())
 
 
@@ -489,6 +549,8 @@ class _Progress:
     seen: int = 0
     train_seconds: float = 0.0
     beta: float = 1.0
+    classify_total: float = 0.0  # model_classify/guide_classify loss over the epoch
+    labelled_seen: int = 0
 
     def in_progress(self) -> dict[str, Any]:
         return {
@@ -499,6 +561,8 @@ class _Progress:
             "seen": self.seen,
             "train_seconds": self.train_seconds,
             "beta": self.beta,
+            "classify_total": self.classify_total,
+            "labelled_seen": self.labelled_seen,
         }
 
 
@@ -523,6 +587,8 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         if record_object:  # the object's record is the run's own
             config.pair, config.pair_kwargs = trained.pair, trained.pair_kwargs
             config.pair_note = trained.pair_note
+        if config.num_labelled is None:  # resolved when the run started
+            config.num_labelled = trained.num_labelled
         _check_resumable(config, trained, state["epoch"])
     if progress is None:
         progress = sys.stderr.isatty()
@@ -531,16 +597,20 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
     data = load_data(config, device)
     train_x = data.train if config.train_limit is None else data.train[: config.train_limit]
     valid_x = eval_split(data, "valid", config.binarize)
-    num_batches = _steps_per_epoch(train_x, config)
-    if num_batches == 0:
+    if record_object and not resume:
+        record_pair_object(pair, config, data.image_shape)
+    pair = make_pair(config, data.image_shape, device, pair, data.num_classes)
+    labels = _training_labels(config, data, pair, train_x.shape[0])
+    plan = epoch_plan(train_x.shape[0], labels.labelled, config.batch_size,
+                      drop_last=config.drop_last, labelled_batches=config.labelled_batches,
+                      seed=config.seed, device=train_x.device)  # fmt: skip
+    if plan.steps == 0:
         raise ConfigError(
             f"--drop-last with --batch-size {config.batch_size} leaves no batch of the "
             f"{train_x.shape[0]} training points; lower --batch-size"
         )
-    if record_object and not resume:
-        record_pair_object(pair, config, data.image_shape)
-    pair = make_pair(config, data.image_shape, device, pair)
-    info = check_pair(pair, _probe_batch(data, config))
+    probe = _probe_batch(data, config)
+    info = check_pair(pair, probe, _probe_labels(labels, probe))
     scales = TrainingScales(data_plate=info.data_plate)
     points_per_step = _minibatch_scaling(info, train_x.shape[0], scales)
     if config.num_particles > 1 and not info.vectorizable:
@@ -552,10 +622,20 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         max_plate_nesting=info.max_plate_nesting,
         alpha=config.alpha,
     )
+    _recommend_enumeration(config, info)
+    # a pair whose labels are optional is probed unlabelled: its discrete sites show there
+    probe_args = program_args(probe[:2], _probe_labels(labels, probe[:2]) if info.needs_labels
+                              else None)  # fmt: skip
     with evaluation_mode(pair):  # the probe trace must not move BatchNorm statistics
-        guide, _ = training_guide(pair, config, train_x[:2], device)
+        guide, _ = training_guide(pair, config, probe_args, device)
+        if OBJECTIVES[config.objective].enumerates:
+            _check_enumeration(elbo, pair.model, guide, probe_args, config)
     optimizer = pyro.optim.Adam(optimizer_args(config))
     svi = pyro.infer.SVI(scales(pair.model), scales(guide), optimizer, loss=elbo)
+    classify = None
+    if info.has_classifier and labels.used:
+        classify = pyro.infer.SVI(pair.model_classify, pair.guide_classify, optimizer,
+                                  loss=pyro.infer.Trace_ELBO(max_plate_nesting=1))  # fmt: skip
     atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
 
     run = _Progress()
@@ -566,20 +646,22 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
     for epoch in range(run.epoch + 1, config.epochs + 1):
         set_training_mode(pair, True)
         started = time.perf_counter() - run.train_seconds
-        if run.batches_done == 0:
-            run.order = torch.randperm(train_x.shape[0], device=train_x.device)
-        batches = minibatches(train_x, config.batch_size, binarize=config.binarize,
-                              drop_last=config.drop_last, order=run.order,
-                              first_batch=run.batches_done)  # fmt: skip
-        bar = tqdm(batches, total=num_batches, initial=run.batches_done,
-                   desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False,
-                   unit="step")  # fmt: skip
-        for x in bar:
+        if run.batches_done == 0 and plan.unlabelled.numel():
+            run.order = torch.randperm(plan.unlabelled.numel(), device=train_x.device)
+        bar = tqdm(range(run.batches_done, plan.steps), total=plan.steps,
+                   initial=run.batches_done, desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not progress, leave=False, unit="step")  # fmt: skip
+        for step_in_epoch in bar:
             where = f"epoch {epoch}, step {run.batches_done + 1}"
+            x, y = _batch(train_x, labels, plan, run, epoch, step_in_epoch, config)
             run.beta = kl_weight(run.step, config.beta, config.kl_warmup, config.kl_warmup_start)
             scales.beta = run.beta
             scales.data_scale = train_x.shape[0] / x.shape[0] if points_per_step else 1.0
-            loss = _svi_step(svi, x, pair, where, saved, run_dir, config)
+            loss = _svi_step(svi, program_args(x, y), pair, where, saved, run_dir, config)
+            if classify is not None and y is not None:
+                run.classify_total += _svi_step(classify, (x, y), pair, where, saved, run_dir,
+                                                config)  # fmt: skip
+                run.labelled_seen += x.shape[0]
             if config.baseline != "none":
                 forget_stale_optimizers(optimizer)
             run.step += 1
@@ -591,7 +673,7 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             fault_point("step")
             if progress and run.batches_done % 10 == 0:
                 bar.set_postfix(loss=f"{run.total / run.seen:.2f}")
-            last = run.batches_done == num_batches
+            last = run.batches_done == plan.steps
             every = config.checkpoint_every and run.step % config.checkpoint_every == 0
             if not last and (stop.requested or every):
                 _save_in_progress(pair, optimizer, run, config, device, checkpoint_path, where)
@@ -605,7 +687,8 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         bar.close()
         train_seconds = run.train_seconds
         _check_finite(pair, f"the end of epoch {epoch}", saved, run_dir, config)
-        valid = _validate(pair, valid_x, info, config, epoch, saved, run_dir)
+        valid_y = labels.valid if info.needs_labels else None
+        valid = _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir)
         row = {
             "epoch": epoch,
             "train_loss": run.total / run.seen,
@@ -615,6 +698,11 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             "beta": run.beta,
             "lr": config.lr,
         }
+        if classify is not None:
+            row["classify_loss"] = run.classify_total / max(run.labelled_seen, 1)
+        if info.label_site is not None and labels.valid_classes is not None:
+            row["valid_accuracy"] = guide_accuracy(pair, valid_x, labels.valid_classes,
+                                                   info.label_site, config.batch_size)  # fmt: skip
         best = max((r["valid_elbo"] for r in run.history), default=-math.inf)
         run.history.append(row)
         run = _Progress(history=run.history, step=run.step, epoch=epoch, beta=run.beta)
@@ -628,6 +716,7 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.3f}  "
             f"valid ELBO {valid:.3f}  {row['seconds']:.1f}s"
             + (f"  beta {run.beta:.3g}" if config.beta != 1 or config.kl_warmup else "")
+            + (f"  valid accuracy {row['valid_accuracy']:.4f}" if "valid_accuracy" in row else "")
         )
         if on_epoch is not None:
             on_epoch(row)
@@ -638,6 +727,78 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             )
     _finish(run_dir, run.history)
     return RunResult(run_dir=run_dir, config=config, history=run.history, pair=pair)
+
+
+def _training_labels(config: TrainConfig, data: Dataset, pair: Any, train_count: int):
+    """The run's :class:`~pyro_vae.labels.TrainingLabels`; records ``num_labelled``."""
+    try:
+        arguments = label_arguments(pair)
+    except LabelError as error:
+        raise PairError(str(error)) from error
+    labels = training_labels(data, arguments, num_labelled=config.num_labelled,
+                             encoding=config.label_encoding, train_count=train_count,
+                             seed=config.seed, log=_log)  # fmt: skip
+    if labels.used:
+        config.num_labelled = labels.num_labelled
+        if labels.num_labelled < train_count:
+            _log(
+                f"note: {labels.num_labelled} of {train_count} training points keep their "
+                f"labels ({labels.num_labelled // labels.num_classes} per class)"
+            )
+    return labels
+
+
+def _probe_labels(labels, x: torch.Tensor) -> torch.Tensor | None:
+    """The labels of the probe batch (the first training points), or None."""
+    return None if labels.train is None else labels.train[: x.shape[0]]
+
+
+def _batch(train_x, labels, plan, run, epoch: int, step: int, config: TrainConfig):
+    """Step ``step`` of epoch ``epoch``: a labelled batch ``(x, y)`` or an unlabelled one
+    ``(x, None)`` (see :class:`~pyro_vae.labels.EpochPlan`), binarized afresh if dynamic."""
+    if plan.is_labelled(step):
+        index = (epoch - 1) * plan.labelled_batches + plan.labelled_before(step)
+        rows = plan.labelled_indices(index)
+        x, y = train_x[rows], labels.train[rows]
+    else:
+        start = (step - plan.labelled_before(step)) * config.batch_size
+        rows = run.order[start : start + config.batch_size]
+        if plan.labelled.numel():
+            rows = plan.unlabelled[rows]
+        x, y = train_x[rows], None
+    if config.binarize == "dynamic":
+        x = torch.bernoulli(x)
+    return x, y
+
+
+def _recommend_enumeration(config: TrainConfig, info: PairInfo) -> None:
+    if info.enumerable_sites and not OBJECTIVES[config.objective].enumerates:
+        _log(
+            f"note: guide site(s) {list(info.enumerable_sites)} are discrete with a finite "
+            f"support, which --objective {config.objective} samples; --objective enum sums "
+            "them out exactly (no score-function variance)"
+        )
+
+
+def _check_enumeration(elbo, model, guide, args: tuple, config: TrainConfig) -> None:
+    """One loss of TraceEnum_ELBO on the probe batch, so a pair whose networks do not
+    broadcast over the enumerated values fails here with advice, not deep inside a step."""
+    try:
+        with torch.no_grad():
+            elbo.loss(model, guide, *args)
+    except Exception as error:
+        first = str(error).splitlines()[0] if str(error) else ""
+        advice = (
+            "the networks must broadcast over extra dims on the left, where parallel "
+            "enumeration puts each discrete site's values; fix that, or pass --enumerate "
+            "sequential (one pass per value, slower)"
+            if config.enumerate == "parallel"
+            else "check the pair's discrete sites"
+        )
+        raise PairError(
+            f"--objective enum --enumerate {config.enumerate}: the pair fails under "
+            f"TraceEnum_ELBO ({type(error).__name__}: {first}); {advice}"
+        ) from error
 
 
 def _minibatch_scaling(info: PairInfo, num_train: int, scales: TrainingScales):
@@ -682,6 +843,8 @@ def _resume(pair, optimizer, state, trained, config, device, run_dir, train_x) -
         run.total, run.seen = float(partial["total"]), int(partial["seen"])
         run.train_seconds = float(partial["train_seconds"])
         run.beta = float(partial["beta"])
+        run.classify_total = float(partial.get("classify_total", 0.0))
+        run.labelled_seen = int(partial.get("labelled_seen", 0))
     write_metrics(run_dir, history)
     _repair_best(run_dir, history, state, partial is not None)
     where = f"step {run.batches_done} of epoch {run.epoch + 1}" if partial else f"epoch {run.epoch}"
@@ -768,12 +931,13 @@ def _check_finite(pair: Any, where: str, saved: str, run_dir: Path, config) -> N
         raise _diverged("a parameter is not finite", where, saved, run_dir, config)
 
 
-def _svi_step(svi, x: torch.Tensor, pair: Any, where: str, saved: str, run_dir, config) -> float:
+def _svi_step(svi, args: tuple, pair: Any, where: str, saved: str, run_dir, config) -> float:
     """One SVI step; a non-finite loss, or a failure from non-finite values (Pyro's
     validation of a distribution's parameters, NaN parameters), becomes a TrainingError
     that says what was kept; any other failure one naming the step and the batch."""
+    x = args[0]
     try:
-        loss = svi.step(x)
+        loss = svi.step(*args)
     except Exception as error:
         message = str(error)
         if not _parameters_finite(pair) or _invalid_values(error):
@@ -796,12 +960,12 @@ def _svi_step(svi, x: torch.Tensor, pair: Any, where: str, saved: str, run_dir, 
     return loss
 
 
-def _validate(pair, valid_x, info, config, epoch, saved, run_dir) -> float:
+def _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir) -> float:
     """The validation ELBO of an epoch; a failure from invalid values in the pair's
     distributions, or a non-finite ELBO, is a divergence (kept checkpoint named)."""
     where = f"the validation of epoch {epoch}"
     try:
-        valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500))
+        valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500), valid_y)
     except ValueError as error:
         if not _invalid_values(error):
             raise

@@ -536,7 +536,10 @@ def test_catalogue_of_bad_inputs_every_one_a_message(run_cli, tmp_path):
             for key, value in {**paths, "case": str(cwd)}.items():
                 arg = arg.replace("{" + key + "}", value)
             argv.append(arg)
-        return name, argv, cwd, run_cli(*argv, cwd=cwd, check=False)
+        # no data set may be found outside --data-dir: the MNIST case must miss its files
+        hidden = {"PYRO_VAE_DATA_DIR": paths["files"] + "/empty",
+                  "PYRO_VAE_CACHE": paths["files"] + "/empty"}  # fmt: skip
+        return name, argv, cwd, run_cli(*argv, cwd=cwd, check=False, env=hidden)
 
     with run_lock(Path(paths["locked"])), ThreadPoolExecutor(2) as pool:
         results = list(pool.map(one, cases))

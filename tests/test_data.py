@@ -18,6 +18,8 @@ from pyro_vae.data import DataError
 
 MNIST_TRAIN = "train-images-idx3-ubyte.gz"
 MNIST_TEST = "t10k-images-idx3-ubyte.gz"
+MNIST_TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
+MNIST_TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 FREY = "frey_rawface.mat"
 
 
@@ -42,6 +44,31 @@ def write_mnist_like(folder: Path, seed: int = 0, num_train: int = 10_002, num_t
     write_idx(folder / MNIST_TRAIN, train)
     write_idx(folder / MNIST_TEST, test)
     return train, test
+
+
+def write_idx_labels(path: Path, labels, *, magic: int = 2049, count=None, zipped=True) -> Path:
+    """IDX label file (gzipped unless `zipped` is False); `count` overrides the header's count."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    header = [magic, len(labels) if count is None else count]
+    content = b"".join(value.to_bytes(4, "big") for value in header) + labels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(content, compresslevel=1) if zipped else content)
+    return path
+
+
+def write_labelled_mnist_like(folder: Path, num_train: int = 10_003, num_test: int = 4):
+    """MNIST-format images and labels whose first pixel is the row's label (to check pairing);
+    returns (train labels, test labels)."""
+    rng = np.random.default_rng(14)
+    train_labels = rng.integers(0, 10, size=num_train, dtype=np.uint8)
+    test_labels = rng.integers(0, 10, size=num_test, dtype=np.uint8)
+    train, test = write_mnist_like(folder, num_train=num_train, num_test=num_test)
+    train[:, 0, 0], test[:, 0, 0] = train_labels, test_labels
+    write_idx(folder / MNIST_TRAIN, train)
+    write_idx(folder / MNIST_TEST, test)
+    write_idx_labels(folder / MNIST_TRAIN_LABELS, train_labels)
+    write_idx_labels(folder / MNIST_TEST_LABELS, test_labels)
+    return train_labels.astype(np.int64), test_labels.astype(np.int64)
 
 
 def amat_text(rows: np.ndarray) -> bytes:
@@ -247,6 +274,8 @@ def test_registry_entries_are_consistent(name):
     assert spec.default_pair in ("mlp", "gaussian-mlp")
     assert len(spec.image_shape) == 3 and spec.description
     assert spec.pixel_scale is None or spec.pixel_scale > 1  # a divisor of stored levels
+    assert set(spec.label_roles) <= set(spec.files)
+    assert spec.num_classes is not None or not spec.label_roles  # label files need classes
     for forms in spec.files.values():
         assert forms and any(form.url for form in forms)  # every file can be downloaded
         for form in forms:
@@ -675,6 +704,313 @@ def test_download_http_error_says_how_to_place_by_hand(http_folder, clean_env):
 
 
 # --------------------------------------------------------------------------------------------
+# Class labels
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_read_idx_labels_round_trip(tmp_path, zipped):
+    labels = np.array([7, 2, 1, 0, 4, 9, 5], dtype=np.uint8)
+    name = "labels.gz" if zipped else "labels"
+    path = write_idx_labels(tmp_path / name, labels, zipped=zipped)
+    read = data.read_idx_labels(path)
+    assert read.dtype == np.int64 and read.flags.writeable
+    np.testing.assert_array_equal(read, labels)
+
+
+@pytest.mark.parametrize(
+    "keywords, complaint",
+    [
+        ({"magic": 2051}, "magic number 2051 marks an IDX image file"),
+        ({"magic": 7}, "magic number 7, expected 2049"),
+        ({"count": 5}, "promises 5 labels .* truncated or corrupt"),
+    ],
+    ids=["image-file", "other-magic", "truncated"],
+)
+def test_idx_labels_errors(tmp_path, keywords, complaint):
+    path = write_idx_labels(tmp_path / "labels.gz", [1, 2, 3], **keywords)
+    with pytest.raises(DataError, match=complaint) as caught:
+        data.read_idx_labels(path)
+    assert str(path) in str(caught.value)
+
+
+def test_idx_labels_too_short(tmp_path):
+    path = tmp_path / "short"
+    path.write_bytes(b"\x00\x00\x08")
+    with pytest.raises(DataError, match="too short .3 bytes. to be an IDX label file"):
+        data.read_idx_labels(path)
+
+
+def test_mnist_like_labels_split_like_images(tmp_path, clean_env, monkeypatch):
+    folder = tmp_path / "mnist"
+    train_labels, test_labels = write_labelled_mnist_like(folder)
+    names = (MNIST_TRAIN, MNIST_TEST, MNIST_TRAIN_LABELS, MNIST_TEST_LABELS)
+    trust(monkeypatch, "mnist", *(folder / name for name in names))
+    dataset = data.load_dataset("mnist", tmp_path)
+    assert dataset.num_classes == 10
+    expected = {"train": train_labels[:3], "valid": train_labels[3:], "test": test_labels}
+    for split in data.SPLITS:
+        labels = dataset.split_labels(split)
+        assert labels.dtype == torch.int64
+        assert torch.equal(labels, torch.from_numpy(expected[split]))
+        # Row i's first pixel holds row i's label: images and labels in the same order.
+        assert torch.equal((dataset.split(split)[:, 0] * 255).round().long(), labels)
+    assert "num_classes=10" in repr(dataset)
+
+
+def test_mnist_like_without_label_files_loads_unlabelled(tmp_path, clean_env, monkeypatch):
+    train, test = write_mnist_like(tmp_path / "mnist")
+    trust(monkeypatch, "mnist", tmp_path / "mnist" / MNIST_TRAIN, tmp_path / "mnist" / MNIST_TEST)
+    dataset = data.load_dataset("mnist", tmp_path)
+    assert torch.equal(dataset.valid, as_unit(train[2:]))  # the images as ever
+    assert dataset.labels is None and dataset.num_classes is None
+    assert "num_classes=None" in repr(dataset)
+    with pytest.raises(DataError, match="'mnist' was loaded without class labels") as caught:
+        dataset.split_labels("train")
+    message = str(caught.value)
+    for name in (MNIST_TRAIN_LABELS, MNIST_TEST_LABELS):
+        assert name in message
+        assert str(tmp_path / "mnist" / name) in message and str(clean_env / name) in message
+    assert "--download" in message and "--data-dir" in message
+
+
+def test_one_missing_label_file_is_the_one_named(tmp_path, clean_env, monkeypatch):
+    folder = tmp_path / "mnist"
+    write_labelled_mnist_like(folder)
+    (folder / MNIST_TEST_LABELS).unlink()
+    names = (MNIST_TRAIN, MNIST_TEST, MNIST_TRAIN_LABELS)
+    trust(monkeypatch, "mnist", *(folder / name for name in names))
+    dataset = data.load_dataset("mnist", tmp_path)
+    with pytest.raises(DataError) as caught:
+        dataset.split_labels("test")
+    assert MNIST_TEST_LABELS in str(caught.value)
+    assert MNIST_TRAIN_LABELS not in str(caught.value)
+
+
+def test_label_file_checksum_is_verified(tmp_path, clean_env, monkeypatch):
+    folder = tmp_path / "mnist"
+    write_labelled_mnist_like(folder)
+    trust(monkeypatch, "mnist", *(folder / name for name in (MNIST_TRAIN, MNIST_TEST)))
+    with pytest.raises(DataError, match="checksum mismatch") as caught:
+        data.load_dataset("mnist", tmp_path)  # our fake label files are not the real ones
+    assert str(folder / MNIST_TRAIN_LABELS) in str(caught.value)  # the first label file looked up
+
+
+@pytest.mark.parametrize(
+    "labels, complaint",
+    [
+        ([1, 2], "holds 2 labels but .*train-images-idx3-ubyte.gz holds 10003 images"),
+        ([10] * 10_003, "holds label 10, but the classes are 0..9"),
+    ],
+    ids=["count-mismatch", "label-out-of-range"],
+)
+def test_bad_mnist_label_file(tmp_path, clean_env, monkeypatch, labels, complaint):
+    folder = tmp_path / "mnist"
+    write_labelled_mnist_like(folder)
+    write_idx_labels(folder / MNIST_TRAIN_LABELS, labels)
+    names = (MNIST_TRAIN, MNIST_TEST, MNIST_TRAIN_LABELS, MNIST_TEST_LABELS)
+    trust(monkeypatch, "mnist", *(folder / name for name in names))
+    with pytest.raises(DataError, match=complaint) as caught:
+        data.load_dataset("mnist", tmp_path)
+    assert str(folder / MNIST_TRAIN_LABELS) in str(caught.value)
+
+
+def test_digits_labels_are_sklearn_targets_split_like_images(clean_env):
+    from sklearn.datasets import load_digits
+
+    target = torch.from_numpy(load_digits().target).long()
+    dataset = data.load_dataset("digits")
+    assert dataset.num_classes == 10
+    assert torch.equal(dataset.split_labels("train"), target[:1297])
+    assert torch.equal(dataset.split_labels("valid"), target[1297:1497])
+    assert torch.equal(dataset.split_labels("test"), target[1497:])
+    assert dataset.split_labels("test")[:4].tolist() == [6, 3, 2, 1]
+
+
+def test_npz_labels_beside_named_splits(tmp_path, clean_env):
+    rng = np.random.default_rng(15)
+    sizes = dict(zip(data.SPLITS, (6, 3, 4)))
+    arrays = {split: rng.random((n, 2, 3)).astype(np.float32) for split, n in sizes.items()}
+    arrays |= {"y_train": [0, 1, 2, 0, 1, 2], "y_valid": [2, 2, 0], "y_test": [0, 1, 4, 1]}
+    np.savez(tmp_path / "labelled.npz", **arrays)
+    dataset = data.load_dataset(str(tmp_path / "labelled.npz"))
+    for split in data.SPLITS:
+        labels = dataset.split_labels(split)
+        assert labels.dtype == torch.int64
+        assert labels.tolist() == list(arrays[f"y_{split}"])
+        assert torch.equal(dataset.split(split), torch.from_numpy(arrays[split].reshape(-1, 6)))
+    assert dataset.num_classes == 5  # the largest label, 4 (in test only), plus one
+
+
+def test_npz_labels_follow_the_valid_split_off_train(tmp_path, clean_env):
+    train = np.arange(20 * 3, dtype=np.float32).reshape(20, 3)
+    y_train = np.arange(20) % 3
+    y_test = np.array([2.0, 0.0])  # whole-number floats are taken as class indices
+    np.savez(tmp_path / "split.npz", train=train, test=train[:2], y_train=y_train, y_test=y_test)
+    dataset = data.load_dataset(str(tmp_path / "split.npz"))
+    assert torch.equal(dataset.valid, torch.from_numpy(train[18:]))
+    assert dataset.split_labels("train").tolist() == y_train[:18].tolist()
+    assert dataset.split_labels("valid").tolist() == y_train[18:].tolist()
+    assert dataset.split_labels("test").tolist() == [2, 0]
+    assert dataset.num_classes == 3
+
+
+def save_npz_with_labels(path: Path, **labels) -> Path:
+    """A 10/3-row train/test .npz beside the given label arrays."""
+    arrays = {"train": np.zeros((10, 4), np.float32), "test": np.zeros((3, 4), np.float32)}
+    np.savez(path, **arrays, **labels)
+    return path
+
+
+@pytest.mark.parametrize(
+    "y_train, complaint",
+    [
+        (np.eye(3)[np.zeros(10, int)], r"'y_train' has shape \(10, 3\).*argmax\(1\)"),
+        (np.zeros((10, 1)), r"'y_train' has shape \(10, 1\).*reshape\(-1\)"),
+        (np.full(10, 0.5), "'y_train' holds 10 values that are not whole numbers"),
+        (np.r_[np.zeros(9), np.nan], "'y_train' holds 1 values that are not whole"),
+        (np.full(10, -1), "'y_train' holds negative labels .smallest -1."),
+        (np.zeros(9), "'y_train' has 9 labels but 'train' has 10 examples"),
+        (np.array(["cat"] * 10), "'y_train' has dtype <U3.*return_inverse"),
+    ],
+    ids=["one-hot", "column", "fractional", "nan", "negative", "row-count", "strings"],
+)
+def test_bad_npz_label_array(tmp_path, clean_env, y_train, complaint):
+    path = save_npz_with_labels(tmp_path / "bad.npz", y_train=y_train, y_test=np.zeros(3, int))
+    with pytest.raises(DataError, match=complaint) as caught:
+        data.load_dataset(str(path))
+    assert str(path) in str(caught.value)
+
+
+def test_npz_labels_for_some_splits_only(tmp_path, clean_env):
+    path = save_npz_with_labels(tmp_path / "partial.npz", y_train=np.zeros(10, int))
+    with pytest.raises(DataError, match=r"\['y_train'\] but not \['y_test'\]") as caught:
+        data.load_dataset(str(path))
+    assert str(path) in str(caught.value) and "or none" in str(caught.value)
+    labels = {"y_train": np.zeros(10, int), "y_valid": np.zeros(2, int), "y_test": np.zeros(3)}
+    path = save_npz_with_labels(tmp_path / "stray.npz", **labels)
+    with pytest.raises(DataError, match=r"\['y_valid'\] but no images for them") as caught:
+        data.load_dataset(str(path))
+    assert str(path) in str(caught.value)
+
+
+def test_object_label_array_is_refused_unread(tmp_path, clean_env):
+    arrays = {"train": np.zeros((10, 4)), "test": np.zeros((3, 4)), "y_test": np.zeros(3, int)}
+    np.savez(tmp_path / "pickled.npz", **arrays, y_train=np.array([None] * 10, dtype=object))
+    with pytest.raises(DataError, match="array 'y_train' holds Python objects"):
+        data.load_dataset(str(tmp_path / "pickled.npz"))
+
+
+def test_arrays_without_y_have_no_labels(tmp_path, clean_env):
+    np.save(tmp_path / "plain.npy", np.zeros((20, 3), np.float32))
+    np.savez(tmp_path / "single.npz", images=np.zeros((20, 3), np.float32))
+    for name in ("plain.npy", "single.npz"):
+        dataset = data.load_dataset(str(tmp_path / name))
+        assert dataset.labels is None and dataset.num_classes is None
+        with pytest.raises(DataError, match="y_train, y_valid, y_test"):
+            dataset.split_labels("train")
+
+
+def test_binarized_mnist_has_no_labels_and_says_where_to_get_them(tmp_path, clean_env, monkeypatch):
+    paths = []
+    for split in data.SPLITS:
+        paths.append(tmp_path / f"binarized_mnist_{split}.amat")
+        paths[-1].write_bytes(amat_text(np.eye(2, 784, dtype=np.int64)))
+    trust(monkeypatch, "binarized-mnist", *paths)
+    dataset = data.load_dataset("binarized-mnist", tmp_path)
+    assert dataset.labels is None and dataset.num_classes is None
+    with pytest.raises(DataError) as caught:
+        dataset.split_labels("valid")
+    message = str(caught.value)
+    assert message.startswith("data set 'binarized-mnist' has no class labels")
+    for hint in ("frey-face", "mnist", "fashion-mnist", "digits", "y_train", "y_valid", "y_test"):
+        assert hint in message
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        dataset.split_labels("dev")
+
+
+def toy_labelled(labels=None, num_classes=3, **fields) -> data.Dataset:
+    """A 3/1/2-row toy data set with the given labels (default: valid ones)."""
+    if labels is None:
+        labels = {"train": torch.tensor([0, 2, 1]), "valid": torch.tensor([2])}
+        labels["test"] = torch.tensor([1, 1])
+    images = (torch.zeros(3, 4), torch.zeros(1, 4), torch.ones(2, 4))
+    return data.Dataset("toy", *images, (1, 2, 2), True, labels=labels, num_classes=num_classes)
+
+
+def test_dataset_to_device_moves_labels(device):
+    dataset = toy_labelled()
+    moved = dataset.to(device)
+    for split in data.SPLITS:
+        assert moved.split_labels(split).device.type == device.type
+        assert torch.equal(moved.split_labels(split).cpu(), dataset.split_labels(split))
+    assert moved.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        ({"valid": torch.tensor([2.0])}, "labels of split 'valid' are torch.float32"),
+        ({"test": torch.tensor([1])}, r"split 'test' .* expected torch.int64 of shape \(2,\)"),
+        (
+            {"train": torch.tensor([0, 3, 1])},
+            r"split 'train' range over \[0, 3\], outside \[0, 3\)",
+        ),
+        ({"train": torch.tensor([0, -1, 1])}, r"split 'train' range over \[-1, 1\]"),
+    ],
+)
+def test_dataset_label_checks_name_the_split(change, complaint):
+    labels = {split: toy_labelled().split_labels(split) for split in data.SPLITS} | change
+    with pytest.raises(DataError, match=complaint):
+        toy_labelled(labels)
+
+
+def test_dataset_labels_and_num_classes_come_together():
+    with pytest.raises(DataError, match="labels need num_classes"):
+        toy_labelled(num_classes=None)
+    with pytest.raises(DataError, match="num_classes=3 given without labels"):
+        data.Dataset(
+            "toy", torch.zeros(3, 4), torch.zeros(1, 4), torch.ones(2, 4), (1, 2, 2), True,
+            num_classes=3,
+        )  # fmt: skip
+    with pytest.raises(DataError, match="one tensor per split"):
+        toy_labelled({"train": torch.tensor([0, 2, 1])})
+
+
+def test_download_fetches_missing_label_files(http_folder, tmp_path, clean_env, monkeypatch):
+    folder, base_url = http_folder
+    train_labels, _ = write_labelled_mnist_like(folder)
+    names = (MNIST_TRAIN, MNIST_TEST, MNIST_TRAIN_LABELS, MNIST_TEST_LABELS)
+    trust(monkeypatch, "mnist", *(folder / name for name in names))
+    local = tmp_path / "images_only"
+    local.mkdir()
+    for name in (MNIST_TRAIN, MNIST_TEST):  # the images are here already, the labels are not
+        (local / name).write_bytes((folder / name).read_bytes())
+    assert data.load_dataset("mnist", local).labels is None
+    dataset = data.load_dataset("mnist", local, download=True, base_url=base_url)
+    fetched = sorted(path.name for path in (clean_env / "mnist").iterdir())
+    assert fetched == sorted([MNIST_TRAIN_LABELS, MNIST_TEST_LABELS])
+    assert torch.equal(dataset.split_labels("valid"), torch.from_numpy(train_labels[3:]))
+
+
+def test_label_files_that_cannot_be_fetched_leave_the_images_loadable(
+    http_folder, clean_env, monkeypatch, caplog
+):
+    folder, base_url = http_folder  # serves the images only: the label files are a 404
+    train, _ = write_mnist_like(folder)
+    trust(monkeypatch, "mnist", folder / MNIST_TRAIN, folder / MNIST_TEST)
+    with caplog.at_level("WARNING", logger="pyro_vae.data"):
+        dataset = data.load_dataset("mnist", download=True, base_url=base_url)
+    assert torch.equal(dataset.valid, as_unit(train[2:])) and dataset.labels is None
+    assert MNIST_TRAIN_LABELS in caplog.text and "404" in caplog.text
+    with pytest.raises(DataError, match="--download was given but failed: download of") as caught:
+        dataset.split_labels("test")
+    assert MNIST_TEST_LABELS in str(caught.value) and "by hand" in str(caught.value)
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(clean_env.parent / "empty_cache"))
+    with pytest.raises(DataError, match="download of .*/absent/train-images.* failed"):
+        data.load_dataset("mnist", download=True, base_url=f"{base_url}/absent")  # images: strict
+
+
+# --------------------------------------------------------------------------------------------
 # Minibatches
 
 
@@ -799,6 +1135,29 @@ def test_real_grey_level_sets(real_data_dir, loaded_once, name, mean, std):
 def test_real_mnist_test_mean(real_data_dir, loaded_once):
     dataset = load_real(loaded_once, "mnist", real_data_dir)
     assert abs(dataset.test.mean().item() - 0.1325) < 5e-4  # the known t10k mean
+
+
+@pytest.mark.real_data
+def test_real_mnist_labels(real_data_dir, loaded_once):
+    dataset = load_real(loaded_once, "mnist", real_data_dir)
+    assert dataset.num_classes == 10
+    sizes = [len(dataset.split_labels(split)) for split in data.SPLITS]
+    assert sizes == [50_000, 10_000, 10_000]
+    for split in data.SPLITS:
+        assert dataset.split_labels(split).unique().tolist() == list(range(10))
+    test_counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert dataset.split_labels("test").bincount().tolist() == test_counts
+    all_train = torch.cat([dataset.split_labels("train"), dataset.split_labels("valid")])
+    train_counts = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert all_train.bincount().tolist() == train_counts  # the 60000 original train labels
+
+
+@pytest.mark.real_data
+def test_real_fashion_mnist_labels_are_balanced(real_data_dir, loaded_once):
+    dataset = load_real(loaded_once, "fashion-mnist", real_data_dir)
+    assert dataset.split_labels("test").bincount().tolist() == [1000] * 10
+    all_train = torch.cat([dataset.split_labels("train"), dataset.split_labels("valid")])
+    assert all_train.bincount().tolist() == [6000] * 10
 
 
 @pytest.mark.real_data

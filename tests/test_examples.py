@@ -20,6 +20,7 @@ NOTEBOOKS = [
     "03_elbo_tightness.md",
     "04_posterior_diagnostics.md",
     "05_gradient_estimators.md",
+    "06_semi_supervised.md",
 ]
 #: seconds one notebook cell may run in smoke mode before the test fails
 NOTEBOOK_CELL_TIMEOUT = 300

@@ -7,9 +7,17 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from pyro_vae.labels import label_arguments
 from pyro_vae.pairs import PAIRS, FunctionPair, PairError, build_pair, check_pair
 
 IMAGE_SHAPES = {"conv": [(1, 8, 8), (1, 28, 20)]}
+
+
+def labels_for(pair, x: torch.Tensor) -> torch.Tensor | None:
+    """Class labels 0..9 for a pair whose programs take them, else None."""
+    if not label_arguments(pair).takes:
+        return None
+    return torch.arange(x.shape[0], device=x.device) % 10
 
 
 def data_for(name: str, image_shape, batch_size=6):
@@ -23,9 +31,12 @@ def data_for(name: str, image_shape, batch_size=6):
 )
 def test_every_built_in_pair_passes_the_check_and_vectorizes(name, image_shape):
     pair = build_pair(image_shape, name)
-    info = check_pair(pair, data_for(name, image_shape))
+    x = data_for(name, image_shape)
+    info = check_pair(pair, x, labels_for(pair, x))
     assert info.observed_sites == ("x",)
-    assert set(info.latent_sites) in ({"z"}, {"z1", "z2"})
+    # a class (M2's y) or a mixture component (c) beside z where the pair has one
+    assert set(info.latent_sites) in ({"z"}, {"z1", "z2"}, {"y", "z"}, {"c", "z"})
+    assert info.label_site == ("y" if "y" in info.latent_sites else None)
     assert info.vectorizable
     assert info.max_plate_nesting == 1
     assert info.data_plate == "data"
@@ -206,8 +217,9 @@ def test_built_in_priors_follow_the_device_and_dtype(name, device):
     image_shape = (1, 8, 8)
     pair = build_pair(image_shape, name).to(device=device, dtype=torch.float64)
     x = data_for(name, image_shape).to(device=device, dtype=torch.float64)
-    trace = pyro.poutine.trace(pair.model).get_trace(x)
-    for site in ("z", "z1", "z2"):
+    y = labels_for(pair, x)
+    trace = pyro.poutine.trace(pair.model).get_trace(*((x,) if y is None else (x, y)))
+    for site in ("z", "z1", "z2", "y"):
         if site in trace.nodes:
             assert trace.nodes[site]["value"].device.type == device.type
             assert trace.nodes[site]["value"].dtype == torch.float64
