@@ -123,7 +123,7 @@ def refuse_conditional_pair(restored: RestoredRun, command: str) -> None:
         raise ConfigError(
             "the run's pair needs labels on every call (its programs are "
             f"model(x, y) and guide(x, y) with no default for y), and {command} calls them "
-            "with x alone; evaluate and convergence take the labels (log p(x | y)), "
+            "with x alone; evaluate, convergence and gradvar take the labels (log p(x | y)), "
             f"{command} does not yet"
         )
 

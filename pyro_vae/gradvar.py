@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
 from pyro_vae.config import ConfigError
-from pyro_vae.evaluate import refuse_conditional_pair, restore_run
+from pyro_vae.evaluate import restore_run
 from pyro_vae.files import atomic_write_bytes, json_bytes
 from pyro_vae.gradients import (
     GRADIENT_ESTIMATORS,
@@ -44,6 +44,7 @@ from pyro_vae.gradients import (
     non_reparameterized_sites,
 )
 from pyro_vae.handlers import unscaled
+from pyro_vae.labels import with_labels
 from pyro_vae.pairs import FunctionPair
 
 #: Files written into the output folder.
@@ -246,12 +247,14 @@ def gradient_variance(
     run_dir = Path(run_dir)
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
                            data_dir=data_dir, pair=pair)  # fmt: skip
-    refuse_conditional_pair(restored, "gradvar")
     pair, info, state, config = restored.pair, restored.info, restored.state, restored.config
     torch_device = restored.device
     x = restored.x[:batch_size]
     # gradients of the pair's own ELBO: every site unscaled, whatever poutine.scale it declares
     pair = FunctionPair(unscaled(pair.model), unscaled(pair.guide))
+    if restored.y is not None:  # a pair that needs labels: the minibatch's own, bound in
+        y = restored.y[:batch_size]
+        pair = FunctionPair(with_labels(pair.model, y), with_labels(pair.guide, y))
     found = pair_parameters(pair.model, pair.guide, x)
     names_in_order = list(found)
     params = [found[name]["param"] for name in names_in_order]

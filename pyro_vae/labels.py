@@ -99,6 +99,22 @@ def program_args(x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor,
     return (x,) if y is None else (x, y)
 
 
+def with_labels(program: Callable, y: torch.Tensor) -> Callable:
+    """``program(x, y)`` as a program of ``x`` alone, for one fixed batch whose labels are
+    ``y``: tools that only ever call ``program(x)`` (``gradvar``) then work on a pair that
+    needs labels. Only valid for the ``x`` that ``y`` belongs to."""
+
+    def given_labels(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if x.shape[0] != y.shape[0]:
+            raise LabelError(
+                f"labels for {y.shape[0]} points were bound to the program, "
+                f"but it was called with {x.shape[0]}"
+            )
+        return program(x, y, *args, **kwargs)
+
+    return given_labels
+
+
 # ------------------------------------------------------------------------------------------
 # Encoding and choosing labels
 

@@ -23,6 +23,7 @@ from pyro_vae.labels import (
     find_label_site,
     label_arguments,
     select_labelled,
+    with_labels,
 )
 from pyro_vae.objectives import enumerated_guide, make_objective
 from pyro_vae.pairs import PairError, check_pair
@@ -32,6 +33,21 @@ PAIRS_DIR = Path(__file__).parent / "pairs"
 
 # ------------------------------------------------------------------------------------------
 # Signatures
+
+
+def test_with_labels_binds_the_batch_labels_and_refuses_another_batch():
+    seen = []
+
+    def model(x, y, scale=1.0):
+        seen.append((x, y, scale))
+        return x.shape[0]
+
+    x, y = torch.zeros(4, 3), torch.tensor([2, 0, 1, 2])
+    bound = with_labels(model, y)
+    assert bound(x, scale=2.0) == 4
+    assert seen[0][1] is y and seen[0][2] == 2.0
+    with pytest.raises(LabelError, match="labels for 4 points were bound.*called with 3"):
+        bound(torch.zeros(3, 3))
 
 
 class _Pair:
@@ -391,7 +407,8 @@ def test_cvae_and_gmvae_train_and_their_samples_render(run_cli, tmp_path):
     from pyro_vae.config import ConfigError
     from pyro_vae.convergence import convergence_study
     from pyro_vae.diagnose import diagnose
-    from pyro_vae.evaluate import evaluate
+    from pyro_vae.evaluate import evaluate, restore_run
+    from pyro_vae.gradvar import gradient_variance
     from pyro_vae.plots import sample_figure
 
     small = dict(dataset="digits", device="cpu", batch_size=50, train_limit=300, epochs=2)
@@ -408,8 +425,15 @@ def test_cvae_and_gmvae_train_and_their_samples_render(run_cli, tmp_path):
     assert math.isfinite(studied["reference"])
     with pytest.raises(ConfigError, match="needs labels on every call"):
         diagnose(cvae, points=3, progress=False)
-    refused = run_cli("gradvar", cvae, cwd=tmp_path, check=False)  # the CLI: a message, exit 2
+    refused = run_cli("diagnose", cvae, cwd=tmp_path, check=False)  # the CLI: a message, exit 2
     assert refused.returncode == 2 and "needs labels on every call" in refused.stderr
+    # gradvar binds the minibatch's own labels: every parameter of q(z|x,y) and p(x|y,z)
+    studied = gradient_variance(cvae, estimators=["reparam"], num_draws=20, batch_size=8,
+                                save=False, progress=False)  # fmt: skip
+    restored = restore_run(cvae)
+    parameters = sum(p.numel() for p in restored.pair.parameters())
+    assert studied["num_parameters"] == parameters and studied["batch_size"] == 8
+    assert 0 < studied["estimators"]["reparam"]["variance"] < math.inf
     gmvae = tmp_path / "gmvae"
     train(TrainConfig(pair="gmvae", pair_kwargs={"hidden": [32], "z_dim": 3}, objective="enum",
                       out=str(gmvae), **small), progress=False)  # fmt: skip
