@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyro_vae.checkpoints import CheckpointError
+from pyro_vae.compiled import COMPILE_MODES
 from pyro_vae.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
 from pyro_vae.diagnose import DiagnoseError
@@ -18,6 +19,7 @@ from pyro_vae.files import WriteError, jsonable
 from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
 from pyro_vae.labels import LABEL_ENCODINGS, LabelError
 from pyro_vae.objectives import ENUMERATE_STRATEGIES, OBJECTIVES, ObjectiveError
+from pyro_vae.optimizers import IWAE_EPOCHS, OPTIMIZERS, SCHEDULES
 from pyro_vae.pairs import PAIRS, PairError
 from pyro_vae.runs import RunInUseError
 from pyro_vae.train import TrainingError, prepare_run_dir
@@ -89,6 +91,52 @@ def _add_train(subparsers) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adam, adamw, sgd (torch.optim) or clipped-adam (Pyro's) (default adam)",
+    )
+    p.add_argument(
+        "--adam-betas",
+        type=float,
+        nargs=2,
+        metavar=("BETA1", "BETA2"),
+        help="Adam's betas (default 0.9 0.999)",
+    )
+    p.add_argument("--adam-eps", type=float, help="Adam's eps (default 1e-8; Burda et al. 1e-4)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        help="L2 (adam, sgd) or decoupled (adamw) weight decay (default 0)",
+    )
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
+    p.add_argument(
+        "--clip-norm",
+        type=float,
+        help="clip each parameter tensor's gradient to this norm (default: no clip)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        help="learning rate per epoch: none, step, exponential, cosine, or iwae "
+        "(Burda et al. 2016: 3^i epochs at lr x 10^(-i/7), i=0..7; sets --epochs to "
+        f"{IWAE_EPOCHS} unless given) (default none)",
+    )
+    p.add_argument(
+        "--lr-gamma", type=float, help="factor of the step and exponential schedules (default 0.5)"
+    )
+    p.add_argument(
+        "--lr-step-size", type=int, help="epochs between steps of the step schedule (default 10)"
+    )
+    p.add_argument("--lr-min", type=float, help="last rate of the cosine schedule (default 0)")
+    p.add_argument(
+        "--valid-size",
+        type=int,
+        metavar="N",
+        help="validation rows, taken from the end of train + valid (default: the "
+        "data set's split, 10000 for MNIST); 0 trains on all of them and best.pt is "
+        "the last epoch",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
@@ -184,6 +232,15 @@ def _add_train(subparsers) -> None:
         "site's values) or sequential (one pass per value) (default parallel)",
     )
     p.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        choices=COMPILE_MODES,
+        help="trace the training loss once per batch shape from the pair's Pyro programs "
+        "into a graph and compile it (torch.compile); an untraceable pair trains eagerly "
+        "with a note naming why, or stops with --compile strict (default off)",
+    )
+    p.add_argument(
         "--pixel-scale",
         choices=PIXEL_SCALE_CHOICES,
         help="scaling of .npy/.npz values: auto (uint8 arrays of image shape /255, counts "
@@ -209,14 +266,20 @@ def _run_train(args) -> int:
             file_values = read_config(args.out).to_dict()
         except ConfigError:
             file_values = {}
+    if (flags.get("lr_schedule") or file_values.get("lr_schedule")) == "iwae" and (
+        flags.get("epochs") is None and "epochs" not in file_values
+    ):
+        flags["epochs"] = IWAE_EPOCHS  # the schedule's own length
     config = resolve(file_values, flags)
     result = train(config, resume=args.resume, progress=args.progress)
     last = result.history[-1] if result.history else None
     if last:
+        best = result.best_valid_elbo
         print(
             f"done: {result.run_dir}  epoch {last['epoch']}  "
-            f"best valid ELBO {result.best_valid_elbo:.3f}"
-        )
+            + (f"best valid ELBO {best:.3f}" if best == best else "no validation split: "
+               "best.pt is the last epoch")
+        )  # fmt: skip
     return 0
 
 
@@ -262,6 +325,12 @@ def _add_evaluate(subparsers) -> None:
         default="is",
         help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compute the log weights with a compiled graph of the pair's programs (the same "
+        "numbers as without, with the same seed)",
+    )
     _add_run_options(p)
     p.set_defaults(run=_run_evaluate)
 
@@ -275,6 +344,7 @@ def _run_evaluate(args) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         estimator=args.estimator,
+        compile=args.compile,
         **_run_options(args),
     )
     if args.json:

@@ -51,6 +51,9 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     train_limit: int | None = None
+    # Rows of train + valid kept for validation (None: the data set's own split; 0: train on
+    # all of them, best.pt is then the last epoch).
+    valid_size: int | None = None
     drop_last: bool = False
     # Score-function training (pyro_vae.gradients): baselines need --objective tracegraph.
     baseline: str = "none"
@@ -75,6 +78,20 @@ class TrainConfig:
     labelled_batches: int | None = None
     # --objective enum: how the guide's discrete sites are enumerated.
     enumerate: str = "parallel"
+    # --compile (pyro_vae.compiled): off; on (an untraceable pair trains eagerly, with a
+    # note); strict (an untraceable pair is an error).
+    compile: str = "off"
+    # The optimizer and its learning-rate schedule (pyro_vae.optimizers).
+    optimizer: str = "adam"
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    clip_norm: float | None = None
+    lr_schedule: str = "none"
+    lr_gamma: float = 0.5
+    lr_step_size: int = 10
+    lr_min: float = 0.0
     # Set when a pair object given from Python cannot be rebuilt from `pair` and `pair_kwargs`:
     # what to pass so that the command line can rebuild it.
     pair_note: str | None = None
@@ -98,6 +115,8 @@ class TrainConfig:
              self.device, "auto, cpu or cuda[:N]"),
             (self.train_limit is None or self.train_limit >= 2, "--train-limit",
              self.train_limit, "at least 2"),
+            (self.valid_size is None or self.valid_size >= 0, "--valid-size",
+             self.valid_size, "a number of rows >= 0"),
         ]  # fmt: skip
         for ok, flag, value, wanted in checks:
             if not ok:
@@ -123,16 +142,24 @@ class TrainConfig:
             raise ConfigError(
                 f"--pixel-scale {self.pixel_scale!r}: choose from {', '.join(PIXEL_SCALE_CHOICES)}"
             )
+        from pyro_vae.compiled import COMPILE_MODES
         from pyro_vae.labels import LABEL_ENCODINGS
         from pyro_vae.objectives import ENUMERATE_STRATEGIES
 
         choices = (
             ("--label-encoding", self.label_encoding, LABEL_ENCODINGS),
             ("--enumerate", self.enumerate, ENUMERATE_STRATEGIES),
+            ("--compile", self.compile, COMPILE_MODES),
         )
         for flag, value, allowed in choices:
             if value not in allowed:
                 raise ConfigError(f"{flag} {value!r}: choose from {', '.join(allowed)}")
+        from pyro_vae.optimizers import OptimizerError, check_optimizer_settings
+
+        try:
+            check_optimizer_settings(self)
+        except OptimizerError as error:
+            raise ConfigError(str(error)) from error
         counts = (("--num-labelled", self.num_labelled), ("--labelled-batches",
                   self.labelled_batches))  # fmt: skip
         for flag, value in counts:

@@ -161,6 +161,24 @@ class Dataset:
             moved["labels"] = {split: labels.to(device) for split, labels in self.labels.items()}
         return replace(self, **moved)
 
+    def with_valid_size(self, num_valid: int) -> Dataset:
+        """A copy whose validation split is the last ``num_valid`` rows of train + valid (in
+        that order: the named sets' validation rows are the tail of their training file), and
+        whose training split is the rest; 0 trains on all of them. Labels follow their rows."""
+        pooled = torch.cat([self.train, self.valid])
+        if not 0 <= num_valid <= pooled.shape[0] - 2:
+            raise DataError(
+                f"--valid-size {num_valid}: must be in [0, {pooled.shape[0] - 2}] for data set "
+                f"{self.name!r} ({pooled.shape[0]} training and validation rows in all; "
+                "at least 2 must train)"
+            )
+        end = pooled.shape[0] - num_valid
+        moved: dict[str, object] = {"train": pooled[:end], "valid": pooled[end:]}
+        if self.labels is not None:
+            labels = torch.cat([self.labels["train"], self.labels["valid"]])
+            moved["labels"] = {**self.labels, "train": labels[:end], "valid": labels[end:]}
+        return replace(self, **moved)
+
     @property
     def dim(self) -> int:
         """Number of values per example, C*H*W."""

@@ -209,6 +209,7 @@ def log_importance_weights(
     vectorize: bool | None = None,
     data_plate: str | None = None,
     y: torch.Tensor | None = None,
+    trace_fn: Callable | None = None,
 ) -> torch.Tensor:
     """Per-datapoint log importance weights log p(x, z_k) - log q(z_k|x), shape ``(K, B)``.
 
@@ -224,7 +225,12 @@ def log_importance_weights(
     A discrete latent (a label q(y|x), a mixture component) is sampled from the guide like
     any other latent, inside each weight: the estimate stays unbiased in p(x), and where
     q(y|x) is close to p(y|x) the sampling costs little variance.
+
+    ``trace_fn``: what computes one chunk of weights, with the arguments of the default,
+    ``_trace_log_weights``; :class:`pyro_vae.compiled.CompiledLogWeights` runs a compiled
+    graph of it (``--compile``).
     """
+    trace = _trace_log_weights if trace_fn is None else trace_fn
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chunk_size = num_samples if chunk_size is None else max(1, min(chunk_size, num_samples))
@@ -235,9 +241,7 @@ def log_importance_weights(
                 done = 0
                 while done < num_samples:
                     k = min(chunk_size, num_samples - done)
-                    chunks.append(
-                        _trace_log_weights(model, guide, x, k, max_plate_nesting, data_plate, y)
-                    )
+                    chunks.append(trace(model, guide, x, k, max_plate_nesting, data_plate, y))
                     done += k
                 return torch.cat(chunks, dim=0)
             except PairError:
@@ -254,9 +258,7 @@ def log_importance_weights(
                 )
                 chunks = []
         for _ in range(num_samples):
-            chunks.append(
-                _trace_log_weights(model, guide, x, None, max_plate_nesting, data_plate, y)
-            )
+            chunks.append(trace(model, guide, x, None, max_plate_nesting, data_plate, y))
         return torch.cat(chunks, dim=0)
 
 
@@ -337,6 +339,7 @@ def estimate_log_px(
     vectorize: bool | None = None,
     estimator: str = "is",
     y: torch.Tensor | None = None,
+    trace_fn: Callable | None = None,
 ) -> dict[str, torch.Tensor]:
     """Importance-sampled log p(x) and the mean log weight for each point of the batch ``x``
     (log p(x | y) for a pair that needs the labels ``y``).
@@ -369,6 +372,7 @@ def estimate_log_px(
             vectorize=vectorize,
             data_plate=pair.info.data_plate if isinstance(pair, EvaluationPair) else None,
             y=y,
+            trace_fn=trace_fn,
         )
     return summarize_log_weights(log_weights)
 
@@ -395,6 +399,7 @@ def estimate_log_px_in_batches(
     estimator: str = "is",
     progress: Callable[[Iterable], Iterable] | None = None,
     y: torch.Tensor | None = None,
+    trace_fn: Callable | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`estimate_log_px` over the rows of ``x``, ``batch_size`` points at a time.
 
@@ -415,6 +420,7 @@ def estimate_log_px_in_batches(
             vectorize=vectorize,
             estimator=estimator,
             y=None if y is None else y[start : start + batch_size],
+            trace_fn=trace_fn,
         )
         for key, values in parts.items():
             values.append(out[key].cpu())

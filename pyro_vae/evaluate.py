@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
+from pyro_vae.compiled import CompiledLogWeights
 from pyro_vae.config import ConfigError, TrainConfig
 from pyro_vae.estimators import (
     check_estimator,
@@ -88,6 +89,11 @@ def restore_run(
     pyro.set_rng_seed(config.seed)
     pair, info, data, state = restore_pair(Path(run_dir), config, torch_device, pair, checkpoint)
     x = eval_split(data, split, config.binarize)
+    if x.shape[0] == 0:
+        raise ConfigError(
+            f"--split {split}: the run's {split} split is empty (it trained with --valid-size "
+            f"{config.valid_size}); choose --split test or train"
+        )
     labels = split_labels(data, split, config, pair)
     if labels is None and data.labels is not None:
         labels = (None, data.split_labels(split))
@@ -148,6 +154,7 @@ def evaluate(
     progress: bool | None = None,
     save: bool = True,
     estimator: str = "is",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Estimate log p(x) by importance sampling, and the mean log weight, on a split.
 
@@ -165,6 +172,10 @@ def evaluate(
     evaluated at log p(x_i | globals) with the globals at the guide's mean
     (``conditioned_on``). ``warnings`` (also on stderr) flags a mean ESS below 1% of K or
     below 10.
+
+    ``compile``: the log weights come from a compiled graph of the same computation
+    (:class:`pyro_vae.compiled.CompiledLogWeights`; ``compiled`` in the summary says how
+    many graphs, or why it ran eagerly); with the same seed the numbers are the eager ones.
 
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
@@ -187,6 +198,9 @@ def evaluate(
         progress = sys.stderr.isatty()
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    compiled = None
+    if compile:
+        compiled = CompiledLogWeights(on_note=lambda line: print(line, file=sys.stderr))
     pyro.set_rng_seed(EVAL_SEED)
     started = time.perf_counter()
     with evaluation_mode(pair):
@@ -201,6 +215,7 @@ def evaluate(
             estimator=estimator,
             progress=partial(tqdm, desc=f"evaluate {split}", disable=not progress, unit="batch"),
             y=y_all,
+            trace_fn=compiled,
         )
         classification = _classification(pair, info, x_all, classes, batch_size)
     seconds = time.perf_counter() - started
@@ -220,6 +235,9 @@ def evaluate(
         "num_points": n,
         "num_samples": num_samples,
         "estimator": estimator,
+        "compiled": None
+        if compiled is None
+        else {"graphs": len(compiled.graphs), "fallback": compiled.fallback_reason},
         "split": split,
         "checkpoint": checkpoint,
         "epoch": state["epoch"],

@@ -103,12 +103,17 @@ class TrainingScales(Messenger):
     def _process_message(self, msg) -> None:
         if msg["type"] != "sample" or site_is_subsample(msg):
             return
+        # a tensor scale is an input of a traced graph (pyro_vae.compiled): never compared
         scale = 1.0
-        if self.beta != 1.0 and not msg["is_observed"]:
-            scale *= self.beta
-        if self.data_scale != 1.0 and any(
+        if _not_one(self.beta) and not msg["is_observed"]:
+            scale = scale * self.beta
+        if _not_one(self.data_scale) and any(
             frame.name == self.data_plate for frame in msg["cond_indep_stack"]
         ):
-            scale *= self.data_scale
-        if scale != 1.0:
+            scale = scale * self.data_scale
+        if _not_one(scale):
             msg["scale"] = scale * msg["scale"]
+
+
+def _not_one(scale: float | torch.Tensor) -> bool:
+    return isinstance(scale, torch.Tensor) or scale != 1.0

@@ -43,6 +43,7 @@ from pyro_vae.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from pyro_vae.compiled import CompiledSVI, untraceable_reason
 from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
 from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset
 from pyro_vae.estimators import evaluation_view, log_importance_weights
@@ -69,6 +70,12 @@ from pyro_vae.labels import (
     training_labels,
 )
 from pyro_vae.objectives import OBJECTIVES, enumerated_guide, make_objective
+from pyro_vae.optimizers import (
+    lr_factor,
+    make_optimizer,
+    set_learning_rates,
+    with_learning_rates,
+)
 from pyro_vae.pairs import (
     PAIRS,
     PairError,
@@ -118,7 +125,21 @@ class RunResult:
 
     @property
     def best_valid_elbo(self) -> float:
-        return max(row["valid_elbo"] for row in self.history)
+        """The best validation ELBO; NaN for a run without a validation split."""
+        return max((row["valid_elbo"] for row in self.history), key=_best_key)
+
+
+def _best_key(valid_elbo: float) -> float:
+    """Order of validation ELBOs for best.pt: NaN (no validation split) counts as -inf."""
+    return -math.inf if math.isnan(valid_elbo) else valid_elbo
+
+
+def best_epoch(history: list[dict[str, float]]) -> int:
+    """The epoch best.pt holds: the best validation ELBO (the first of equals), or the last
+    epoch for a run without a validation split (``--valid-size 0``)."""
+    if all(math.isnan(row["valid_elbo"]) for row in history):
+        return history[-1]["epoch"]
+    return max(history, key=lambda row: _best_key(row["valid_elbo"]))["epoch"]
 
 
 def resolve_device(name: str, *, fall_back_to_cpu: bool = False) -> torch.device:
@@ -202,16 +223,19 @@ def training_guide(
     ), baselines
 
 
-def optimizer_args(config: TrainConfig) -> Callable[[str], dict[str, float]]:
-    """Adam's arguments per parameter: ``--baseline-lr`` for the neural baseline's
-    parameters (``baseline.*``), ``--lr`` for all others."""
+def learning_rates(config: TrainConfig, epoch: int) -> Callable[[str], float]:
+    """The learning rate of each parameter in epoch ``epoch`` (1-based): ``--baseline-lr``
+    for the neural baseline's parameters (``baseline.*``, or ``baseline$$$*`` as the param
+    store names them), ``--lr`` for all others, each times the schedule's factor."""
+    factor = lr_factor(config, epoch - 1)
 
-    def args(name: str) -> dict[str, float]:
-        if config.baseline_lr is not None and name.startswith(BASELINE_MODULE + "."):
-            return {"lr": config.baseline_lr}
-        return {"lr": config.lr}
+    def lr_for(name: str) -> float:
+        in_baseline = name.replace("$$$", ".").startswith(BASELINE_MODULE + ".")
+        if config.baseline_lr is not None and in_baseline:
+            return config.baseline_lr * factor
+        return config.lr * factor
 
-    return args
+    return lr_for
 
 
 def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = None) -> Dataset:
@@ -233,6 +257,8 @@ def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = 
                 f"has values in [{low:.3g}, {high:.3g}]; use --binarize none with a "
                 "Gaussian-likelihood pair (or, for 0-255 pixels in a file, --pixel-scale 255)"
             )
+    if config.valid_size is not None:
+        data = data.with_valid_size(config.valid_size)
     return data.to(device)
 
 
@@ -419,6 +445,7 @@ def read_config(run_dir: Path) -> TrainConfig:
 #: epoch on and is recorded in each epoch's row (``lr``), so diverged runs can go on slower.
 RESUMABLE_CHANGES = (
     "epochs", "out", "data_dir", "download", "base_url", "lr", "baseline_lr", "checkpoint_every",
+    "compile",
 )  # fmt: skip
 
 
@@ -630,12 +657,15 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         guide, _ = training_guide(pair, config, probe_args, device)
         if OBJECTIVES[config.objective].enumerates:
             _check_enumeration(elbo, pair.model, guide, probe_args, config)
-    optimizer = pyro.optim.Adam(optimizer_args(config))
+    rates = _ScheduledRates(config)
+    optimizer = make_optimizer(config, rates)
     svi = pyro.infer.SVI(scales(pair.model), scales(guide), optimizer, loss=elbo)
     classify = None
     if info.has_classifier and labels.used:
         classify = pyro.infer.SVI(pair.model_classify, pair.guide_classify, optimizer,
                                   loss=pyro.infer.Trace_ELBO(max_plate_nesting=1))  # fmt: skip
+    if config.compile != "off":
+        svi = _compiled(svi, pair, guide, scales, optimizer, info, probe_args, config)
     atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
 
     run = _Progress()
@@ -644,6 +674,8 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
     saved = _saved_at(run)
 
     for epoch in range(run.epoch + 1, config.epochs + 1):
+        rates.epoch = epoch
+        set_learning_rates(optimizer, rates)
         set_training_mode(pair, True)
         started = time.perf_counter() - run.train_seconds
         if run.batches_done == 0 and plan.unlabelled.numel():
@@ -688,7 +720,9 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         train_seconds = run.train_seconds
         _check_finite(pair, f"the end of epoch {epoch}", saved, run_dir, config)
         valid_y = labels.valid if info.needs_labels else None
-        valid = _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir)
+        valid = math.nan  # --valid-size 0: no validation split, best.pt follows the last epoch
+        if valid_x.shape[0]:
+            valid = _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir)
         row = {
             "epoch": epoch,
             "train_loss": run.total / run.seen,
@@ -696,25 +730,27 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             "seconds": time.perf_counter() - started,
             "train_seconds": train_seconds,
             "beta": run.beta,
-            "lr": config.lr,
+            "lr": rates(""),
         }
         if classify is not None:
             row["classify_loss"] = run.classify_total / max(run.labelled_seen, 1)
-        if info.label_site is not None and labels.valid_classes is not None:
+        if info.label_site is not None and labels.valid_classes is not None and valid_x.shape[0]:
             row["valid_accuracy"] = guide_accuracy(pair, valid_x, labels.valid_classes,
                                                    info.label_site, config.batch_size)  # fmt: skip
-        best = max((r["valid_elbo"] for r in run.history), default=-math.inf)
+        best = max((_best_key(r["valid_elbo"]) for r in run.history), default=-math.inf)
+        improved = valid > best or math.isnan(valid)
         run.history.append(row)
         run = _Progress(history=run.history, step=run.step, epoch=epoch, beta=run.beta)
         state = checkpoint_state(pair, optimizer, epoch, run.history, config, device, run.step)
         # best.pt first: a kill between the two writes leaves checkpoint.pt one epoch behind,
         # and the resumed run redoes that epoch and writes best.pt again, bit for bit
-        save_checkpoint(state, *([run_dir / BEST] if valid > best else []), checkpoint_path)
+        save_checkpoint(state, *([run_dir / BEST] if improved else []), checkpoint_path)
         saved = _saved_at(run)
         write_metrics(run_dir, run.history)
         _log(
             f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.3f}  "
-            f"valid ELBO {valid:.3f}  {row['seconds']:.1f}s"
+            + (f"valid ELBO {valid:.3f}" if not math.isnan(valid) else "no validation split")
+            + f"  {row['seconds']:.1f}s"
             + (f"  beta {run.beta:.3g}" if config.beta != 1 or config.kl_warmup else "")
             + (f"  valid accuracy {row['valid_accuracy']:.4f}" if "valid_accuracy" in row else "")
         )
@@ -780,6 +816,45 @@ def _recommend_enumeration(config: TrainConfig, info: PairInfo) -> None:
         )
 
 
+def _compiled(svi, pair, guide, scales, optimizer, info, args, config):
+    """``--compile``: the step as a compiled graph of the pair's loss
+    (:class:`~pyro_vae.compiled.CompiledSVI`), falling back to ``svi``; a pair that cannot be
+    traced trains eagerly with a one-line note naming why (an error under ``strict``)."""
+    modules = pair_modules(pair)
+    reason = None
+    if config.num_particles > 1 and not info.vectorizable:
+        reason = "the pair does not vectorize over particles"
+    if reason is None:
+        with evaluation_mode(pair):  # the check's trace must not move BatchNorm statistics
+            reason = untraceable_reason(scales(pair.model), scales(guide), args, modules,
+                                        config.objective)  # fmt: skip
+    if reason is not None:
+        if config.compile == "strict":
+            raise ConfigError(
+                f"--compile strict: the pair's loss cannot be traced: {reason}; pass --compile "
+                "to train it eagerly instead"
+            )
+        _log(f"note: --compile: the pair trains eagerly: {reason}")
+        return svi
+    return CompiledSVI(scales(pair.model), scales(guide), optimizer, objective=config.objective,
+                       num_particles=config.num_particles, alpha=config.alpha,
+                       max_plate_nesting=info.max_plate_nesting, modules=modules, scales=scales,
+                       eager=svi, strict=config.compile == "strict",
+                       on_note=_log)  # fmt: skip
+
+
+class _ScheduledRates:
+    """``lr_for(param_name)`` of the epoch in progress (:func:`learning_rates`), a callable
+    the optimizer keeps: a parameter that appears mid-run starts at the current rate."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.epoch = 1
+
+    def __call__(self, name: str) -> float:
+        return learning_rates(self.config, self.epoch)(name)
+
+
 def _check_enumeration(elbo, model, guide, args: tuple, config: TrainConfig) -> None:
     """One loss of TraceEnum_ELBO on the probe batch, so a pair whose networks do not
     broadcast over the enumerated values fails here with advice, not deep inside a step."""
@@ -824,14 +899,14 @@ def _resume(pair, optimizer, state, trained, config, device, run_dir, train_x) -
     RNG, history and the epoch in progress; make ``metrics.csv`` and ``best.pt`` agree with
     the checkpoint's history."""
     restore_params(pair, state, device, run_dir / CHECKPOINT)
-    optimizer_state = state["optimizer"]
     if (trained.lr, trained.baseline_lr) != (config.lr, config.baseline_lr):
         _log(
             f"note: --lr {trained.lr:g} -> {config.lr:g} from epoch {state['epoch'] + 1} on "
             "(the lr column of metrics.csv records it)"
         )
-        optimizer_state = _with_learning_rates(optimizer_state, optimizer_args(config))
-    optimizer.set_state(optimizer_state)
+    # the saved states carry the rate they were saved with: the resumed epoch's replaces it
+    resumed = learning_rates(config, state["epoch"] + 1)
+    optimizer.set_state(with_learning_rates(state["optimizer"], resumed))
     set_rng_state(state["rng"], device)
     history = list(state["history"])
     step = state.get("step", state["epoch"] * _steps_per_epoch(train_x, config))
@@ -852,22 +927,13 @@ def _resume(pair, optimizer, state, trained, config, device, run_dir, train_x) -
     return run
 
 
-def _with_learning_rates(optimizer_state: dict, args: Callable[[str], dict]) -> dict:
-    """The saved per-parameter optimizer states with each group's lr set from ``args``."""
-    updated = {}
-    for name, saved in optimizer_state.items():
-        groups = [{**group, "lr": args(name)["lr"]} for group in saved["param_groups"]]
-        updated[name] = {**saved, "param_groups": groups}
-    return updated
-
-
 def _repair_best(run_dir: Path, history: list, state: dict, mid_epoch: bool) -> None:
     """``best.pt`` must hold the epoch the history calls best. It can be one epoch ahead of
     ``checkpoint.pt`` (killed between the two writes): the resumed run redoes and rewrites
     it. Missing or behind while the checkpoint holds the best epoch: copied from it."""
     if not history:
         return
-    best_epoch = max(history, key=lambda row: row["valid_elbo"])["epoch"]
+    best = best_epoch(history)
     path = run_dir / BEST
     held = None
     if path.exists():
@@ -875,14 +941,14 @@ def _repair_best(run_dir: Path, history: list, state: dict, mid_epoch: bool) -> 
             held = load_checkpoint(path)["epoch"]
         except CheckpointError:
             held = None
-    if held == best_epoch or (held is not None and held > state["epoch"]):
+    if held == best or (held is not None and held > state["epoch"]):
         return
-    if best_epoch == state["epoch"] and not mid_epoch:
+    if best == state["epoch"] and not mid_epoch:
         atomic_write_bytes(path, (run_dir / CHECKPOINT).read_bytes())
-        _log(f"note: {BEST} did not hold the best epoch {best_epoch}; copied from {CHECKPOINT}")
+        _log(f"note: {BEST} did not hold the best epoch {best}; copied from {CHECKPOINT}")
     else:
         _log(
-            f"warning: {BEST} holds epoch {held}, but the history's best is epoch {best_epoch}, "
+            f"warning: {BEST} holds epoch {held}, but the history's best is epoch {best}, "
             "whose parameters were not kept; it is replaced when a later epoch beats it"
         )
 

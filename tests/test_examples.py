@@ -61,6 +61,27 @@ def test_benchmark_reference_runs_in_smoke_mode(real_data_dir, tmp_path):
     assert -300 < summary["log_px"] < -100 and summary["elbo"] <= summary["log_px"]
 
 
+def test_step_speed_benchmark_runs_and_reports_every_way(tmp_path):
+    """benchmarks/step_speed.py, as small as it goes: every way of stepping, a median each."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_speed.py"), "--batch-sizes", "4",
+         "--repeats", "2", "--steps", "2", "--warmup", "2", "--eval-points", "8",
+         "--eval-samples", "6", "--eval-repeats", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    rows = summary["batch_sizes"]["4"]
+    assert set(rows) == {"hand eager", "hand compiled", "pyro_vae eager", "pyro_vae --compile"}
+    assert rows["hand eager"]["ratio"] == 1.0
+    assert all(row["ms_per_step"] > 0 for row in rows.values())
+    compiled = rows["pyro_vae --compile"]
+    assert compiled["fallback"] is None and compiled["graphs"] == 1, compiled
+    evaluation = summary["evaluation"]
+    assert evaluation["fallback"] is None and evaluation["graphs"] == 1
+    assert evaluation["hand eager"]["ratio"] == 1.0 and evaluation["pyro_vae eager"]["seconds"] > 0
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_is_myst_markdown_without_outputs(name):
     """A jupytext MyST header, a python3 kernel, no outputs, one cell reading the smoke switch."""
