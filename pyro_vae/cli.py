@@ -412,6 +412,11 @@ def _add_convergence(subparsers) -> None:
         metavar="R",
         help="independent estimates per point and K (at least 2)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="log weights from compiled graphs, one per estimator and K (the same numbers)",
+    )
     _add_run_options(p, out_help="folder for the files (default: RUN_DIR)")
     p.set_defaults(run=_run_convergence)
 
@@ -425,6 +430,7 @@ def _run_convergence(args) -> int:
         estimators=args.estimators,
         num_points=args.points,
         repeats=args.repeats,
+        compile=args.compile,
         **_run_options(args),
     )
     if args.json:

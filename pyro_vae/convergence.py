@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
+from pyro_vae.compiled import CompiledLogWeights
 from pyro_vae.config import ConfigError
 from pyro_vae.estimators import (
     ESTIMATORS,
@@ -86,9 +87,11 @@ def _repeated_estimates(
     repeats: int,
     estimator: str,
     y: torch.Tensor | None = None,
+    trace_fn: Any = None,
 ) -> dict[str, torch.Tensor]:
     """``repeats`` independent estimates for each point of ``x``: tensors of shape (R, N)
-    (``y``: the labels of a pair that needs them)."""
+    (``y``: the labels of a pair that needs them; ``trace_fn``: a compiled weight function,
+    :class:`pyro_vae.compiled.CompiledLogWeights`)."""
     repeated_y = None if y is None else y.repeat(repeats, *([1] * (y.dim() - 1)))
     out = estimate_log_px_in_batches(
         pair,
@@ -99,6 +102,7 @@ def _repeated_estimates(
         vectorize=getattr(pair, "vectorizable", info.vectorizable),
         estimator=estimator,
         y=repeated_y,
+        trace_fn=trace_fn,
     )
     return {key: value.reshape(repeats, x.shape[0]) for key, value in out.items()}
 
@@ -152,6 +156,7 @@ def convergence_study(
     progress: bool | None = None,
     save: bool = True,
     seed: int = 0,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Estimates of log p(x) against K for each estimator, on the first points of a split.
 
@@ -179,6 +184,9 @@ def convergence_study(
     exact = exact_log_marginal(restored.pair, x)
     if progress is None:
         progress = sys.stderr.isatty()
+    compiled = None
+    if compile:  # one graph per estimator, K chunk and batch shape; the same numbers
+        compiled = CompiledLogWeights(on_note=lambda line: print(line, file=sys.stderr))
     pyro.set_rng_seed(seed)
     started = time.perf_counter()
     cells = [(estimator, k) for estimator in estimators for k in ks]
@@ -188,7 +196,7 @@ def convergence_study(
         view = evaluation_view(restored.pair, restored.info, x[:2], None if y is None else y[:2])
     for estimator, k in tqdm(cells, desc="convergence", disable=not progress, unit="cell"):
         cell_started = time.perf_counter()
-        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator, y)
+        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator, y, compiled)
         warnings += low_ess_warnings(float(out_k["ess"].mean()), k, f"{estimator}, K={k}")
         results.append(
             {

@@ -312,6 +312,16 @@ def test_evaluate_compile_gives_the_eager_numbers(tmp_path, capsys):
     assert cli.main(["evaluate", str(run_dir), "--num-samples", "5", "--limit", "10",
                      "--compile", "--json"]) == 0  # fmt: skip
 
+    from pyro_vae.convergence import convergence_study
+
+    studies = [
+        convergence_study(run_dir, ks=[4], estimators=["is", "prior"], num_points=3, repeats=2,
+                          save=False, progress=False, compile=compile)
+        for compile in (False, True)
+    ]  # fmt: skip
+    for eager_row, compiled_row in zip(studies[0]["results"], studies[1]["results"], strict=True):
+        assert compiled_row["estimate"] == pytest.approx(eager_row["estimate"], rel=1e-6)
+
 
 def test_pair_loss_is_a_module_that_torch_optim_steps_as_svi_does():
     """PairLoss(pair) with one torch.optim.Adam over its parameters takes the steps SVI takes
