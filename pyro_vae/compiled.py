@@ -16,11 +16,13 @@ compiled with ``torch.compile``. Later steps run the graph: Pyro's Python runs a
 only. The values and gradients are those of Pyro's estimators on the same draws (the random
 draws are operations of the graph); the optimizer step is the run's own Pyro optimizer.
 
-Not every pair can be traced: a guide with a site that is not reparameterized (its gradient
-needs the score function), enumeration, modules that update buffers in training (BatchNorm),
-a program whose set of sites changes between calls. :func:`untraceable_reason` names the
-first such reason, and the training loop then runs eagerly (or stops, with ``--compile
-strict``).
+Not every pair can be traced. :func:`untraceable_reason` finds a guide site that is not
+reparameterized (its gradient needs the score function), enumeration, and modules that update
+buffers in training (BatchNorm); tracing itself fails on data-dependent Python (``.item()``,
+a branch on a tensor's value). Either way the training loop runs eagerly with a note naming
+the reason (or stops, with ``--compile strict``). A program whose set of sites changes from
+call to call cannot be detected: the graph would keep the first call's sites, so such a pair
+must not use ``--compile``.
 
 References:
     Kingma & Welling (2014), Auto-Encoding Variational Bayes.
@@ -268,6 +270,7 @@ class CompiledSVI:
         self.called: set[tuple] = set()
         self.eager_steps = 0
         self.fallback_reason: str | None = None
+        self._scales_cache: tuple | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -338,9 +341,13 @@ class CompiledSVI:
     def _scale_inputs(self, args: Sequence[Any]) -> tuple[Tensor, Tensor]:
         like = next((a for a in args if isinstance(a, Tensor) and a.is_floating_point()), None)
         options = {"dtype": like.dtype, "device": like.device} if like is not None else {}
-        beta = getattr(self.scales, "beta", 1.0)
-        data_scale = getattr(self.scales, "data_scale", 1.0)
-        return torch.tensor(float(beta), **options), torch.tensor(float(data_scale), **options)
+        beta = float(getattr(self.scales, "beta", 1.0))
+        data_scale = float(getattr(self.scales, "data_scale", 1.0))
+        key = (beta, data_scale, *options.values())
+        if self._scales_cache is None or self._scales_cache[0] != key:  # new values: new tensors
+            self._scales_cache = key, (torch.tensor(beta, **options),
+                                       torch.tensor(data_scale, **options))  # fmt: skip
+        return self._scales_cache[1]
 
     def _give_up(self, what: str, error: Exception) -> None:
         first = (str(error).strip().splitlines() or [""])[0][:200]
@@ -421,7 +428,8 @@ class CompiledSVI:
             return self.eager.step(*args)
         loss, params = done
         self.optim(params)
-        pyro.infer.util.zero_grads(params)
+        for param in params:  # the graph writes every gradient afresh: nothing to keep
+            param.grad = None
         return loss
 
 
