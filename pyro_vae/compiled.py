@@ -176,12 +176,8 @@ def untraceable_reason(model: Callable, guide: Callable, args: Sequence[Any],
                     f"module {type(module).__name__}.{name or '(root)'} is a BatchNorm in "
                     "training mode: its running statistics change at every step"
                 )
-    rng, cuda_rng = torch.random.get_rng_state(), _cuda_rng_state(args)
-    try:  # the check's draws must not shift the run's
-        with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args)
-    finally:
-        _set_rng_state(rng, cuda_rng)
+    with _kept_rng(args), torch.no_grad():  # the check's draws must not shift the run's
+        guide_trace = poutine.trace(guide).get_trace(*args)
     for name, site in _latent_sites(guide_trace):
         if site_is_subsample(site):
             continue
@@ -291,11 +287,6 @@ class CompiledSVI:
     def _trace(
         self, args: Sequence[Any], names: tuple[str, ...]
     ) -> tuple[Callable, tuple[str, ...]]:
-        with warnings.catch_warnings():
-            # importing it touches torch.jit.script_method, which torch >= 2.9 deprecates
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torch.fx.experimental.proxy_tensor import make_fx
-
         store = pyro.get_param_store()
         unconstrained = [store._params[name] for name in names]
         constraints = [store._constraints[name] for name in names]
@@ -331,12 +322,7 @@ class CompiledSVI:
             return (loss.detach(), *grads)
 
         inputs = (*unconstrained, *args, *self._scale_inputs(args))
-        with pyro.validation_enabled(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = make_fx(loss_and_grads)(*inputs)
-            if self.compiler is not None:  # importing Inductor warns of torch.jit's deprecation
-                graph = self.compiler(graph)
-        return graph, names
+        return _graph_of(loss_and_grads, inputs, self.compiler), names
 
     def _scale_inputs(self, args: Sequence[Any]) -> tuple[Tensor, Tensor]:
         like = next((a for a in args if isinstance(a, Tensor) and a.is_floating_point()), None)
@@ -365,14 +351,11 @@ class CompiledSVI:
         if entry is None:
             if len(self.graphs) >= self.max_graphs:
                 return None
-            # tracing runs the programs once: its draws must not shift the step's own
-            rng, cuda_rng = torch.random.get_rng_state(), _cuda_rng_state(args)
+            # tracing runs the programs: its draws must not shift the step's own
             store = pyro.get_param_store()
             known = set(store.keys())
-            try:
+            with _kept_rng(args):
                 names = tuple(sorted(_param_names(self.model, self.guide, args)))
-            finally:
-                _set_rng_state(rng, cuda_rng)
             if not set(names) <= known:
                 # the programs create parameters at their first call: undo that, and let
                 # the eager step create them from the same random numbers as SVI would
@@ -385,8 +368,6 @@ class CompiledSVI:
             except Exception as error:  # noqa: BLE001 - any failure to trace means eager
                 self._give_up("tracing the loss", error)
                 return None
-            finally:
-                _set_rng_state(rng, cuda_rng)
             self.graphs[key] = entry
             shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, Tensor))
             self.on_note(
@@ -470,7 +451,6 @@ class CompiledLogWeights:
             if graph is None:
                 graph = self._trace(model, guide, num_samples, max_plate_nesting, data_plate,
                                     inputs)  # fmt: skip
-                _set_rng_state(rng, cuda_rng)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 weights = graph(*inputs)
@@ -489,24 +469,40 @@ class CompiledLogWeights:
     def _trace(self, model, guide, num_samples, max_plate_nesting, data_plate, inputs):
         from pyro_vae.estimators import _trace_log_weights
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torch.fx.experimental.proxy_tensor import make_fx
-
         def weights(*batch: Tensor) -> Tensor:
-            return _trace_log_weights(model, guide, batch[0], num_samples, max_plate_nesting,
-                                      data_plate, batch[1] if len(batch) > 1 else None)  # fmt: skip
+            with torch.no_grad():
+                return _trace_log_weights(model, guide, batch[0], num_samples,
+                                          max_plate_nesting, data_plate,
+                                          batch[1] if len(batch) > 1 else None)  # fmt: skip
 
-        with torch.no_grad(), pyro.validation_enabled(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = make_fx(weights)(*inputs)
-            if self.compiler is not None:
-                graph = self.compiler(graph)
+        graph = _graph_of(weights, inputs, self.compiler)
         self.on_note(
             f"note: --compile: traced the log weights for {num_samples or 1} samples x batch "
             f"{tuple(inputs[0].shape)} (graph {len(self.graphs) + 1})"
         )
         return graph
+
+
+def _graph_of(fn: Callable, inputs: Sequence[Tensor], compiler: Callable | None) -> Callable:
+    """``fn`` traced by ``make_fx`` on ``inputs`` into a graph (Pyro's validation off, the
+    trace's random draws undone), then compiled by ``compiler`` unless it is None."""
+    with warnings.catch_warnings():
+        # importing make_fx, and Inductor, touches torch.jit.script_method, which torch >= 2.9
+        # deprecates: nothing a user can act on
+        warnings.simplefilter("ignore")
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        with _kept_rng(inputs), pyro.validation_enabled(False):
+            graph = make_fx(fn)(*inputs)
+        return graph if compiler is None else compiler(graph)
+
+
+def _kept_rng(tensors: Sequence[Any]) -> Any:
+    """``torch.random.fork_rng`` over the CPU and the CUDA devices of ``tensors``: the random
+    draws inside the block leave the global random state as it was."""
+    devices = sorted({t.device.index or 0 for t in tensors
+                      if isinstance(t, Tensor) and t.device.type == "cuda"})  # fmt: skip
+    return torch.random.fork_rng(devices=devices)
 
 
 def _cuda_rng_state(args: Sequence[Any]) -> tuple[Tensor, torch.device] | None:
