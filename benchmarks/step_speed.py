@@ -6,14 +6,18 @@ decoder), one Adam step on the single-sample ELBO per step. Four ways to take th
 - ``hand eager``: the plain-PyTorch yardstick of ``iwae_reference.py`` (its encoder,
   decoder and log weights), ``loss.backward()``, ``torch.optim.Adam``;
 - ``hand compiled``: the same step function under ``torch.compile``;
+- ``hand eager, fused`` and ``hand compiled, fused``: the same two with
+  ``torch.optim.Adam(fused=True)``, the kernel pyro_vae's optimizer uses: the fair yardstick
+  for the optimizer's share of the step (ratios stay against ``hand eager``);
 - ``pyro_vae eager``: the built-in ``mlp`` pair, ``pyro.infer.SVI`` with ``Trace_ELBO``
-  and ``pyro.optim.Adam``, as ``pyro-vae train`` runs it;
+  and the run's optimizer (:func:`pyro_vae.optimizers.make_optimizer`: one fused Adam), as
+  ``pyro-vae train`` runs it;
 - ``pyro_vae --compile``: the same programs, the loss traced once and compiled
   (:class:`pyro_vae.compiled.CompiledSVI`), as ``pyro-vae train --compile`` runs it.
 
-After a warm-up (the compile time is reported), the four run interleaved: ``--repeats``
+After a warm-up (the compile time is reported), the ways run interleaved: ``--repeats``
 rounds of ``--steps`` steps each, one round of each way in turn, so drifts of the machine
-touch all four alike. Reported: the median ms per step over the rounds and its ratio to
+touch all alike. Reported: the median ms per step over the rounds and its ratio to
 the hand-written eager step. Then importance-sampled log p(x), K = ``--eval-samples`` on
 ``--eval-points`` points: the reference's ``evaluate``, pyro_vae's estimator eager and
 compiled (``evaluate --compile``), in seconds. Random binary data: speed does not depend on
@@ -43,11 +47,13 @@ from iwae_reference import evaluate as reference_evaluate  # noqa: E402
 from iwae_reference import log_weights as reference_log_weights  # noqa: E402
 
 from pyro_vae.compiled import CompiledLogWeights, CompiledSVI  # noqa: E402
+from pyro_vae.config import TrainConfig  # noqa: E402
 from pyro_vae.estimators import (  # noqa: E402
     chunk_size_for,
     estimate_log_px_in_batches,
     evaluation_view,
 )
+from pyro_vae.optimizers import make_optimizer  # noqa: E402
 from pyro_vae.pairs import build_pair, check_pair  # noqa: E402
 
 
@@ -56,11 +62,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def hand_written(device: torch.device, compiled: bool):
-    """The plain-PyTorch step; returns ``step(x)``."""
+def hand_written(device: torch.device, compiled: bool, fused: bool = False):
+    """The plain-PyTorch step; returns ``step(x)``. ``fused``: ``torch.optim.Adam`` with
+    PyTorch's fused kernel, as pyro_vae's optimizer runs it; otherwise Adam's defaults."""
     encoder, decoder = Encoder().to(device), build_decoder().to(device)
     params = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=1e-3)
+    optimizer = torch.optim.Adam(params, lr=1e-3, **({"fused": True} if fused else {}))
 
     def loss_and_backward(x):
         loss = -reference_log_weights(encoder, decoder, x, num_samples=1).sum()
@@ -84,7 +91,8 @@ def pyro_vae_step(device: torch.device, compiled: bool, prefix: str):
     Each way registers its modules under its own names: Pyro's param store is global."""
     pair = build_pair((28, 28), "mlp").to(device)
     model, guide = _renamed(pair.model, prefix), _renamed(pair.guide, prefix)
-    optimizer = pyro.optim.Adam({"lr": 1e-3})
+    config = TrainConfig(lr=1e-3)  # the defaults of pyro-vae train: Adam, one fused instance
+    optimizer = make_optimizer(config, lambda name: config.lr)
     svi = pyro.infer.SVI(model, guide, optimizer, loss=pyro.infer.Trace_ELBO())
     if compiled:
         svi = CompiledSVI(model, guide, optimizer, modules=[pair], eager=svi,
@@ -192,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         ways = {
             "hand eager": hand_written(device, compiled=False),
             "hand compiled": hand_written(device, compiled=True),
+            "hand eager, fused": hand_written(device, compiled=False, fused=True),
+            "hand compiled, fused": hand_written(device, compiled=True, fused=True),
             "pyro_vae eager": pyro_vae_step(device, False, "eager").step,
             "pyro_vae --compile": compiled_svi.step,
         }
@@ -219,10 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
             fallback=compiled_svi.fallback_reason)  # fmt: skip
         print(f"\nbatch {batch_size} ({device}, {torch.get_num_threads()} threads, "
               f"median of {args.repeats} rounds of {args.steps} steps)")  # fmt: skip
-        print(f"{'step':<22}{'ms/step':>10}{'ratio':>8}{'warm-up s':>12}")
+        print(f"{'step':<24}{'ms/step':>10}{'ratio':>8}{'warm-up s':>12}")
         for name in ways:
             row = result["batch_sizes"][batch_size][name]
-            print(f"{name:<22}{row['ms_per_step']:>10.2f}{row['ratio']:>8.2f}"
+            print(f"{name:<24}{row['ms_per_step']:>10.2f}{row['ratio']:>8.2f}"
                   f"{row['warmup_seconds']:>12.1f}")  # fmt: skip
     if args.eval_points:
         evaluation = evaluation_seconds(device, args.eval_points, args.eval_samples,

@@ -9,7 +9,10 @@ a run directory never unpickles an object, so a checkpoint cannot run code. The 
 - ``module``: the pair's ``state_dict`` (``None`` for a pair that is not an ``nn.Module``);
 - ``params``: Pyro's param store, ``{"params": {name: tensor}, "constraints": {name: C}}``
   with each constraint ``C`` stored by name (:func:`encode_constraint`);
-- ``optimizer``: the Pyro optimizer's state, one ``torch.optim`` ``state_dict`` per parameter;
+- ``optimizer``: the run's optimizer (:class:`~pyro_vae.optimizers.RunOptimizer`): its
+  torch ``state_dict`` and the param-store name of each of its tensors (an older
+  checkpoint's per-parameter state dicts still load);
+- ``scheduler``: the learning-rate schedule's ``state_dict`` (its last epoch);
 - ``rng``: the torch (and CUDA) generator states as tensors, Python's ``random`` state as
   tuples of ints, numpy's as a tensor and plain values (:func:`rng_state`);
 - ``history``: one dict of numbers per finished epoch;
@@ -387,7 +390,7 @@ def upgrade_checkpoint(path: str | Path) -> Path:
 
 
 def checkpoint_state(pair: Any, optimizer: Any, epoch: int, history: list, config, device,
-                     step: int = 0):  # fmt: skip
+                     step: int = 0, scheduler: Any = None):  # fmt: skip
     """What a checkpoint holds after ``epoch`` (see the module docstring, key by key)."""
     return {
         "epoch": epoch,
@@ -396,6 +399,7 @@ def checkpoint_state(pair: Any, optimizer: Any, epoch: int, history: list, confi
         "module": pair.state_dict() if isinstance(pair, nn.Module) else None,
         "params": param_store_state(),
         "optimizer": optimizer.get_state() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": rng_state(device),
         "history": list(history),
         "torch_version": str(torch.__version__),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from pyro_vae.compiled import COMPILE_MODES
 from pyro_vae.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
 from pyro_vae.diagnose import DiagnoseError
+from pyro_vae.distributed import DistributedError, launch, launched_by_torchrun, world
 from pyro_vae.estimators import ESTIMATORS, EstimatorError
 from pyro_vae.files import WriteError, jsonable
 from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
@@ -252,7 +254,40 @@ def _add_train(subparsers) -> None:
         default=None,
         help="progress bar (default: when stderr is a terminal)",
     )
+    _add_launch_options(p)
     p.set_defaults(run=_run_train)  # fmt: skip
+
+
+def _add_launch_options(p) -> None:
+    """torchrun's launch flags: ``--nproc-per-node N`` starts N ranks of the command."""
+    group = p.add_argument_group(
+        "data parallel (torchrun)",
+        "start the command as several processes (ranks) with torchrun's launcher; the same "
+        "as `torchrun --nproc-per-node N -m pyro_vae ...`",
+    )
+    group.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="ranks on this machine (one per GPU on CUDA)",
+    )
+    group.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        metavar="M",
+        help="machines in the run (each runs the same command) (default 1)",
+    )
+    group.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        metavar="K",
+        help="this machine's number, 0..M-1 (default 0)",
+    )
+    group.add_argument("--master-addr", metavar="HOST", help="node 0's address (M > 1)")
+    group.add_argument("--master-port", type=int, metavar="PORT",
+                       help="a free port on node 0 (M > 1)")  # fmt: skip
 
 
 def _run_train(args) -> int:
@@ -332,6 +367,7 @@ def _add_evaluate(subparsers) -> None:
         "numbers as without, with the same seed)",
     )
     _add_run_options(p)
+    _add_launch_options(p)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -347,6 +383,8 @@ def _run_evaluate(args) -> int:
         compile=args.compile,
         **_run_options(args),
     )
+    if not world().is_main:  # rank 0 of a sharded evaluation prints
+        return 0
     if args.json:
         print(json.dumps(jsonable(summary)))
     else:
@@ -418,6 +456,7 @@ def _add_convergence(subparsers) -> None:
         help="log weights from compiled graphs, one per estimator and K (the same numbers)",
     )
     _add_run_options(p, out_help="folder for the files (default: RUN_DIR)")
+    _add_launch_options(p)
     p.set_defaults(run=_run_convergence)
 
 
@@ -433,6 +472,8 @@ def _run_convergence(args) -> int:
         compile=args.compile,
         **_run_options(args),
     )
+    if not world().is_main:  # rank 0 of a sharded study prints
+        return 0
     if args.json:
         print(json.dumps(jsonable(summary)))
     else:
@@ -510,6 +551,12 @@ def _add_diagnose(subparsers) -> None:
     p.add_argument("--gap-steps", type=int, default=200, metavar="T", help="Adam steps for q*")
     p.add_argument("--gap-lr", type=float, default=1e-2, metavar="LR", help="Adam step size")
     p.add_argument("--gap-particles", type=int, default=8, metavar="P", help="draws per step")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="draw from q(z|x) and compute the importance weights (q's and q*'s) with "
+        "compiled graphs of the pair's programs (the same numbers)",
+    )
     _add_run_options(p, out_help="folder for the files (default RUN_DIR/diagnose)")
     p.set_defaults(run=_run_diagnose)
 
@@ -529,6 +576,7 @@ def _run_diagnose(args) -> int:
         gap_steps=args.gap_steps,
         gap_lr=args.gap_lr,
         gap_particles=args.gap_particles,
+        compile=args.compile,
         **_run_options(args),
     )
     print(json.dumps(summary) if args.json else format_summary(summary))
@@ -647,6 +695,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_launch(args) -> None:
+    """What the launcher can refuse before it starts any rank."""
+    size = args.nproc_per_node * max(args.nnodes, 1)
+    batch_size = getattr(args, "batch_size", None)
+    if args.command == "train" and batch_size and size > 0 and batch_size % size:
+        raise ConfigError(
+            f"--batch-size {batch_size} is the global batch, split among {size} ranks "
+            f"(--nproc-per-node {args.nproc_per_node} x --nnodes {args.nnodes}), and does not "
+            f"divide by {size}: use a multiple of {size}"
+        )
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
@@ -654,13 +714,29 @@ def _sigterm(signum, frame):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-vae`` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        return args.run(args)
+        if getattr(args, "nproc_per_node", None) is not None and not launched_by_torchrun():
+            _check_launch(args)
+            return launch(argv, nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
+                          node_rank=args.node_rank, master_addr=args.master_addr,
+                          master_port=args.master_port)  # fmt: skip
+        code = args.run(args)
+        world().close()
+        return code
     except USER_ERRORS as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except DistributedError as error:
+        print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr, flush=True)
+        if launched_by_torchrun():
+            # a broken process group aborts the interpreter's exit (gloo's threads): leave
+            # now, with the files already written and renamed in place
+            sys.stdout.flush()
+            os._exit(error.exit_code)
+        return error.exit_code
     except KeyboardInterrupt as interrupt:
         if interrupt.args:  # train saved where it stopped and says so
             print(f"pyro-vae {args.command}: {interrupt.args[0]}", file=sys.stderr)
@@ -670,6 +746,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept = "the last checkpoint is kept" if args.command == "train" else "nothing was saved"
         print(f"pyro-vae {args.command}: interrupted; {kept}{hint}", file=sys.stderr)
         return 130
+    finally:
+        if launched_by_torchrun():  # torchrun's SIGTERM to a rank already on its way out
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -50,6 +51,23 @@ from torch.nn.utils.stateless import _reparametrize_module
 
 #: Objectives whose loss is a static function of the traces (``--compile``).
 TRACEABLE_OBJECTIVES = ("elbo", "meanfield", "iwae", "renyi")
+
+#: Why the other objectives train eagerly under ``--compile`` (the note the run prints).
+UNTRACED_OBJECTIVES = {
+    "tracegraph": "its score-function surrogate is built by TraceGraph_ELBO's own backward "
+    "pass, with the decaying-average baselines updated in Python at every step (Pyro "
+    "1.9 gives it no differentiable_loss to capture)",
+    "enum": "TraceEnum_ELBO's expectation branches on the values of the enumerated "
+    "probabilities (mask.all() and masked_select in pyro.infer.util.compute_expectation), "
+    "which a static graph cannot hold",
+}
+
+
+def _objective_reason(objective: str) -> str:
+    why = UNTRACED_OBJECTIVES.get(objective, "it is not one of the traced objectives")
+    return (f"--objective {objective} is not traced ({why}; traced: "
+            f"{', '.join(TRACEABLE_OBJECTIVES)})")  # fmt: skip
+
 
 #: ``--compile`` values: ``off``; ``on`` (an untraceable pair trains eagerly, with a note);
 #: ``strict`` (an untraceable pair is an error).
@@ -144,9 +162,7 @@ def traced_loss(
     over particles k and the points i of the independent plates (:func:`log_weights`).
     """
     if objective not in TRACEABLE_OBJECTIVES:
-        raise UntraceableError(
-            f"--objective {objective} is not traced (traced: {', '.join(TRACEABLE_OBJECTIVES)})"
-        )
+        raise UntraceableError(_objective_reason(objective))
     weights = log_weights(
         model,
         guide,
@@ -168,7 +184,7 @@ def untraceable_reason(model: Callable, guide: Callable, args: Sequence[Any],
     that is not traced, a guide site without ``rsample``, enumeration, a module that updates
     buffers in training mode (BatchNorm's running statistics)."""
     if objective not in TRACEABLE_OBJECTIVES:
-        return f"--objective {objective} is not traced (traced: {', '.join(TRACEABLE_OBJECTIVES)})"
+        return _objective_reason(objective)
     for module in modules:
         for name, sub in module.named_modules():
             if sub.training and isinstance(sub, nn.modules.batchnorm._BatchNorm):
@@ -220,11 +236,19 @@ class PairLoss(nn.Module):
         return traced_loss(self.pair.model, self.pair.guide, batch, **self.loss_args)
 
 
-def compile_graph(graph: Callable) -> Callable:
+def compile_graph(graph: Callable, *, cuda_graphs: bool = False) -> Callable:
     """``torch.compile`` with Inductor's random numbers taken from PyTorch's own generator
     (``fallback_random``): the compiled step draws what the eager step draws, so a compiled
-    run follows an eager run of the same seed, and resumes exactly."""
-    return torch.compile(graph, options={"fallback_random": True})
+    run follows an eager run of the same seed, and resumes exactly.
+
+    ``cuda_graphs``: also replay the graph's kernels as a CUDA graph (what
+    ``mode="reduce-overhead"`` turns on; ``torch.compile`` takes a mode or options, not
+    both): one launch per step in place of one per kernel. The outputs then live in the
+    graph's own memory until its next run, so a caller must use them before that."""
+    options = {"fallback_random": True}
+    if cuda_graphs:
+        options["triton.cudagraphs"] = True
+    return torch.compile(graph, options=options)
 
 
 class CompiledSVI:
@@ -237,6 +261,10 @@ class CompiledSVI:
     gradients into ``.grad`` and step ``optim`` (a ``pyro.optim`` optimizer), as SVI does.
     ``scales`` (a :class:`~pyro_vae.handlers.TrainingScales` wrapping both programs) has its
     ``beta`` and ``data_scale`` passed to the graph as inputs, so KL warm-up needs no new trace.
+
+    On CUDA the step's graph is also replayed as a CUDA graph (:func:`compile_graph`'s
+    ``cuda_graphs``; ``cuda_graphs=False`` turns that off): the gradients are consumed by the
+    optimizer step before the next step runs the graph again.
 
     ``eager`` (the ``pyro.infer.SVI`` of the same programs) takes the steps the graph cannot:
     past ``max_graphs`` batch shapes, and every step after tracing or compiling failed (with
@@ -251,8 +279,9 @@ class CompiledSVI:
                  modules: Sequence[nn.Module] = (), scales: Any = None, eager: Any = None,
                  strict: bool = False, on_note: Callable[[str], None] | None = None,
                  compiler: Callable | None = compile_graph,
-                 max_graphs: int = MAX_GRAPHS) -> None:  # fmt: skip
+                 max_graphs: int = MAX_GRAPHS, cuda_graphs: bool = True) -> None:  # fmt: skip
         self.model, self.guide, self.optim = model, guide, optim
+        self.cuda_graphs = cuda_graphs
         self.loss_args = dict(objective=objective, num_particles=num_particles, alpha=alpha,
                               max_plate_nesting=max_plate_nesting)  # fmt: skip
         self.modules = list(modules)
@@ -322,7 +351,11 @@ class CompiledSVI:
             return (loss.detach(), *grads)
 
         inputs = (*unconstrained, *args, *self._scale_inputs(args))
-        return _graph_of(loss_and_grads, inputs, self.compiler), names
+        compiler = self.compiler
+        on_cuda = any(isinstance(a, Tensor) and a.device.type == "cuda" for a in inputs)
+        if compiler is compile_graph and on_cuda and self.cuda_graphs:
+            compiler = functools.partial(compile_graph, cuda_graphs=True)
+        return _graph_of(loss_and_grads, inputs, compiler), names
 
     def _scale_inputs(self, args: Sequence[Any]) -> tuple[Tensor, Tensor]:
         like = next((a for a in args if isinstance(a, Tensor) and a.is_floating_point()), None)
@@ -414,16 +447,16 @@ class CompiledSVI:
         return loss
 
 
-class CompiledLogWeights:
-    """Log importance weights from a compiled graph, one per batch shape and chunk of K
-    (``evaluate --compile``): a drop-in for ``log_importance_weights``' ``trace_fn``.
+class CompiledByShape:
+    """Tensor functions run as compiled graphs, one per key and shape of the inputs.
 
-    The first chunk of a shape traces the estimator's own computation (guide traced, model
-    replayed, log p - log q per sample and point) with ``make_fx`` and compiles it; the
-    parameters are constants of the graph, which is right for evaluation, where they do not
-    move. Random numbers come from PyTorch's generator (``fallback_random``), so the
-    estimate equals the eager one of the same seed. A failure to trace or compile is one
-    note (``on_note``), and the rest runs eagerly.
+    ``runner(fn, inputs, key=...)`` traces ``fn(*inputs)`` (a function of tensors returning
+    a tensor or a tuple of them) with ``make_fx`` the first time it sees ``key`` with these
+    input shapes, compiles it, and runs the graph; later calls with the same key and shapes
+    run the graph. Whatever ``fn`` reads besides its inputs (the pair's parameters) is a
+    constant of the graph: right for evaluation, where nothing moves. Random numbers come from
+    PyTorch's generator (``fallback_random``), so the outputs equal ``fn``'s of the same seed.
+    A failure to trace or compile is one note (``on_note``); from then on ``fn`` runs eagerly.
     """
 
     def __init__(self, on_note: Callable[[str], None] | None = None,
@@ -433,54 +466,61 @@ class CompiledLogWeights:
         self.compiler = compiler
         self.fallback_reason: str | None = None
 
-    def __call__(self, model, guide, x, num_samples, max_plate_nesting, data_plate=None, y=None):
-        from pyro_vae.estimators import _trace_log_weights
-
-        def eager():
-            return _trace_log_weights(model, guide, x, num_samples, max_plate_nesting,
-                                      data_plate, y)  # fmt: skip
-
+    def __call__(self, fn: Callable, inputs: Sequence[Tensor], *, key: Any,
+                 describe: str | None = None) -> Any:  # fmt: skip
         if self.fallback_reason is not None:
-            return eager()
-        inputs = (x,) if y is None else (x, y)
-        key = (id(model), id(guide), num_samples, max_plate_nesting, data_plate,
-               *((tuple(t.shape), t.dtype, str(t.device)) for t in inputs))  # fmt: skip
-        graph = self.graphs.get(key)
+            return fn(*inputs)
+        full_key = (key, *((tuple(t.shape), t.dtype, str(t.device)) for t in inputs))
+        graph = self.graphs.get(full_key)
         rng, cuda_rng = torch.random.get_rng_state(), _cuda_rng_state(inputs)
         try:
             if graph is None:
-                graph = self._trace(model, guide, num_samples, max_plate_nesting, data_plate,
-                                    inputs)  # fmt: skip
-            with warnings.catch_warnings():
+
+                def no_grad(*batch: Tensor) -> Any:
+                    with torch.no_grad():
+                        return fn(*batch)
+
+                graph = _graph_of(no_grad, inputs, self.compiler)
+                shapes = " x ".join(str(tuple(t.shape)) for t in inputs)
+                self.on_note(f"note: --compile: traced {describe or key} for batch {shapes} "
+                             f"(graph {len(self.graphs) + 1})")  # fmt: skip
+            with warnings.catch_warnings():  # the compiler's own, nothing a user can act on
                 warnings.simplefilter("ignore", DeprecationWarning)
-                weights = graph(*inputs)
+                outputs = graph(*inputs)
         except Exception as error:  # noqa: BLE001 - any failure to trace or compile: eager
             _set_rng_state(rng, cuda_rng)
             first = (str(error).strip().splitlines() or [""])[0][:200]
             self.fallback_reason = f"{type(error).__name__}: {first}"
-            self.on_note(
-                f"note: --compile: the log weights run eagerly: tracing or compiling failed "
-                f"({self.fallback_reason})"
-            )
-            return eager()
-        self.graphs[key] = graph
-        return weights
+            self.on_note(f"note: --compile: {describe or key} runs eagerly: tracing or "
+                         f"compiling failed ({self.fallback_reason})")  # fmt: skip
+            return fn(*inputs)
+        self.graphs[full_key] = graph
+        return outputs
 
-    def _trace(self, model, guide, num_samples, max_plate_nesting, data_plate, inputs):
+
+class CompiledLogWeights(CompiledByShape):
+    """Log importance weights from a compiled graph, one per batch shape and chunk of K
+    (``evaluate --compile``): a drop-in for ``log_importance_weights``' ``trace_fn``.
+
+    The first chunk of a shape traces the estimator's own computation (guide traced, model
+    replayed, log p - log q per sample and point) and compiles it (:class:`CompiledByShape`),
+    so the estimate equals the eager one of the same seed.
+    """
+
+    def __call__(self, model, guide, x, num_samples, max_plate_nesting, data_plate=None,
+                 y=None):  # fmt: skip
         from pyro_vae.estimators import _trace_log_weights
 
         def weights(*batch: Tensor) -> Tensor:
-            with torch.no_grad():
-                return _trace_log_weights(model, guide, batch[0], num_samples,
-                                          max_plate_nesting, data_plate,
-                                          batch[1] if len(batch) > 1 else None)  # fmt: skip
+            return _trace_log_weights(model, guide, batch[0], num_samples, max_plate_nesting,
+                                      data_plate, batch[1] if len(batch) > 1 else None)  # fmt: skip
 
-        graph = _graph_of(weights, inputs, self.compiler)
-        self.on_note(
-            f"note: --compile: traced the log weights for {num_samples or 1} samples x batch "
-            f"{tuple(inputs[0].shape)} (graph {len(self.graphs) + 1})"
+        return super().__call__(
+            weights,
+            (x,) if y is None else (x, y),
+            key=(id(model), id(guide), num_samples, max_plate_nesting, data_plate),
+            describe=f"the log weights of {num_samples or 1} samples",
         )
-        return graph
 
 
 def _graph_of(fn: Callable, inputs: Sequence[Tensor], compiler: Callable | None) -> Callable:
@@ -558,6 +598,7 @@ class _swapped:
 
 __all__ = [
     "COMPILE_MODES",
+    "CompiledByShape",
     "CompiledLogWeights",
     "CompiledSVI",
     "PairLoss",

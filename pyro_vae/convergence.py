@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from pyro_vae.checkpoints import BEST
 from pyro_vae.compiled import CompiledLogWeights
 from pyro_vae.config import ConfigError
+from pyro_vae.distributed import current_world
 from pyro_vae.estimators import (
     ESTIMATORS,
     EstimatorError,
@@ -63,6 +64,10 @@ CONVERGENCE_COLUMNS = (
 #: Rows (point x repeat) per vectorized call, as ``evaluate``'s batch size; within a call the
 #: samples are chunked so that K * rows * x_dim stays bounded.
 ROWS_PER_CALL = 100
+#: Seeds of the batches: cell c (estimator, K) of a study with ``seed`` draws its batch b
+#: from ``seed * CELL_SEEDS + c * BATCH_SEEDS + b`` (room for 10^6 batches per cell).
+BATCH_SEEDS = 1_000_000
+CELL_SEEDS = 1_000_000_000
 
 
 def exact_log_marginal(pair: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -88,10 +93,13 @@ def _repeated_estimates(
     estimator: str,
     y: torch.Tensor | None = None,
     trace_fn: Any = None,
+    batch_seed: int | None = None,
+    ranks: Any = None,
 ) -> dict[str, torch.Tensor]:
     """``repeats`` independent estimates for each point of ``x``: tensors of shape (R, N)
     (``y``: the labels of a pair that needs them; ``trace_fn``: a compiled weight function,
-    :class:`pyro_vae.compiled.CompiledLogWeights`)."""
+    :class:`pyro_vae.compiled.CompiledLogWeights`; ``batch_seed`` and ``ranks``: as in
+    :func:`~pyro_vae.estimators.estimate_log_px_in_batches`)."""
     repeated_y = None if y is None else y.repeat(repeats, *([1] * (y.dim() - 1)))
     out = estimate_log_px_in_batches(
         pair,
@@ -103,6 +111,8 @@ def _repeated_estimates(
         estimator=estimator,
         y=repeated_y,
         trace_fn=trace_fn,
+        batch_seed=batch_seed,
+        ranks=ranks,
     )
     return {key: value.reshape(repeats, x.shape[0]) for key, value in out.items()}
 
@@ -173,10 +183,17 @@ def convergence_study(
     and global latents fixed as in :func:`pyro_vae.evaluate.evaluate` (``scaled_sites``,
     ``conditioned_on``); ``warnings`` lists the cells whose mean ESS is below 1% of K or 10.
 
+    Each batch of each cell draws from its own seed (derived from ``seed``, the cell and the
+    batch), so under torchrun the batches are shared among the ranks and the results are
+    those of one process; rank 0 alone writes and returns the full summary to print.
+
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
     ks, estimators = _check_arguments(ks, estimators, num_points, repeats)
+    ranks, rank_device = current_world(device or "auto")
+    if ranks.distributed:
+        device = rank_device
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
                            data_dir=data_dir, pair=pair)  # fmt: skip
     x = restored.x[:num_points]
@@ -194,9 +211,14 @@ def convergence_study(
     warnings: list[str] = []
     with evaluation_mode(restored.pair):
         view = evaluation_view(restored.pair, restored.info, x[:2], None if y is None else y[:2])
-    for estimator, k in tqdm(cells, desc="convergence", disable=not progress, unit="cell"):
+    progress = progress and ranks.is_main
+    for index, (estimator, k) in enumerate(
+        tqdm(cells, desc="convergence", disable=not progress, unit="cell")
+    ):
         cell_started = time.perf_counter()
-        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator, y, compiled)
+        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator, y, compiled,
+                                    batch_seed=seed * CELL_SEEDS + index * BATCH_SEEDS,
+                                    ranks=ranks)  # fmt: skip
         warnings += low_ess_warnings(float(out_k["ess"].mean()), k, f"{estimator}, K={k}")
         results.append(
             {
@@ -226,11 +248,14 @@ def convergence_study(
         "reference_kind": reference_kind,
         "seed": seed,
         "device": str(restored.device),
+        "ranks": ranks.size,
         "seconds": time.perf_counter() - started,
         "results": results,
         **evaluation_notes(view),
         "warnings": warnings,
     }
+    if not ranks.is_main:  # rank 0 alone prints and writes
+        return summary
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if save:

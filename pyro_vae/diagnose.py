@@ -48,6 +48,7 @@ from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
+from pyro_vae.compiled import CompiledByShape, CompiledLogWeights
 from pyro_vae.estimators import (
     chunk_size_for,
     evaluation_notes,
@@ -271,25 +272,6 @@ def _per_point(tensor: torch.Tensor, site: dict, event_dims: int, num_draws: int
     return tensor.reshape(num_draws, num_points, -1)
 
 
-def _particle_traces(pair: Any, x: torch.Tensor, num_samples: int, info: PairInfo,
-                     progress: bool, desc: str) -> Iterator[tuple[Any, Any, int]]:  # fmt: skip
-    """Guide traces z ~ q(z|x) and the model replayed on them, ``k`` draws at a time
-    (in a particle plate when the pair vectorizes, else one by one without it)."""
-    chunk = chunk_size_for(x.shape[0], x[0].numel()) if info.vectorizable else 1
-    bar = tqdm(total=num_samples, desc=desc, disable=not progress, unit="draw", leave=False)
-    done = 0
-    while done < num_samples:
-        k = min(chunk, num_samples - done)
-        plate_size = k if info.vectorizable else None
-        guide_trace, model_trace = particle_traces(
-            pair.model, pair.guide, x, plate_size, info.max_plate_nesting
-        )
-        yield guide_trace, model_trace, k
-        done += k
-        bar.update(k)
-    bar.close()
-
-
 def _per_dimension(fn: Any) -> Any:
     """The distribution of each latent coordinate alone (marginals), or None if unknown."""
     fn = _base_distribution(fn)
@@ -322,7 +304,8 @@ class GuideDraws:
 
 
 def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
-                num_samples: int, *, progress: bool = False) -> GuideDraws:  # fmt: skip
+                num_samples: int, *, progress: bool = False,
+                compiled: CompiledByShape | None = None) -> GuideDraws:  # fmt: skip
     """Draw ``num_samples`` z ~ q(z|x) for every point and site; estimate moments and KLs.
 
     Moments are Rao-Blackwellized over the guide's own conditionals (law of total variance):
@@ -334,60 +317,53 @@ def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info:
     with a fixed prior it is KL(q(z_d|x) || p(z_d)); for the marginal of a full-covariance q
     it is the KL of that marginal.
 
+    The draws come in chunks (:func:`_chunk_statistics`); ``compiled`` (``diagnose
+    --compile``) runs each chunk as a compiled graph of the same computation, one per chunk
+    size, with the same random numbers.
+
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, section 5.2.
     """
     num_points = x.shape[0]
-    rank = info.max_plate_nesting + 1
     draws = {s.name: [] for s in latents}
     sums = {s.name: {"mean": 0.0, "variance": 0.0, "mean_sq": 0.0, "kl": 0.0} for s in latents}
     kl_method: dict[str, str | None] = {}
     conditional = {s.name: False for s in latents}
     log_weights = []
+    chunk = chunk_size_for(num_points, x[0].numel()) if info.vectorizable else 1
+    bar = tqdm(total=num_samples, desc="q(z|x) draws", disable=not progress, unit="draw",
+               leave=False)  # fmt: skip
+    done = 0
     with torch.no_grad():
-        for guide_trace, model_trace, k in _particle_traces(
-            pair, x, num_samples, info, progress, "q(z|x) draws"
-        ):
-            log_weights.append(
-                log_weights_of_traces(
-                    guide_trace,
-                    model_trace,
-                    num_points,
-                    max_plate_nesting=info.max_plate_nesting,
-                    num_samples=k if info.vectorizable else None,
-                    data_plate=info.data_plate,
+        while done < num_samples:
+            k = min(chunk, num_samples - done)
+
+            def statistics(batch: torch.Tensor, k: int = k) -> tuple[torch.Tensor, ...]:
+                return _chunk_statistics(pair, batch, k, latents, info, kl_method)
+
+            if compiled is None:
+                outputs = statistics(x)
+            else:
+                outputs = compiled(
+                    statistics,
+                    (x,),
+                    key=("guide draws", k),
+                    describe=f"{k} draws from q(z|x) and their weights",
                 )
-            )
-            for latent in latents:
-                guide_site = guide_trace.nodes[latent.name]
-                model_site = model_trace.nodes[latent.name]
-                event_dims = len(guide_site["fn"].event_shape)
-
-                def flat(t, site=guide_site, event_dims=event_dims, k=k):
-                    return _per_point(t, site, event_dims, k, num_points, rank)
-
-                value = guide_site["value"]
-                mean, variance = _moments(guide_site["fn"], value)
-                draws[latent.name].append(flat(value).float().cpu().numpy())
-                # a site whose q depends on x only has one mean for all draws, bit for bit
-                conditional[latent.name] |= bool((flat(mean) != flat(mean)[:1]).any())
+            log_weights.append(outputs[0])
+            for index, latent in enumerate(latents):
+                value, mean, variance, mean_sq, kl, moved = outputs[1 + 6 * index : 7 + 6 * index]
+                draws[latent.name].append(value.float().cpu().numpy())
+                conditional[latent.name] |= bool(moved)
                 total = sums[latent.name]
-                total["mean"] = total["mean"] + flat(mean).sum(0)
-                total["variance"] = total["variance"] + flat(variance).sum(0)
-                total["mean_sq"] = total["mean_sq"] + flat(mean).pow(2).sum(0)
-                q_dims = _per_dimension(guide_site["fn"])
-                p_dims = _per_dimension(model_site["fn"])
-                if q_dims is None or p_dims is None:
-                    kl_method[latent.name] = None
-                    continue
-                try:
-                    kl = torch.distributions.kl_divergence(q_dims, p_dims)
-                    kl_method.setdefault(latent.name, "analytic")
-                except NotImplementedError:
-                    kl = q_dims.log_prob(value) - p_dims.log_prob(value)
-                    kl_method.setdefault(latent.name, "monte carlo")
-                kl = kl.expand(value.shape)
-                total["kl"] = total["kl"] + flat(kl).sum(0)
+                total["mean"] = total["mean"] + mean
+                total["variance"] = total["variance"] + variance
+                total["mean_sq"] = total["mean_sq"] + mean_sq
+                if kl_method.get(latent.name) is not None:
+                    total["kl"] = total["kl"] + kl
+            done += k
+            bar.update(k)
+    bar.close()
     mean, sd, kl = {}, {}, {}
     for latent in latents:
         total = sums[latent.name]
@@ -409,6 +385,60 @@ def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info:
         conditional=conditional,
         log_weights=torch.cat(log_weights, dim=0),
     )
+
+
+def _chunk_statistics(pair: Any, x: torch.Tensor, k: int, latents: Sequence[LatentSite],
+                      info: PairInfo, kl_method: dict[str, str | None]
+                      ) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """One chunk of ``k`` draws z ~ q(z|x) (in a particle plate when the pair vectorizes,
+    else one draw without it), as tensors only, so that it can be traced into a graph: the
+    log weights (k, B), then per latent site its draws (k, B, D), the sums over the chunk of
+    E_q[z|pa], Var_q[z|pa], E_q[z|pa]^2 and the KL per dimension (B, D each; the KL zero
+    where ``kl_method`` records none), and whether q's mean at the site moved from draw to
+    draw. ``kl_method[site]`` is set on the first call: "analytic", "monte carlo" or None."""
+    num_points = x.shape[0]
+    rank = info.max_plate_nesting + 1
+    guide_trace, model_trace = particle_traces(
+        pair.model, pair.guide, x, k if info.vectorizable else None, info.max_plate_nesting
+    )
+    outputs = [
+        log_weights_of_traces(
+            guide_trace,
+            model_trace,
+            num_points,
+            max_plate_nesting=info.max_plate_nesting,
+            num_samples=k if info.vectorizable else None,
+            data_plate=info.data_plate,
+        )
+    ]
+    for latent in latents:
+        guide_site = guide_trace.nodes[latent.name]
+        model_site = model_trace.nodes[latent.name]
+        event_dims = len(guide_site["fn"].event_shape)
+
+        def flat(t, site=guide_site, event_dims=event_dims):
+            return _per_point(t, site, event_dims, k, num_points, rank)
+
+        value = guide_site["value"]
+        mean, variance = _moments(guide_site["fn"], value)
+        kl = torch.zeros_like(flat(value)[0])
+        q_dims = _per_dimension(guide_site["fn"])
+        p_dims = _per_dimension(model_site["fn"])
+        if q_dims is None or p_dims is None:
+            kl_method[latent.name] = None
+        else:
+            try:
+                per_draw = torch.distributions.kl_divergence(q_dims, p_dims)
+                kl_method.setdefault(latent.name, "analytic")
+            except NotImplementedError:
+                per_draw = q_dims.log_prob(value) - p_dims.log_prob(value)
+                kl_method.setdefault(latent.name, "monte carlo")
+            kl = flat(per_draw.expand(value.shape)).sum(0)
+        # a site whose q depends on x only has one mean for all draws, bit for bit
+        moved = (flat(mean) != flat(mean)[:1]).any()
+        outputs += [flat(value), flat(mean).sum(0), flat(variance).sum(0),
+                    flat(mean).pow(2).sum(0), kl, moved]  # fmt: skip
+    return tuple(outputs)
 
 
 @contextlib.contextmanager
@@ -492,7 +522,8 @@ def gaps_unavailable(latents: Sequence[LatentSite], num_points: int) -> str | No
 def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
                    loc: dict[str, np.ndarray], scale: dict[str, np.ndarray], *,
                    num_samples: int, steps: int = 200, lr: float = 1e-2, particles: int = 8,
-                   progress: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+                   progress: bool = False, compiled: CompiledLogWeights | None = None
+                   ) -> dict[str, torch.Tensor]:  # fmt: skip
     """Fit q* to each point by Adam on its ELBO; return its ELBO and IS log p(x) per point.
 
     q* starts at ``loc``, ``scale`` (the guide's mean and sd per coordinate: for a Gaussian
@@ -503,7 +534,7 @@ def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], in
     with ``particles`` reparameterized draws per step and the model's parameters frozen.
     Returns per-point tensors ``elbo`` (L[q*] from ``num_samples`` fresh draws), ``log_px``
     (log-mean-exp of the same weights: importance sampling with q* as the proposal) and
-    ``elbo_stderr``.
+    ``elbo_stderr``. ``compiled``: those weights from compiled graphs (``--compile``).
 
     References:
         Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
@@ -544,6 +575,7 @@ def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], in
             chunk_size=chunk_size_for(x.shape[0], x[0].numel()),
             vectorize=info.vectorizable,
             data_plate=info.data_plate,
+            trace_fn=compiled,
         )
     return {
         "elbo": log_weights.mean(0),
@@ -722,6 +754,7 @@ def diagnose_pair(
     gap_particles: int = 8,
     seed: int = 0,
     progress: bool = False,
+    compile: bool = False,
 ) -> Diagnosis:
     """Diagnose the amortized posterior q(z|x) of ``pair`` at each point of the batch ``x``.
 
@@ -736,7 +769,10 @@ def diagnose_pair(
     one; with S draws that noise is small unless the proposal is much narrower than p(z|x)
     (which the k-hat of that point then shows).
     ``info`` is :func:`~pyro_vae.pairs.check_pair`'s report (computed here if None; that
-    needs two points or more); ``indices`` label the points (default 0..B-1).
+    needs two points or more); ``indices`` label the points (default 0..B-1). ``compile``:
+    the importance-sampling parts (the draws from q and their weights, and q*'s weights) run
+    as compiled graphs of the same computations (:class:`~pyro_vae.compiled.CompiledByShape`),
+    with the same numbers; ``seconds`` in the summary says how long each part took.
 
     References:
         Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?
@@ -756,13 +792,13 @@ def diagnose_pair(
         )
         return _diagnose_pair(
             view, x, local_info, indices, num_samples, nuts, nuts_chains, nuts_warmup,
-            nuts_samples, gap_steps, gap_lr, gap_particles, seed, progress,
+            nuts_samples, gap_steps, gap_lr, gap_particles, seed, progress, compile,
         )  # fmt: skip
 
 
 def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_warmup,
-                   nuts_samples, gap_steps, gap_lr, gap_particles, seed,
-                   progress) -> Diagnosis:  # fmt: skip
+                   nuts_samples, gap_steps, gap_lr, gap_particles, seed, progress,
+                   compile=False) -> Diagnosis:  # fmt: skip
     num_points = x.shape[0]
     indices = list(range(num_points)) if indices is None else [int(i) for i in indices]
     if len(indices) != num_points:
@@ -783,12 +819,15 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
             "density here is the unscaled one"
         )
     seconds: dict[str, float] = {}
+    compiled = None
+    if compile:
+        compiled = CompiledByShape(on_note=lambda line: print(line, file=sys.stderr))
 
     # S draws from q: PSIS k-hat, log p(x), ELBO from their weights; moments, KL per
     # dimension and the InferenceData from the same draws
     started = time.perf_counter()
     pyro.set_rng_seed(seed)
-    q = guide_draws(pair, x, latents, info, num_samples, progress=progress)
+    q = guide_draws(pair, x, latents, info, num_samples, progress=progress, compiled=compiled)
     seconds["importance_sampling"] = time.perf_counter() - started
     log_weights = q.log_weights
     broken = torch.isnan(log_weights) | torch.isposinf(log_weights)  # -inf: a zero weight
@@ -844,7 +883,9 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
         pyro.set_rng_seed(seed + 2)
         fitted = inference_gaps(pair, x, latents, info, q.mean, q.sd, num_samples=num_samples,
                                 steps=gap_steps, lr=gap_lr, particles=gap_particles,
-                                progress=progress)  # fmt: skip
+                                progress=progress,
+                                compiled=CompiledLogWeights(compiled.on_note) if compiled
+                                else None)  # fmt: skip
         log_px_best = torch.maximum(log_px, fitted["log_px"])
         amortization = fitted["elbo"] - elbo
         approximation = log_px_best - fitted["elbo"]
@@ -1034,6 +1075,7 @@ def diagnose(
     progress: bool | None = None,
     save: bool = True,
     seed: int = 0,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Diagnose a trained run's amortized posterior at selected points of a split.
 
@@ -1041,7 +1083,8 @@ def diagnose(
     whole split if smaller); not both. See :func:`diagnose_pair` for what is measured:
     PSIS k-hat per point, log p(x) ~= log (1/S) sum_s p(x, z_s)/q(z_s|x), the ELBO, the
     amortization and approximation gaps, active units, KL per dimension, and with ``nuts``
-    a NUTS reference posterior. With ``save``, writes into ``out`` (default
+    a NUTS reference posterior; ``compile`` runs the importance-sampling parts as compiled
+    graphs (the same numbers). With ``save``, writes into ``out`` (default
     RUN_DIR/diagnose): ``diagnose.json``, ``guide.nc`` (and ``nuts.nc``) as ArviZ
     InferenceData, and PNGs ``khat.png``, ``kl_per_dim.png``, ``forest.png``, ``pair.png``.
     Returns the JSON-ready summary.
@@ -1067,7 +1110,7 @@ def diagnose(
         pair, x, info=info, indices=chosen, num_samples=num_samples, nuts=nuts,
         nuts_chains=nuts_chains, nuts_warmup=nuts_warmup, nuts_samples=nuts_samples,
         gap_steps=gap_steps, gap_lr=gap_lr, gap_particles=gap_particles, seed=seed,
-        progress=progress,
+        progress=progress, compile=compile,
     )  # fmt: skip
     summary = {
         "run_dir": str(run_dir),

@@ -400,18 +400,30 @@ def estimate_log_px_in_batches(
     progress: Callable[[Iterable], Iterable] | None = None,
     y: torch.Tensor | None = None,
     trace_fn: Callable | None = None,
+    batch_seed: int | None = None,
+    ranks: Any = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`estimate_log_px` over the rows of ``x``, ``batch_size`` points at a time.
 
     Memory stays bounded for any number of points; per-point results come back on the CPU,
     concatenated in the order of ``x``. ``progress`` wraps the iterable of batch starts
     (e.g. a ``tqdm`` partial) to show a progress bar.
+
+    ``batch_seed``: batch i draws from ``torch.manual_seed(batch_seed + i)``, so its numbers
+    do not depend on which batches ran before it. ``ranks`` (a
+    :class:`~pyro_vae.distributed.World` of several processes): rank r computes the batches
+    i with i % R == r, and every rank gets all the per-point results; with ``batch_seed``
+    they are those of one process.
     """
     starts: Iterable[int] = range(0, x.shape[0], batch_size)
+    if ranks is not None and ranks.distributed:
+        starts = range(ranks.rank * batch_size, x.shape[0], batch_size * ranks.size)
     if progress is not None:
         starts = progress(starts)
     parts: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": []}
     for start in starts:
+        if batch_seed is not None:
+            torch.manual_seed(batch_seed + start // batch_size)
         out = estimate_log_px(
             pair,
             x[start : start + batch_size],
@@ -424,6 +436,12 @@ def estimate_log_px_in_batches(
         )
         for key, values in parts.items():
             values.append(out[key].cpu())
+    if ranks is not None and ranks.distributed:
+        gathered = ranks.gather(parts, "gathering the per-point estimates")
+        # batch i was computed by rank i % R as its (i // R)-th batch
+        num_batches = -(-x.shape[0] // batch_size)
+        parts = {key: [gathered[i % ranks.size][key][i // ranks.size]
+                       for i in range(num_batches)] for key in parts}  # fmt: skip
     return {key: torch.cat(values) for key, values in parts.items()}
 
 

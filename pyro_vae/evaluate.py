@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from pyro_vae.checkpoints import BEST
 from pyro_vae.compiled import CompiledLogWeights
 from pyro_vae.config import ConfigError, TrainConfig
+from pyro_vae.distributed import current_world
 from pyro_vae.estimators import (
     check_estimator,
     estimate_log_px_in_batches,
@@ -184,6 +185,9 @@ def evaluate(
     check_estimator(estimator)
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
+    ranks, rank_device = current_world(device or "auto")
+    if ranks.distributed:
+        device = rank_device
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
@@ -216,6 +220,8 @@ def evaluate(
             progress=partial(tqdm, desc=f"evaluate {split}", disable=not progress, unit="batch"),
             y=y_all,
             trace_fn=compiled,
+            batch_seed=EVAL_SEED,
+            ranks=ranks,
         )
         classification = _classification(pair, info, x_all, classes, batch_size)
     seconds = time.perf_counter() - started
@@ -243,6 +249,7 @@ def evaluate(
         "epoch": state["epoch"],
         "dataset": restored.dataset,
         "device": str(restored.device),
+        "ranks": ranks.size,
         "seconds": seconds,
         **evaluation_notes(view),
         **classification,
@@ -252,6 +259,8 @@ def evaluate(
         summary["num_labelled"] = restored.config.num_labelled
     if info.needs_labels:
         summary["conditioned_on_labels"] = "log p(x | y): the pair needs the labels y"
+    if not ranks.is_main:  # rank 0 alone prints and writes
+        return summary
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if save:

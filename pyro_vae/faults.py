@@ -5,7 +5,8 @@ send SIGKILL to the process itself, as a crash or ``kill -9`` would at that mome
 ``POINT:N:SIGTERM`` (or ``SIGINT``) sends that signal instead, as a user stopping the run
 would. Points: ``step`` (after an SVI step), ``written:FILE`` (a temporary file written, not
 yet renamed to FILE) and ``renamed:FILE`` (FILE renamed into place). Unset, the check costs
-one environment lookup.
+one environment lookup. ``PYRO_VAE_FAULT_RANK=R`` confines the fault to rank R of a
+distributed run (torchrun's ``RANK``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import signal
 
 ENVIRONMENT = "PYRO_VAE_FAULT"
+RANK_ENVIRONMENT = "PYRO_VAE_FAULT_RANK"
 _passes: dict[str, int] = {}
 
 
@@ -39,6 +41,9 @@ def fault_point(name: str) -> None:
         return
     point, count, signum = parse_fault(wanted)
     if point != name:
+        return
+    only = os.environ.get(RANK_ENVIRONMENT)
+    if only is not None and os.environ.get("RANK", "0") != only:
         return
     _passes[name] = _passes.get(name, 0) + 1
     if _passes[name] == count:

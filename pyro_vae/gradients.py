@@ -368,13 +368,19 @@ def forget_baselines() -> None:
 
 
 def forget_stale_optimizers(optimizer: pyro.optim.PyroOptim) -> None:
-    """Drop the per-parameter optimizers of tensors the param store no longer holds.
+    """Drop the optimizer state of tensors the param store no longer holds.
 
     ``TraceGraph_ELBO`` replaces the decaying-average tensor in the param store at every
-    step, and ``SVI`` hands each new tensor to the optimizer, which keeps one (idle) torch
-    optimizer per tensor ever seen; without this the optimizer grows by one per step.
+    step, and ``SVI`` hands each new tensor to the optimizer: Pyro's ``PyroOptim`` keeps one
+    (idle) torch optimizer per tensor ever seen, and grows by one per step without this. The
+    run's :class:`~pyro_vae.optimizers.RunOptimizer` takes only tensors with gradients, and
+    drops any that were replaced.
     """
     live = {id(p) for _, p in pyro.get_param_store().named_parameters()}
+    forget = getattr(optimizer, "forget", None)
+    if forget is not None:
+        forget(live)
+        return
     for param in list(optimizer.optim_objs):
         if id(param) not in live:
             del optimizer.optim_objs[param]

@@ -1,10 +1,12 @@
 """Optimizers and learning-rate schedules by name: ``--optimizer`` and ``--lr-schedule``.
 
-An optimizer is a ``torch.optim`` class (or Pyro's ``ClippedAdam``) run by Pyro's
-``PyroOptim``, which keeps one instance per parameter tensor: parameters that Pyro programs
-create at their first call join when they appear, and the state of each is a plain
-``state_dict`` in the checkpoint. ``--clip-norm`` clips each parameter tensor's gradient norm
-(``PyroOptim``'s ``clip_args``; ``clipped-adam`` clips inside its own step, the same way).
+An optimizer is a ``torch.optim`` class (or Pyro's ``ClippedAdam``): one instance over all
+the parameters of a run (:class:`RunOptimizer`, behind Pyro's ``PyroOptim`` interface, so
+``SVI`` drives it), with PyTorch's fused kernels where the class has them. Parameters that
+Pyro programs create at their first call join when they appear. ``--clip-norm`` clips each
+parameter tensor's gradient norm (as ``PyroOptim``'s ``clip_args`` do; ``clipped-adam``
+clips inside its own step, the same way). The checkpoint holds the optimizer's
+``state_dict`` (with the param-store name of each tensor) and the schedule's.
 
 A schedule is a pure function of the epoch: the learning rate of epoch e (counted from 0)
 is ``lr * factor(e)`` for every parameter group (the neural baselines' ``--baseline-lr``
@@ -161,34 +163,255 @@ def optimizer_kwargs(config: Any, lr: float) -> dict[str, Any]:
     return kwargs
 
 
-def make_optimizer(config: Any, lr_for: Callable[[str], float]) -> pyro.optim.PyroOptim:
-    """The run's ``PyroOptim``: ``config.optimizer`` per parameter tensor, at the learning
-    rate ``lr_for(param_name)`` when the tensor first appears (:func:`set_learning_rates`
-    moves the rates of those already there)."""
-    spec = OPTIMIZERS[config.optimizer]
-    clip_args = None
-    if config.clip_norm is not None and not spec.clips_itself:
-        clip_args = {"clip_norm": config.clip_norm}
-    return pyro.optim.PyroOptim(
-        spec.constructor, lambda name: optimizer_kwargs(config, lr_for(name)), clip_args
-    )
+def make_optimizer(config: Any, base_lr_for: Callable[[str], float]) -> RunOptimizer:
+    """The run's optimizer: one ``config.optimizer`` over every parameter of the run, a
+    parameter joining the group of its base rate ``base_lr_for(param_name)`` (``--lr``, or
+    ``--baseline-lr`` for the neural baselines) when its first gradient appears."""
+    return RunOptimizer(config, base_lr_for)
 
 
-def set_learning_rates(optimizer: pyro.optim.PyroOptim, lr_for: Callable[[str], float]) -> None:
-    """Set every per-parameter optimizer's learning rate to ``lr_for(param_name)``."""
-    store = pyro.get_param_store()
-    for param, optim in optimizer.optim_objs.items():
-        lr = lr_for(store.param_name(param))
-        for group in optim.param_groups:
-            group["lr"] = lr
+class RunOptimizer(pyro.optim.PyroOptim):
+    """One ``torch.optim`` optimizer over all the parameters of a run, behind Pyro's
+    ``PyroOptim`` interface (``SVI`` calls it with the parameters of each step).
+
+    Pyro's own ``PyroOptim`` keeps one torch optimizer per parameter tensor, which costs a
+    Python call per tensor and step and rules out the multi-tensor kernels. Here the tensors
+    share one optimizer, which uses PyTorch's fused kernel where the class has one (``Adam``,
+    ``AdamW``, ``SGD``: ``fused=True``). The arithmetic per tensor is the optimizer's own, so
+    the grouping does not change results. Each step moves only the parameters it is given
+    (the classifier's SVI steps a subset): the gradients of the others are held back for
+    the span of the step.
+
+    - Parameters join at their first gradient, in the order of their param-store names (a
+      tensor that never receives one, such as Pyro's decaying-average baseline, never
+      joins). Tensors of one base rate form one parameter group, whose ``initial_lr`` is
+      that rate and whose ``lr`` is ``initial_lr * factor`` (:meth:`set_lr_factor`, called by
+      :class:`EpochScheduler`).
+    - ``--clip-norm`` clips each tensor's gradient norm before the step, as ``PyroOptim``'s
+      ``clip_args`` do (``clipped-adam`` clips inside its own step).
+    - :meth:`get_state` is ``{"optimizer", "names", "state_dict"}``: the torch optimizer's
+      ``state_dict`` and the param-store names of its parameters, group by group.
+      :meth:`set_state` takes that (or ``PyroOptim``'s per-parameter dict of an older
+      checkpoint) and binds it by name at the next step.
+    """
+
+    def __init__(self, config: Any, base_lr_for: Callable[[str], float]) -> None:
+        self.spec = OPTIMIZERS[config.optimizer]
+        self.config = config
+        self.base_lr_for = base_lr_for
+        super().__init__(self.spec.constructor, lambda name: optimizer_kwargs(config, 0.0))
+        self.clip_norm = None if self.spec.clips_itself else config.clip_norm
+        self.factor = 1.0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.names: list[list[str]] = []  # param-store names, group by group
+        self.fused = False
+        self._joined: set[int] = set()  # ids of the tensors the optimizer holds
+        self._pending: dict | None = None
+        #: Called with the stepped tensors (in the optimizer's order, the same at every rank)
+        #: before clipping and stepping: a distributed run sums their gradients over ranks.
+        self.reduce_gradients: Callable[[list[torch.Tensor]], None] | None = None
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            return []
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def __call__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        stepped = [p for p in params if p.grad is not None]
+        if self._pending is not None:
+            self._bind_pending()
+        new = [p for p in stepped if id(p) not in self._joined]
+        if new:
+            self._join(new)
+        if self.reduce_gradients is not None:
+            given = {id(p) for p in stepped}
+            self.reduce_gradients([p for p in self.parameters if id(p) in given])
+        if self.clip_norm is not None:
+            for param in stepped:
+                torch.nn.utils.clip_grad_norm_(param, self.clip_norm)
+        assert self.optimizer is not None or not stepped
+        if self.optimizer is None:
+            return
+        if len(stepped) == len(self._joined):
+            self.optimizer.step(*args, **kwargs)
+            return
+        given = {id(p) for p in stepped}
+        held = [(p, p.grad) for p in self.parameters if id(p) not in given]
+        for param, _ in held:
+            param.grad = None
+        try:
+            self.optimizer.step(*args, **kwargs)
+        finally:
+            for param, grad in held:
+                param.grad = grad
+
+    def _group_kwargs(self, base_lr: float) -> dict[str, Any]:
+        kwargs = optimizer_kwargs(self.config, base_lr * self.factor)
+        kwargs["initial_lr"] = base_lr
+        return kwargs
+
+    def _join(self, tensors: list[torch.Tensor]) -> None:
+        store = pyro.get_param_store()
+        named = sorted((store.param_name(p), p) for p in tensors)
+        by_rate: dict[float, list[tuple[str, torch.Tensor]]] = {}
+        for name, tensor in named:
+            by_rate.setdefault(float(self.base_lr_for(name)), []).append((name, tensor))
+        for rate, members in by_rate.items():
+            groups = self.optimizer.param_groups if self.optimizer is not None else []
+            index = next((i for i, g in enumerate(groups) if g["initial_lr"] == rate), None)
+            if index is None:
+                self._add_group([t for _, t in members], self._group_kwargs(rate))
+                self.names.append([name for name, _ in members])
+            else:
+                self.optimizer.param_groups[index]["params"].extend(t for _, t in members)
+                self.names[index].extend(name for name, _ in members)
+            self._joined.update(id(t) for _, t in members)
+
+    def _add_group(self, tensors: list[torch.Tensor], kwargs: dict[str, Any]) -> None:
+        group = {"params": tensors, **kwargs}
+        if self.optimizer is not None:
+            self.optimizer.add_param_group(group)
+            return
+        fused_ok = self.spec.constructor in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+        if fused_ok and all(t.is_floating_point() and t.device.type in ("cpu", "cuda")
+                            for t in tensors):  # fmt: skip
+            try:
+                self.optimizer = self.spec.constructor([group], fused=True)
+                self.fused = True
+                return
+            except (RuntimeError, ValueError):
+                pass
+        self.optimizer = self.spec.constructor([group])
+
+    def set_lr_factor(self, factor: float) -> None:
+        """Every group's ``lr`` to its ``initial_lr`` times ``factor`` (and the groups that
+        join later)."""
+        self.factor = float(factor)
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * self.factor
+
+    def get_state(self) -> dict[str, Any]:
+        if self._pending is not None:  # saved before the first step after a resume
+            return self._pending
+        if self.optimizer is None:
+            return {"optimizer": self.config.optimizer, "names": [], "state_dict": None}
+        return {
+            "optimizer": self.config.optimizer,
+            "names": [list(names) for names in self.names],
+            "state_dict": self.optimizer.state_dict(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if "state_dict" not in state:  # PyroOptim's {param name: state_dict} of old runs
+            state = {**_from_per_parameter(state), "optimizer": self.config.optimizer}
+        if state["optimizer"] != self.config.optimizer:
+            raise OptimizerError(
+                f"the checkpoint's optimizer state is --optimizer {state['optimizer']}, "
+                f"the run's is --optimizer {self.config.optimizer}"
+            )
+        self.optimizer, self.names, self._joined = None, [], set()
+        self._pending = state if state["state_dict"] is not None else None
+
+    def _bind_pending(self) -> None:
+        """The saved state, bound by name to the tensors the param store now holds (a
+        saved group whose tensors now have different base rates is split by rate)."""
+        state, self._pending = self._pending, None
+        store = pyro.get_param_store()
+        saved = state["state_dict"]
+        groups, kept_state, index = [], {}, 0
+        for names, group in zip(state["names"], saved["param_groups"], strict=True):
+            by_rate: dict[float, list[tuple[str, int]]] = {}
+            for name, old in zip(names, group["params"], strict=True):
+                if name in store:
+                    by_rate.setdefault(float(self.base_lr_for(name)), []).append((name, old))
+            for rate, members in by_rate.items():
+                tensors = [store._params[name] for name, _ in members]
+                self._add_group(tensors, self._group_kwargs(rate))
+                self.names.append([name for name, _ in members])
+                self._joined.update(id(t) for t in tensors)
+                renumbered = []
+                for _, old in members:
+                    if old in saved["state"]:
+                        kept_state[index] = saved["state"][old]
+                    renumbered.append(index)
+                    index += 1
+                groups.append({**group, "params": renumbered, "initial_lr": rate,
+                               "lr": rate * self.factor})  # fmt: skip
+        if self.optimizer is None:
+            return
+        # how the step runs is this optimizer's choice, not the checkpoint's
+        for group, current in zip(groups, self.optimizer.param_groups, strict=True):
+            for key in ("fused", "foreach", "capturable", "differentiable"):
+                if key in current:
+                    group[key] = current[key]
+                else:
+                    group.pop(key, None)
+        self.optimizer.load_state_dict({"state": kept_state, "param_groups": groups})
+
+    def forget(self, live: set[int]) -> None:
+        """Drop the tensors whose ids are not in ``live`` (replaced in the param store)."""
+        if self.optimizer is None:
+            return
+        for group, names in zip(self.optimizer.param_groups, self.names, strict=True):
+            kept = [(p, n) for p, n in zip(group["params"], names, strict=True) if id(p) in live]
+            for param in group["params"]:
+                if id(param) not in live:
+                    self.optimizer.state.pop(param, None)
+                    self._joined.discard(id(param))
+            group["params"] = [p for p, _ in kept]
+            names[:] = [n for _, n in kept]
 
 
-def with_learning_rates(optimizer_state: dict, lr_for: Callable[[str], float]) -> dict:
-    """Saved per-parameter optimizer states (``PyroOptim.get_state``) with each group's
-    learning rate set to ``lr_for(param_name)``: loaded lazily, at a parameter's next step,
-    they would otherwise bring back the rate they were saved with."""
-    updated = {}
-    for name, saved in optimizer_state.items():
-        groups = [{**group, "lr": lr_for(name)} for group in saved["param_groups"]]
-        updated[name] = {**saved, "param_groups": groups}
-    return updated
+def _from_per_parameter(state: dict[str, Any]) -> dict[str, Any]:
+    """``PyroOptim.get_state()`` (one torch ``state_dict`` per parameter name) as one
+    optimizer's state: one group per rate, in the order of the names."""
+    names, state_by_index, groups = [], {}, {}
+    for name in sorted(state):
+        per_parameter = state[name]
+        group = dict(per_parameter["param_groups"][0])
+        key = group["lr"]
+        if key not in groups:
+            groups[key] = {**group, "params": []}
+            names.append([])
+        position = list(groups).index(key)
+        index = sum(len(g) for g in names)
+        names[position].append(name)
+        if 0 in per_parameter["state"]:
+            state_by_index[index] = per_parameter["state"][0]
+        groups[key]["params"].append(index)
+    return {
+        "optimizer": None,
+        "names": names,
+        "state_dict": {"state": state_by_index, "param_groups": list(groups.values())},
+    }
+
+
+class EpochScheduler:
+    """The learning-rate schedule of a run, with PyTorch's scheduler interface: ``step(epoch)``
+    sets every group's rate to its ``initial_lr`` times :func:`lr_factor` of the epoch
+    (1-based), ``get_last_lr()``, and ``state_dict()`` / ``load_state_dict()``, which the
+    checkpoint holds. The rate is a pure function of the epoch, so a resumed run continues
+    the schedule exactly, and a new ``--lr`` on resume takes effect from the next epoch."""
+
+    def __init__(self, optimizer: RunOptimizer, config: Any) -> None:
+        self.optimizer = optimizer
+        self.config = config
+        self.last_epoch = 0
+
+    def step(self, epoch: int) -> None:
+        self.last_epoch = epoch
+        self.optimizer.set_lr_factor(lr_factor(self.config, epoch - 1))
+
+    def get_last_lr(self) -> list[float]:
+        """The rate of each parameter group (``--lr`` times the factor before any joined)."""
+        if self.optimizer.optimizer is None:
+            return [self.config.lr * self.optimizer.factor]
+        return [group["lr"] for group in self.optimizer.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.config.lr_schedule, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step(int(state["last_epoch"]))

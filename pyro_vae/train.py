@@ -23,6 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
+from pyro import poutine
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -40,12 +42,22 @@ from pyro_vae.checkpoints import (
     checkpoint_state,
     load_checkpoint,
     restore_params,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from pyro_vae.compiled import CompiledSVI, untraceable_reason
 from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
 from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset
+from pyro_vae.distributed import (
+    DistributedError,
+    World,
+    check_same_config,
+    current_world,
+    rank_seed,
+    shard_rows,
+    world,
+)
 from pyro_vae.estimators import evaluation_view, log_importance_weights
 from pyro_vae.faults import fault_point
 from pyro_vae.files import atomic_write_bytes
@@ -70,12 +82,7 @@ from pyro_vae.labels import (
     training_labels,
 )
 from pyro_vae.objectives import OBJECTIVES, enumerated_guide, make_objective
-from pyro_vae.optimizers import (
-    lr_factor,
-    make_optimizer,
-    set_learning_rates,
-    with_learning_rates,
-)
+from pyro_vae.optimizers import EpochScheduler, lr_factor, make_optimizer
 from pyro_vae.pairs import (
     PAIRS,
     PairError,
@@ -223,17 +230,16 @@ def training_guide(
     ), baselines
 
 
-def learning_rates(config: TrainConfig, epoch: int) -> Callable[[str], float]:
-    """The learning rate of each parameter in epoch ``epoch`` (1-based): ``--baseline-lr``
-    for the neural baseline's parameters (``baseline.*``, or ``baseline$$$*`` as the param
-    store names them), ``--lr`` for all others, each times the schedule's factor."""
-    factor = lr_factor(config, epoch - 1)
+def base_rates(config: TrainConfig) -> Callable[[str], float]:
+    """The base learning rate of each parameter, by param-store name: ``--baseline-lr`` for
+    the neural baseline's parameters (``baseline.*``, or ``baseline$$$*`` as the param store
+    names them), ``--lr`` for all others. The schedule multiplies both by its factor."""
 
     def lr_for(name: str) -> float:
         in_baseline = name.replace("$$$", ".").startswith(BASELINE_MODULE + ".")
         if config.baseline_lr is not None and in_baseline:
-            return config.baseline_lr * factor
-        return config.lr * factor
+            return config.baseline_lr
+        return config.lr
 
     return lr_for
 
@@ -530,7 +536,8 @@ def _steps_per_epoch(train_x: torch.Tensor, config: TrainConfig) -> int:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if world().is_main:  # one voice for the ranks of a distributed run
+        print(message, file=sys.stderr, flush=True)
 
 
 def train(
@@ -549,6 +556,11 @@ def train(
     ``checkpoint_every`` saved) up to ``config.epochs``; a finished run only gets its
     finishing steps (metrics, learning curves). One trainer at a time holds the directory's
     lock; SIGINT/SIGTERM stop the run after the current step, with that step saved.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this process is one rank of a data-parallel run
+    (:mod:`pyro_vae.distributed`): every rank trains on its shard with ``batch_size / R``
+    points per step, gradients are summed before each optimizer step, and rank 0 alone
+    holds the lock and writes the run directory.
     """
     record_object = pair is not None and config.pair is None and config.model is None
     if record_object:
@@ -556,9 +568,14 @@ def train(
     config = defaults_for(config.validate())
     if config.out is None:
         raise ConfigError("--out RUN_DIR is required: the run directory to write")
-    run_dir = prepare_run_dir(Path(config.out))
-    with run_lock(run_dir), StopSignals() as stop:
-        remove_stale_temporaries(run_dir, own=RUN_FILES)
+    ranks, config.device = current_world(config.device)
+    run_dir = Path(config.out)
+    if ranks.is_main:
+        run_dir = prepare_run_dir(run_dir)
+    ranks.barrier("rank 0 prepared the run directory")
+    with run_lock(run_dir) if ranks.is_main else nullcontext(), StopSignals() as stop:
+        if ranks.is_main:
+            remove_stale_temporaries(run_dir, own=RUN_FILES)
         return _train(config, run_dir, pair, record_object, resume, progress, on_epoch, stop)
 
 
@@ -617,18 +634,33 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         if config.num_labelled is None:  # resolved when the run started
             config.num_labelled = trained.num_labelled
         _check_resumable(config, trained, state["epoch"])
+    ranks = world()
+    check_same_config(ranks, config.to_dict(), ignore=("device",))
+    if ranks.distributed and config.batch_size % ranks.size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is the global batch, split among "
+            f"{ranks.size} ranks, and does not divide by {ranks.size}: use a multiple of "
+            f"{ranks.size}, e.g. {config.batch_size - config.batch_size % ranks.size or ranks.size}"
+        )
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and ranks.is_main
 
     pyro.set_rng_seed(config.seed)
     data = load_data(config, device)
     train_x = data.train if config.train_limit is None else data.train[: config.train_limit]
     valid_x = eval_split(data, "valid", config.binarize)
+    num_train, num_valid = train_x.shape[0], valid_x.shape[0]
     if record_object and not resume:
         record_pair_object(pair, config, data.image_shape)
     pair = make_pair(config, data.image_shape, device, pair, data.num_classes)
     labels = _training_labels(config, data, pair, train_x.shape[0])
-    plan = epoch_plan(train_x.shape[0], labels.labelled, config.batch_size,
+    batch_size = config.batch_size // ranks.size  # each rank's share of the global batch
+    if ranks.distributed:
+        _check_distributable(labels, config, ranks)
+        rows = shard_rows(num_train, ranks.rank, ranks.size, config.seed).to(train_x.device)
+        train_x, valid_x = train_x[rows], valid_x[ranks.rank :: ranks.size]
+    plan = epoch_plan(train_x.shape[0], labels.labelled, batch_size,
                       drop_last=config.drop_last, labelled_batches=config.labelled_batches,
                       seed=config.seed, device=train_x.device)  # fmt: skip
     if plan.steps == 0:
@@ -639,7 +671,14 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
     probe = _probe_batch(data, config)
     info = check_pair(pair, probe, _probe_labels(labels, probe))
     scales = TrainingScales(data_plate=info.data_plate)
-    points_per_step = _minibatch_scaling(info, train_x.shape[0], scales)
+    if ranks.distributed and info.data_plate_size is not None:
+        raise ConfigError(
+            "the pair subsamples its own data plate (pyro.plate(..., subsample=...)), so each "
+            "rank's loss is scaled by N over the rank's share of the batch and the sum over "
+            f"{ranks.size} ranks would count every point {ranks.size} times; drop the subsample "
+            "from the pair's plate (pyro_vae scales minibatches itself) or train on one process"
+        )
+    points_per_step = _minibatch_scaling(info, num_train, scales)
     if config.num_particles > 1 and not info.vectorizable:
         _log("note: the pair does not vectorize over particles; particles run in a loop")
     elbo = make_objective(
@@ -657,8 +696,8 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         guide, _ = training_guide(pair, config, probe_args, device)
         if OBJECTIVES[config.objective].enumerates:
             _check_enumeration(elbo, pair.model, guide, probe_args, config)
-    rates = _ScheduledRates(config)
-    optimizer = make_optimizer(config, rates)
+    optimizer = make_optimizer(config, base_rates(config))
+    scheduler = EpochScheduler(optimizer, config)
     svi = pyro.infer.SVI(scales(pair.model), scales(guide), optimizer, loss=elbo)
     classify = None
     if info.has_classifier and labels.used:
@@ -666,16 +705,21 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
                                   loss=pyro.infer.Trace_ELBO(max_plate_nesting=1))  # fmt: skip
     if config.compile != "off":
         svi = _compiled(svi, pair, guide, scales, optimizer, info, probe_args, config)
-    atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
+    if ranks.is_main:
+        atomic_write_bytes(run_dir / CONFIG, dumps_toml(config.to_dict()).encode())
+    if ranks.distributed:
+        optimizer.reduce_gradients = ranks.sum_gradients
+        _same_start(ranks, scales(pair.model), scales(guide), probe_args, pair)
 
     run = _Progress()
     if resume:
-        run = _resume(pair, optimizer, state, trained, config, device, run_dir, train_x)
+        run = _resume(pair, optimizer, scheduler, state, trained, config, device, run_dir, train_x)
+    elif ranks.distributed:  # the same parameters everywhere; from here, a stream per rank
+        pyro.set_rng_seed(rank_seed(config.seed, ranks.rank))
     saved = _saved_at(run)
 
     for epoch in range(run.epoch + 1, config.epochs + 1):
-        rates.epoch = epoch
-        set_learning_rates(optimizer, rates)
+        scheduler.step(epoch)
         set_training_mode(pair, True)
         started = time.perf_counter() - run.train_seconds
         if run.batches_done == 0 and plan.unlabelled.numel():
@@ -685,22 +729,24 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
                    disable=not progress, leave=False, unit="step")  # fmt: skip
         for step_in_epoch in bar:
             where = f"epoch {epoch}, step {run.batches_done + 1}"
-            x, y = _batch(train_x, labels, plan, run, epoch, step_in_epoch, config)
+            x, y = _batch(train_x, labels, plan, run, epoch, step_in_epoch, config, batch_size)
             run.beta = kl_weight(run.step, config.beta, config.kl_warmup, config.kl_warmup_start)
             scales.beta = run.beta
-            scales.data_scale = train_x.shape[0] / x.shape[0] if points_per_step else 1.0
-            loss = _svi_step(svi, program_args(x, y), pair, where, saved, run_dir, config)
+            global_batch = x.shape[0] * ranks.size
+            scales.data_scale = num_train / global_batch if points_per_step else 1.0
+            loss = _svi_step(svi, program_args(x, y), pair, where, saved, run_dir, config,
+                             stop)  # fmt: skip
             if classify is not None and y is not None:
                 run.classify_total += _svi_step(classify, (x, y), pair, where, saved, run_dir,
-                                                config)  # fmt: skip
-                run.labelled_seen += x.shape[0]
+                                                config, stop)  # fmt: skip
+                run.labelled_seen += global_batch
             if config.baseline != "none":
                 forget_stale_optimizers(optimizer)
             run.step += 1
             run.batches_done += 1
             # per point: a step whose data sites are scaled by N/B stands for N points
-            run.total += loss * x.shape[0] / points_per_step(x) if points_per_step else loss
-            run.seen += x.shape[0]
+            run.total += loss * global_batch / points_per_step(x) if points_per_step else loss
+            run.seen += global_batch
             run.train_seconds = time.perf_counter() - started
             fault_point("step")
             if progress and run.batches_done % 10 == 0:
@@ -708,7 +754,9 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             last = run.batches_done == plan.steps
             every = config.checkpoint_every and run.step % config.checkpoint_every == 0
             if not last and (stop.requested or every):
-                _save_in_progress(pair, optimizer, run, config, device, checkpoint_path, where)
+                _save_in_progress(
+                    pair, (optimizer, scheduler), run, config, device, checkpoint_path, where
+                )
                 saved = _saved_at(run)
                 if stop.requested:
                     raise KeyboardInterrupt(
@@ -721,8 +769,9 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         _check_finite(pair, f"the end of epoch {epoch}", saved, run_dir, config)
         valid_y = labels.valid if info.needs_labels else None
         valid = math.nan  # --valid-size 0: no validation split, best.pt follows the last epoch
-        if valid_x.shape[0]:
-            valid = _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir)
+        if num_valid:
+            valid = _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir,
+                              num_valid)  # fmt: skip
         row = {
             "epoch": epoch,
             "train_loss": run.total / run.seen,
@@ -730,23 +779,29 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             "seconds": time.perf_counter() - started,
             "train_seconds": train_seconds,
             "beta": run.beta,
-            "lr": rates(""),
+            "lr": config.lr * lr_factor(config, epoch - 1),
         }
         if classify is not None:
             row["classify_loss"] = run.classify_total / max(run.labelled_seen, 1)
-        if info.label_site is not None and labels.valid_classes is not None and valid_x.shape[0]:
-            row["valid_accuracy"] = guide_accuracy(pair, valid_x, labels.valid_classes,
-                                                   info.label_site, config.batch_size)  # fmt: skip
+        if info.label_site is not None and labels.valid_classes is not None and num_valid:
+            classes = labels.valid_classes[ranks.rank :: ranks.size]
+            right = guide_accuracy(pair, valid_x, classes, info.label_site,
+                                   config.batch_size) * classes.shape[0]  # fmt: skip
+            row["valid_accuracy"] = ranks.sum([right])[0] / num_valid
         best = max((_best_key(r["valid_elbo"]) for r in run.history), default=-math.inf)
         improved = valid > best or math.isnan(valid)
         run.history.append(row)
         run = _Progress(history=run.history, step=run.step, epoch=epoch, beta=run.beta)
-        state = checkpoint_state(pair, optimizer, epoch, run.history, config, device, run.step)
+        state = checkpoint_state(
+            pair, optimizer, epoch, run.history, config, device, run.step, scheduler=scheduler
+        )
+        _add_rank_states(state, ranks, device, None)
         # best.pt first: a kill between the two writes leaves checkpoint.pt one epoch behind,
         # and the resumed run redoes that epoch and writes best.pt again, bit for bit
-        save_checkpoint(state, *([run_dir / BEST] if improved else []), checkpoint_path)
+        if ranks.is_main:
+            save_checkpoint(state, *([run_dir / BEST] if improved else []), checkpoint_path)
+            write_metrics(run_dir, run.history)
         saved = _saved_at(run)
-        write_metrics(run_dir, run.history)
         _log(
             f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.3f}  "
             + (f"valid ELBO {valid:.3f}" if not math.isnan(valid) else "no validation split")
@@ -756,13 +811,57 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         )
         if on_epoch is not None:
             on_epoch(row)
+        _agree_on_stop(stop, ranks)
         if stop.requested and epoch < config.epochs:
             raise KeyboardInterrupt(
                 f"{stop.requested}: stopped after epoch {epoch}, which is saved in "
                 f"{str(checkpoint_path)!r}; resume with: pyro-vae train --out {run_dir} --resume"
             )
-    _finish(run_dir, run.history)
+    if ranks.is_main:
+        _finish(run_dir, run.history)
     return RunResult(run_dir=run_dir, config=config, history=run.history, pair=pair)
+
+
+def _check_distributable(labels, config: TrainConfig, ranks: World) -> None:
+    """What a data-parallel run cannot do yet, refused before any work."""
+    if labels.used:
+        raise ConfigError(
+            f"--nproc-per-node {ranks.size}: training with labels (labelled batches, "
+            "model_classify) is not data-parallel yet: each rank would hold another number of "
+            "labelled points and take another number of steps; train it on one process"
+        )
+
+
+def _same_start(ranks: World, model, guide, args: tuple, pair: Any) -> None:
+    """Create every parameter the programs make at their first call, then give all ranks
+    rank 0's values of the param store and the pair's buffers: the ranks start equal."""
+    with torch.no_grad(), evaluation_mode(pair):
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        poutine.replay(model, trace=guide_trace)(*args)
+    store = pyro.get_param_store()
+    tensors = [store._params[name] for name in sorted(store.keys())]
+    if isinstance(pair, torch.nn.Module):
+        tensors += [b for _, b in sorted(pair.named_buffers(), key=lambda item: item[0])]
+    ranks.broadcast_tensors(tensors, "sharing rank 0's initial parameters")
+
+
+def _agree_on_stop(stop: StopSignals, ranks: World) -> None:
+    """A signal at one rank stops every rank (at the same step or epoch end)."""
+    if ranks.distributed:
+        stops = ranks.sum([1.0 if stop.requested else 0.0])[0]
+        if stops and not stop.requested:
+            stop.requested = "a stop at another rank"
+
+
+def _add_rank_states(state: dict, ranks: World, device, run: _Progress | None) -> None:
+    """Every rank's random state (and, mid-epoch, its data order) into rank 0's checkpoint:
+    a resume on the same number of ranks continues each stream exactly."""
+    if not ranks.distributed:
+        return
+    mine = {"rng": rng_state(device),
+            "order": None if run is None or run.order is None else run.order.cpu()}  # fmt: skip
+    state["world_size"] = ranks.size
+    state["ranks"] = ranks.gather(mine, "saving the checkpoint")
 
 
 def _training_labels(config: TrainConfig, data: Dataset, pair: Any, train_count: int):
@@ -789,16 +888,18 @@ def _probe_labels(labels, x: torch.Tensor) -> torch.Tensor | None:
     return None if labels.train is None else labels.train[: x.shape[0]]
 
 
-def _batch(train_x, labels, plan, run, epoch: int, step: int, config: TrainConfig):
+def _batch(train_x, labels, plan, run, epoch: int, step: int, config: TrainConfig,
+           batch_size: int):  # fmt: skip
     """Step ``step`` of epoch ``epoch``: a labelled batch ``(x, y)`` or an unlabelled one
-    ``(x, None)`` (see :class:`~pyro_vae.labels.EpochPlan`), binarized afresh if dynamic."""
+    ``(x, None)`` (see :class:`~pyro_vae.labels.EpochPlan`) of ``batch_size`` points (this
+    rank's share of ``--batch-size``), binarized afresh if dynamic."""
     if plan.is_labelled(step):
         index = (epoch - 1) * plan.labelled_batches + plan.labelled_before(step)
         rows = plan.labelled_indices(index)
         x, y = train_x[rows], labels.train[rows]
     else:
-        start = (step - plan.labelled_before(step)) * config.batch_size
-        rows = run.order[start : start + config.batch_size]
+        start = (step - plan.labelled_before(step)) * batch_size
+        rows = run.order[start : start + batch_size]
         if plan.labelled.numel():
             rows = plan.unlabelled[rows]
         x, y = train_x[rows], None
@@ -843,18 +944,6 @@ def _compiled(svi, pair, guide, scales, optimizer, info, args, config):
                        on_note=_log)  # fmt: skip
 
 
-class _ScheduledRates:
-    """``lr_for(param_name)`` of the epoch in progress (:func:`learning_rates`), a callable
-    the optimizer keeps: a parameter that appears mid-run starts at the current rate."""
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.epoch = 1
-
-    def __call__(self, name: str) -> float:
-        return learning_rates(self.config, self.epoch)(name)
-
-
 def _check_enumeration(elbo, model, guide, args: tuple, config: TrainConfig) -> None:
     """One loss of TraceEnum_ELBO on the probe batch, so a pair whose networks do not
     broadcast over the enumerated values fails here with advice, not deep inside a step."""
@@ -894,7 +983,8 @@ def _minibatch_scaling(info: PairInfo, num_train: int, scales: TrainingScales):
     return lambda x: num_train
 
 
-def _resume(pair, optimizer, state, trained, config, device, run_dir, train_x) -> _Progress:
+def _resume(pair, optimizer, scheduler, state, trained, config, device, run_dir,
+            train_x) -> _Progress:  # fmt: skip
     """Put a checkpoint back: parameters, optimizer (at a new ``--lr`` if one was given),
     RNG, history and the epoch in progress; make ``metrics.csv`` and ``best.pt`` agree with
     the checkpoint's history."""
@@ -904,24 +994,44 @@ def _resume(pair, optimizer, state, trained, config, device, run_dir, train_x) -
             f"note: --lr {trained.lr:g} -> {config.lr:g} from epoch {state['epoch'] + 1} on "
             "(the lr column of metrics.csv records it)"
         )
-    # the saved states carry the rate they were saved with: the resumed epoch's replaces it
-    resumed = learning_rates(config, state["epoch"] + 1)
-    optimizer.set_state(with_learning_rates(state["optimizer"], resumed))
-    set_rng_state(state["rng"], device)
+    # the saved groups carry the rates they were saved with: the run's base rates replace
+    # them (a new --lr), and the schedule sets the resumed epoch's factor
+    optimizer.set_state(state["optimizer"])
+    scheduler.load_state_dict(state.get("scheduler") or {"last_epoch": state["epoch"] + 1})
+    ranks, saved_size = world(), int(state.get("world_size", 1))
+    partial = state.get("in_progress")
+    order = None if partial is None else partial["order"]
+    if saved_size == ranks.size:
+        mine = state["ranks"][ranks.rank] if ranks.distributed else {"rng": state["rng"]}
+        set_rng_state(mine["rng"], device)
+        order = mine.get("order", order) if ranks.distributed else order
+    elif partial is not None:
+        raise ConfigError(
+            f"{CHECKPOINT} was saved in the middle of epoch {state['epoch'] + 1} by "
+            f"{saved_size} rank(s); resume it on {saved_size} (--nproc-per-node {saved_size}), "
+            "or from the end of an epoch on any number"
+        )
+    else:
+        _log(
+            f"note: the checkpoint was saved by {saved_size} rank(s) and the run resumes on "
+            f"{ranks.size}: each rank's data shard and random stream change, so the run goes "
+            "on correctly but not bit for bit as it would have"
+        )
+        pyro.set_rng_seed(rank_seed(config.seed + state["epoch"], ranks.rank))
     history = list(state["history"])
     step = state.get("step", state["epoch"] * _steps_per_epoch(train_x, config))
     run = _Progress(history=history, epoch=state["epoch"], step=step)
-    partial = state.get("in_progress")
     if partial is not None:
-        run.order = None if partial["order"] is None else partial["order"].to(train_x.device)
+        run.order = None if order is None else order.to(train_x.device)
         run.batches_done = int(partial["batches_done"])
         run.total, run.seen = float(partial["total"]), int(partial["seen"])
         run.train_seconds = float(partial["train_seconds"])
         run.beta = float(partial["beta"])
         run.classify_total = float(partial.get("classify_total", 0.0))
         run.labelled_seen = int(partial.get("labelled_seen", 0))
-    write_metrics(run_dir, history)
-    _repair_best(run_dir, history, state, partial is not None)
+    if ranks.is_main:
+        write_metrics(run_dir, history)
+        _repair_best(run_dir, history, state, partial is not None)
     where = f"step {run.batches_done} of epoch {run.epoch + 1}" if partial else f"epoch {run.epoch}"
     _log(f"resuming {run_dir} after {where} (of {config.epochs} epochs)")
     return run
@@ -953,13 +1063,19 @@ def _repair_best(run_dir: Path, history: list, state: dict, mid_epoch: bool) -> 
         )
 
 
-def _save_in_progress(pair, optimizer, run: _Progress, config, device, path, where) -> None:
+def _save_in_progress(pair, optimizers, run: _Progress, config, device, path, where) -> None:
     """A checkpoint in the middle of an epoch: the last finished epoch's history, the state
     after this step, and the epoch in progress. ``best.pt`` and ``metrics.csv`` stay."""
     _check_finite(pair, where, _saved_at(run), path.parent, config)
-    state = checkpoint_state(pair, optimizer, run.epoch, run.history, config, device, run.step)
+    optimizer, scheduler = optimizers
+    state = checkpoint_state(
+        pair, optimizer, run.epoch, run.history, config, device, run.step, scheduler=scheduler
+    )
     state["in_progress"] = run.in_progress()
-    save_checkpoint(state, path)
+    ranks = world()
+    _add_rank_states(state, ranks, device, run)
+    if ranks.is_main:
+        save_checkpoint(state, path)
 
 
 def _saved_at(run: _Progress) -> str:
@@ -997,13 +1113,19 @@ def _check_finite(pair: Any, where: str, saved: str, run_dir: Path, config) -> N
         raise _diverged("a parameter is not finite", where, saved, run_dir, config)
 
 
-def _svi_step(svi, args: tuple, pair: Any, where: str, saved: str, run_dir, config) -> float:
+def _svi_step(svi, args: tuple, pair: Any, where: str, saved: str, run_dir, config,
+              stop: StopSignals | None = None) -> float:  # fmt: skip
     """One SVI step; a non-finite loss, or a failure from non-finite values (Pyro's
     validation of a distribution's parameters, NaN parameters), becomes a TrainingError
-    that says what was kept; any other failure one naming the step and the batch."""
+    that says what was kept; any other failure one naming the step and the batch.
+
+    In a distributed run the loss returned is the sum over the ranks (with the stop flags:
+    one all-reduce), so a NaN or a stop at any rank is seen by every rank at this step."""
     x = args[0]
     try:
         loss = svi.step(*args)
+    except DistributedError:  # a peer died mid-step: its own message, not a step failure
+        raise
     except Exception as error:
         message = str(error)
         if not _parameters_finite(pair) or _invalid_values(error):
@@ -1021,17 +1143,31 @@ def _svi_step(svi, args: tuple, pair: Any, where: str, saved: str, run_dir, conf
             f"the SVI step failed at {where} on a batch of shape {tuple(x.shape)}: "
             f"{type(error).__name__}: {message}.{hint}"
         ) from error
+    ranks = world()
+    if ranks.distributed:
+        requested = stop is not None and stop.requested
+        loss, stops = ranks.sum([loss, 1.0 if requested else 0.0])
+        if stops and stop is not None and not stop.requested:
+            stop.requested = "a stop at another rank"
     if not math.isfinite(loss):
-        raise _diverged(f"loss is {loss}", where, saved, run_dir, config)
+        at = " (summed over the ranks)" if ranks.distributed else ""
+        raise _diverged(f"loss is {loss}{at}", where, saved, run_dir, config)
     return loss
 
 
-def _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir) -> float:
+def _validate(pair, valid_x, valid_y, info, config, epoch, saved, run_dir,
+              num_valid: int) -> float:  # fmt: skip
     """The validation ELBO of an epoch; a failure from invalid values in the pair's
-    distributions, or a non-finite ELBO, is a divergence (kept checkpoint named)."""
+    distributions, or a non-finite ELBO, is a divergence (kept checkpoint named). In a
+    distributed run each rank holds ``valid_x``, its share of the ``num_valid`` points."""
     where = f"the validation of epoch {epoch}"
+    ranks = world()
     try:
-        valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500), valid_y)
+        valid = 0.0
+        if valid_x.shape[0]:
+            valid = validation_elbo(pair, valid_x, info, max(config.batch_size, 500), valid_y)
+        if ranks.distributed:
+            valid = ranks.sum([valid * valid_x.shape[0]])[0] / num_valid
     except ValueError as error:
         if not _invalid_values(error):
             raise

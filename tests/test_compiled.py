@@ -208,6 +208,8 @@ def test_untraceable_reasons_name_the_site_or_module():
     assert "tracegraph is not traced" in untraceable_reason(
         pair.model, pair.guide, (x,), [pair], "tracegraph"
     )
+    enum = untraceable_reason(pair.model, pair.guide, (x,), [pair], "enum")
+    assert "enum is not traced" in enum and "mask.all()" in enum
 
     def discrete_guide(x):
         with pyro.plate("data", x.shape[0]):
@@ -308,7 +310,7 @@ def test_evaluate_compile_gives_the_eager_numbers(tmp_path, capsys):
     assert eager["compiled"] is None
     for key in ("log_px", "elbo", "ess_mean"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-6), key
-    assert "traced the log weights for 30 samples x batch (50, 64)" in capsys.readouterr().err
+    assert "traced the log weights of 30 samples for batch (50, 64)" in capsys.readouterr().err
     assert cli.main(["evaluate", str(run_dir), "--num-samples", "5", "--limit", "10",
                      "--compile", "--json"]) == 0  # fmt: skip
 

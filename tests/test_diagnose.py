@@ -339,6 +339,43 @@ def test_diagnose_a_run_from_python(digits_run, tmp_path):
     assert again["khat"] == summary["khat"], "diagnose is seeded"
 
 
+def test_diagnose_compile_gives_the_eager_numbers(digits_run, tmp_path, capsys):
+    """--compile runs the draws from q, their weights and q*'s weights as compiled graphs
+    of the same computations with the same random numbers: the same diagnosis."""
+    settings = dict(indices=[7, 2, 11], num_samples=64, gap_steps=20, save=False)
+    eager = diagnose(digits_run, **settings)
+    compiled = diagnose(digits_run, compile=True, **settings)
+    err = capsys.readouterr().err
+    assert "traced 64 draws from q(z|x) and their weights" in err
+    assert "traced the log weights of 64 samples" in err
+    assert "runs eagerly" not in err
+    for key in ("khat", "log_px_per_point", "elbo_per_point", "kl_per_dim",
+                "amortization_gap_per_point", "approximation_gap_per_point"):  # fmt: skip
+        np.testing.assert_allclose(compiled[key], eager[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    assert compiled["active_units"] == eager["active_units"]
+    assert (
+        main(
+            [
+                "diagnose",
+                str(digits_run),
+                "--points",
+                "3",
+                "--num-samples",
+                "32",
+                "--gap-steps",
+                "5",
+                "--compile",
+                "--json",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["num_samples"] == 32 and len(printed["khat"]) == 3
+
+
 def test_diagnose_cli_with_nuts_prints_one_json_object(run_cli, digits_run, tmp_path):
     result = run_cli(
         "diagnose", digits_run, "--points", "5", "--nuts", "--nuts-warmup", "50",

@@ -72,7 +72,9 @@ def test_step_speed_benchmark_runs_and_reports_every_way(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])
     rows = summary["batch_sizes"]["4"]
-    assert set(rows) == {"hand eager", "hand compiled", "pyro_vae eager", "pyro_vae --compile"}
+    ways = ("hand eager", "hand compiled", "hand eager, fused", "hand compiled, fused",
+            "pyro_vae eager", "pyro_vae --compile")  # fmt: skip
+    assert set(rows) == set(ways)
     assert rows["hand eager"]["ratio"] == 1.0
     assert all(row["ms_per_step"] > 0 for row in rows.values())
     compiled = rows["pyro_vae --compile"]
@@ -80,6 +82,23 @@ def test_step_speed_benchmark_runs_and_reports_every_way(tmp_path):
     evaluation = summary["evaluation"]
     assert evaluation["fallback"] is None and evaluation["graphs"] == 1
     assert evaluation["hand eager"]["ratio"] == 1.0 and evaluation["pyro_vae eager"]["seconds"] > 0
+
+
+def test_data_parallel_benchmark_runs_one_and_two_ranks(tmp_path):
+    """benchmarks/data_parallel.py on the digits: 1 and 2 ranks, one epoch, evaluation on
+    1 and 2 ranks with the same per-batch seeds, so the same log p(x)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data_parallel.py"), "--dataset", "digits",
+         "--epochs", "1", "--ranks", "1", "2", "--eval-samples", "4", "--eval-points", "40",
+         "--out", str(tmp_path / "runs")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert set(summary["runs"]) == {"1", "2"} and summary["runs"]["1"]["speedup"] == 1.0
+    assert summary["runs"]["2"]["efficiency"] > 0
+    evaluation = summary["evaluation"]
+    assert evaluation["1"]["log_px"] == pytest.approx(evaluation["2"]["log_px"], rel=1e-6)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

@@ -359,7 +359,9 @@ def test_score_function_training_with_a_baseline_resumes_exactly(tmp_path, basel
         assert {"baseline$$$z.net.0.weight", "baseline$$$z.net.2.bias"} <= set(saved)
         assert saved["baseline$$$z.net.0.weight"].shape == (8, 64)
         optimizer = load_checkpoint(whole.run_dir / "checkpoint.pt")["optimizer"]
-        lr = {name: state["param_groups"][0]["lr"] for name, state in optimizer.items()}
+        groups = optimizer["state_dict"]["param_groups"]
+        lr = {name: group["lr"] for names, group in zip(optimizer["names"], groups)
+              for name in names}  # fmt: skip
         assert lr["baseline$$$z.net.0.weight"] == pytest.approx(10 * config.lr)
         assert lr["encoder$$$trunk.0.weight"] == config.lr
     train(small_config(tmp_path / "parts", baseline=baseline, epochs=1))

@@ -1,6 +1,7 @@
 """Optimizers, learning-rate schedules and --valid-size: the rates themselves, exact resumes,
 clipping and weight decay by the numbers, and the whole training set."""
 
+import copy
 import math
 import sys
 
@@ -169,3 +170,111 @@ def test_every_schedule_and_optimizer_has_a_description():
     assert all(SCHEDULES.values()) and all(spec.description for spec in OPTIMIZERS.values())
     with pytest.raises(ConfigError, match="--lr-schedule 'linear' is unknown"):
         _config(lr_schedule="linear")
+
+
+def _params_with_grads(*shapes):
+    """Param-store tensors named p0, p1, ... with fixed gradients."""
+    store = pyro.get_param_store()
+    tensors = []
+    for index, shape in enumerate(shapes):
+        pyro.param(f"p{index}", torch.full(shape, 1.0 + index))
+        tensor = store._params[f"p{index}"]
+        tensor.grad = torch.linspace(-1, 1, tensor.numel()).reshape(shape)
+        tensors.append(tensor)
+    return tensors
+
+
+def test_one_fused_optimizer_steps_like_pyros_per_parameter_adam():
+    """The run's optimizer holds every tensor in one torch optimizer (fused on the CPU) and
+    gives the numbers of Pyro's own PyroOptim, which keeps one Adam per tensor."""
+    tensors = _params_with_grads((3,), (2, 2))
+    optimizer = make_optimizer(_config(lr=0.1), lambda name: 0.1)
+    pyros = pyro.optim.Adam({"lr": 0.1})
+    twins = [t.detach().clone().requires_grad_() for t in tensors]
+    grads = [t.grad.clone() for t in tensors]
+    for step in range(3):
+        for tensor, twin, grad in zip(tensors, twins, grads):
+            tensor.grad, twin.grad = grad * (step + 1), grad * (step + 1)
+        optimizer(set(tensors))
+        pyros(twins)
+    assert optimizer.fused and len(optimizer.optimizer.param_groups) == 1
+    assert optimizer.names == [["p0", "p1"]]
+    for tensor, twin in zip(tensors, twins):
+        torch.testing.assert_close(tensor.detach(), twin.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_step_moves_only_the_parameters_it_is_given():
+    """The classifier's SVI steps a subset: the others must not move, although their
+    gradients from the last step (Pyro zeroes, not clears, them) are still there."""
+    tensors = _params_with_grads((3,), (4,))
+    optimizer = make_optimizer(_config(lr=0.1), lambda name: 0.1)
+    optimizer(tensors)
+    before = [t.detach().clone() for t in tensors]
+    tensors[1].grad = torch.zeros(4)
+    optimizer([tensors[0]])
+    assert torch.equal(tensors[1].detach(), before[1])  # Adam's momentum would move it
+    assert not torch.equal(tensors[0].detach(), before[0])
+    assert torch.equal(tensors[1].grad, torch.zeros(4))  # held back, then given back
+
+
+def test_rates_group_the_tensors_and_the_schedule_scales_each_group():
+    from pyro_vae.optimizers import EpochScheduler
+
+    config = _config(lr=0.01, lr_schedule="step", lr_gamma=0.5, lr_step_size=1)
+    tensors = _params_with_grads((2,), (2,), (2,))
+    optimizer = make_optimizer(config, lambda name: 0.1 if name == "p1" else 0.01)
+    scheduler = EpochScheduler(optimizer, config)
+    scheduler.step(2)  # epoch 2: factor 1/2
+    optimizer(tensors)
+    assert optimizer.names == [["p0", "p2"], ["p1"]]
+    assert scheduler.get_last_lr() == [0.005, 0.05]
+    assert [g["initial_lr"] for g in optimizer.optimizer.param_groups] == [0.01, 0.1]
+    assert scheduler.state_dict() == {"schedule": "step", "last_epoch": 2}
+
+
+def test_saved_state_binds_by_name_and_continues_exactly():
+    """get_state names each tensor; set_state binds by name at the next step (the tensors
+    may be new objects), so the continued steps equal the uninterrupted ones, bit for bit."""
+    tensors = _params_with_grads((3,), (2,))
+    config = _config(lr=0.1)
+    straight = make_optimizer(config, lambda name: 0.1)
+    straight(tensors)
+    saved = copy.deepcopy(straight.get_state())  # a state_dict holds the live tensors
+    values = {f"p{i}": t.detach().clone() for i, t in enumerate(tensors)}
+    straight(tensors)
+    expected = [t.detach().clone() for t in tensors]
+    pyro.clear_param_store()
+    resumed = make_optimizer(config, lambda name: 0.1)
+    resumed.set_state(saved)
+    assert resumed.get_state() is saved  # nothing bound before the next step
+    store = pyro.get_param_store()
+    fresh = []
+    for name, value in values.items():
+        pyro.param(name, value.clone())
+        fresh.append(store._params[name])
+        fresh[-1].grad = torch.linspace(-1, 1, value.numel())
+    resumed(fresh)
+    for got, want in zip(fresh, expected):
+        assert torch.equal(got.detach(), want)
+
+
+def test_an_older_checkpoints_per_parameter_state_still_loads():
+    """Before one optimizer held all tensors, checkpoints held PyroOptim.get_state()."""
+    tensors = _params_with_grads((3,), (2,))
+    old = pyro.optim.Adam({"lr": 0.1})
+    old(tensors)
+    state = old.get_state()
+    old(tensors)
+    expected = [t.detach().clone() for t in tensors]
+    pyro.clear_param_store()  # again from the start: one step of Pyro's, then one of ours
+    tensors = _params_with_grads((3,), (2,))
+    first = pyro.optim.Adam({"lr": 0.1})
+    first(tensors)
+    new = make_optimizer(_config(lr=0.1), lambda name: 0.1)
+    new.set_state(first.get_state())
+    new(tensors)
+    for got, want in zip(tensors, expected):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
+    assert state.keys() == {"p0", "p1"}
+    with pytest.raises(Exception, match="--optimizer sgd"):
+        make_optimizer(_config(optimizer="sgd"), lambda name: 0.1).set_state(new.get_state())

@@ -181,8 +181,9 @@ def test_resume_at_a_new_learning_rate_records_it(tmp_path):
     assert slower.history[0]["train_loss"] == whole.history[0]["train_loss"]
     assert slower.history[1]["train_loss"] != whole.history[1]["train_loss"]
     state = load_checkpoint(slower.run_dir / "checkpoint.pt")
-    groups = [g for s in state["optimizer"].values() for g in s["param_groups"]]
+    groups = state["optimizer"]["state_dict"]["param_groups"]
     assert {g["lr"] for g in groups} == {1e-4}
+    assert {g["initial_lr"] for g in groups} == {1e-4}
 
 
 def test_resume_of_a_finished_run_does_its_finishing_steps(tmp_path):
