@@ -558,6 +558,7 @@ def _add_diagnose(subparsers) -> None:
         "compiled graphs of the pair's programs (the same numbers)",
     )
     _add_run_options(p, out_help="folder for the files (default RUN_DIR/diagnose)")
+    _add_launch_options(p)
     p.set_defaults(run=_run_diagnose)
 
 
@@ -579,7 +580,10 @@ def _run_diagnose(args) -> int:
         compile=args.compile,
         **_run_options(args),
     )
-    print(json.dumps(summary) if args.json else format_summary(summary))
+    if world().is_main:  # rank 0 of a sharded diagnosis prints
+        print(json.dumps(summary) if args.json else format_summary(summary))
+    # rank 0 goes on alone after the shared draws (gaps, NUTS): the others leave now
+    world().close(wait=False)
     return 0
 
 

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
 from pyro_vae.compiled import CompiledByShape, CompiledLogWeights
+from pyro_vae.distributed import World, current_world, world
 from pyro_vae.estimators import (
     chunk_size_for,
     evaluation_notes,
@@ -69,6 +70,10 @@ KHAT_GOOD = 0.5
 KHAT_UNRELIABLE = 0.7
 #: A latent dimension is active when Var_x E_q[z_d|x] exceeds this (Burda et al. 2016).
 ACTIVE_UNIT_THRESHOLD = 0.01
+#: Points per block of draws from q(z|x); block j of a diagnosis with ``seed`` draws from
+#: ``seed * BLOCK_SEEDS + j`` (the same on one process and on any rank of several).
+POINT_BLOCK = 25
+BLOCK_SEEDS = 1_000_003
 #: A latent dimension whose mean KL to the prior is below this many nats counts as collapsed.
 COLLAPSED_KL = 0.01
 #: How many points of the split ``diagnose`` takes when neither points nor indices is given.
@@ -305,8 +310,58 @@ class GuideDraws:
 
 def guide_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
                 num_samples: int, *, progress: bool = False,
-                compiled: CompiledByShape | None = None) -> GuideDraws:  # fmt: skip
-    """Draw ``num_samples`` z ~ q(z|x) for every point and site; estimate moments and KLs.
+                compiled: CompiledByShape | None = None, seed: int | None = None,
+                ranks: World | None = None) -> GuideDraws:  # fmt: skip
+    """Draw ``num_samples`` z ~ q(z|x) for every point and site; estimate moments and KLs
+    (:func:`_block_draws`).
+
+    With ``seed``, the points go in blocks of :data:`POINT_BLOCK`, block j drawing from
+    ``seed * BLOCK_SEEDS + j``, so a point's draws do not depend on the other blocks. Under
+    torchrun (``ranks`` of several processes) rank r draws the blocks j with j % R == r and
+    every rank gets the whole result, which is then that of one process.
+    """
+    if seed is None:
+        return _block_draws(pair, x, latents, info, num_samples, progress=progress,
+                            compiled=compiled)  # fmt: skip
+    starts = list(range(0, x.shape[0], POINT_BLOCK))
+    if ranks is not None and ranks.distributed:
+        starts = starts[ranks.rank :: ranks.size]
+    blocks = []
+    for start in tqdm(starts, desc="q(z|x) draws", disable=not progress, unit="block",
+                      leave=False):  # fmt: skip
+        torch.manual_seed(seed * BLOCK_SEEDS + start // POINT_BLOCK)
+        part = _block_draws(pair, x[start : start + POINT_BLOCK], latents, info, num_samples,
+                            compiled=compiled)  # fmt: skip
+        blocks.append((start, part))
+    if ranks is not None and ranks.distributed:
+        gathered = ranks.gather(blocks, "gathering the draws from q(z|x)")
+        blocks = sorted((block for part in gathered for block in part), key=lambda b: b[0])
+    parts = [part for _, part in blocks]
+    names = [latent.name for latent in latents]
+
+    def joined(field: str, axis: int) -> dict[str, np.ndarray | None]:
+        values = {}
+        for name in names:
+            pieces = [getattr(part, field)[name] for part in parts]
+            values[name] = None if any(v is None for v in pieces) else np.concatenate(pieces, axis)
+        return values
+
+    return GuideDraws(
+        draws=joined("draws", 1),
+        mean=joined("mean", 0),
+        sd=joined("sd", 0),
+        kl=joined("kl", 0),
+        kl_method=parts[0].kl_method,
+        conditional={name: any(part.conditional[name] for part in parts) for name in names},
+        log_weights=torch.cat([part.log_weights for part in parts], dim=1),
+    )
+
+
+def _block_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
+                 num_samples: int, *, progress: bool = False,
+                 compiled: CompiledByShape | None = None) -> GuideDraws:  # fmt: skip
+    """Draw ``num_samples`` z ~ q(z|x) for every point of ``x`` and site; estimate moments
+    and KLs, from the global random stream.
 
     Moments are Rao-Blackwellized over the guide's own conditionals (law of total variance):
     E_q[z] = E_q[E_q[z|pa]], Var_q[z] = E_q[Var_q[z|pa]] + Var_q[E_q[z|pa]], exact for a site
@@ -755,7 +810,7 @@ def diagnose_pair(
     seed: int = 0,
     progress: bool = False,
     compile: bool = False,
-) -> Diagnosis:
+) -> Diagnosis | None:
     """Diagnose the amortized posterior q(z|x) of ``pair`` at each point of the batch ``x``.
 
     Per point: PSIS k-hat of the S log weights log w_s = log p(x, z_s) - log q(z_s|x),
@@ -772,7 +827,9 @@ def diagnose_pair(
     needs two points or more); ``indices`` label the points (default 0..B-1). ``compile``:
     the importance-sampling parts (the draws from q and their weights, and q*'s weights) run
     as compiled graphs of the same computations (:class:`~pyro_vae.compiled.CompiledByShape`),
-    with the same numbers; ``seconds`` in the summary says how long each part took.
+    with the same numbers; ``seconds`` in the summary says how long each part took. Under
+    torchrun the draws from q are shared among the ranks (:func:`guide_draws`) and rank 0
+    does the rest; the other ranks return None.
 
     References:
         Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?
@@ -798,7 +855,7 @@ def diagnose_pair(
 
 def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_warmup,
                    nuts_samples, gap_steps, gap_lr, gap_particles, seed, progress,
-                   compile=False) -> Diagnosis:  # fmt: skip
+                   compile=False) -> Diagnosis | None:  # fmt: skip
     num_points = x.shape[0]
     indices = list(range(num_points)) if indices is None else [int(i) for i in indices]
     if len(indices) != num_points:
@@ -827,7 +884,11 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
     # dimension and the InferenceData from the same draws
     started = time.perf_counter()
     pyro.set_rng_seed(seed)
-    q = guide_draws(pair, x, latents, info, num_samples, progress=progress, compiled=compiled)
+    ranks = world()
+    q = guide_draws(pair, x, latents, info, num_samples, progress=progress, compiled=compiled,
+                    seed=seed, ranks=ranks)  # fmt: skip
+    if not ranks.is_main:  # the other ranks shared the draws; rank 0 does the rest
+        return None
     seconds["importance_sampling"] = time.perf_counter() - started
     log_weights = q.log_weights
     broken = torch.isnan(log_weights) | torch.isposinf(log_weights)  # -inf: a zero weight
@@ -1097,8 +1158,12 @@ def diagnose(
     run_dir = Path(run_dir)
     _check_settings(num_samples, nuts_chains, nuts_warmup, nuts_samples, gap_steps, gap_lr,
                     gap_particles)  # fmt: skip
+    ranks, rank_device = current_world(device or "auto")
+    if ranks.distributed:
+        device = rank_device
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and ranks.is_main
     restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
                            data_dir=data_dir, pair=pair)  # fmt: skip
     refuse_conditional_pair(restored, "diagnose")
@@ -1112,6 +1177,8 @@ def diagnose(
         gap_steps=gap_steps, gap_lr=gap_lr, gap_particles=gap_particles, seed=seed,
         progress=progress, compile=compile,
     )  # fmt: skip
+    if diagnosis is None:  # a rank other than 0: its share of the draws went to rank 0
+        return {"rank": ranks.rank, "ranks": ranks.size}
     summary = {
         "run_dir": str(run_dir),
         "split": split,
@@ -1120,6 +1187,7 @@ def diagnose(
         "dataset": config.dataset,
         "pair": config.pair,
         "device": str(torch_device),
+        "ranks": ranks.size,
         "seed": seed,
         **diagnosis.summary,
     }

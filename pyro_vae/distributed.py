@@ -161,12 +161,14 @@ class World:
             exit_code=1,
         )
 
-    def close(self) -> None:
-        """Leave the process group together: a barrier, then each rank tears its end down
-        (a rank that leaves while another still talks to it makes that one fail)."""
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group: with ``wait``, together (a barrier first: a rank that
+        leaves while another still talks to it makes that one fail); without, at once (when
+        the work left is rank 0's alone, and might outlast the barrier's timeout)."""
         if self.distributed and dist.is_initialized():
             try:
-                dist.barrier()
+                if wait:
+                    dist.barrier()
             finally:
                 dist.destroy_process_group()
 

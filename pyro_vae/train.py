@@ -669,6 +669,7 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             f"{train_x.shape[0]} training points; lower --batch-size"
         )
     probe = _probe_batch(data, config)
+    del data  # a rank of a distributed run keeps its shard only (train_x, valid_x)
     info = check_pair(pair, probe, _probe_labels(labels, probe))
     scales = TrainingScales(data_plate=info.data_plate)
     if ranks.distributed and info.data_plate_size is not None:

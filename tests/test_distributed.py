@@ -193,6 +193,16 @@ def test_sharded_evaluation_equals_one_process(run_cli, tmp_path):
     for a, b in zip(one["results"], two["results"], strict=True):
         for key in ("estimate", "stderr", "ess"):
             assert b[key] == pytest.approx(a[key], rel=1e-6), (a["estimator"], key)
+    # diagnose: the draws from q (blocks of 25 points, a seed each) shared among the ranks
+    flags = ["--points", "60", "--num-samples", "64", "--gap-steps", "5", "--json"]
+    one = run_cli("diagnose", "run", *flags, "--out", "d1", cwd=tmp_path, env=ONE_THREAD)
+    two = run_cli("diagnose", "run", *flags, "--out", "d2", "--nproc-per-node", "2",
+                  cwd=tmp_path)  # fmt: skip
+    one, two = json.loads(one.stdout), json.loads(two.stdout.strip().splitlines()[-1])
+    assert two["ranks"] == 2 and two["num_points"] == 60
+    for key in ("khat", "log_px_per_point", "elbo_per_point", "kl_per_dim",
+                "amortization_gap_per_point"):  # fmt: skip
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 
 
 def test_compile_score_function_and_enum_train_on_two_ranks(run_cli, tmp_path):
