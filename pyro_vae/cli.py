@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +14,13 @@ from pyro_vae.compiled import COMPILE_MODES
 from pyro_vae.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
 from pyro_vae.diagnose import DiagnoseError
-from pyro_vae.distributed import DistributedError, launch, launched_by_torchrun, world
+from pyro_vae.distributed import (
+    DistributedError,
+    exit_now,
+    launch,
+    launched_by_torchrun,
+    world,
+)
 from pyro_vae.estimators import ESTIMATORS, EstimatorError
 from pyro_vae.files import WriteError, jsonable
 from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
@@ -308,7 +313,7 @@ def _run_train(args) -> int:
     config = resolve(file_values, flags)
     result = train(config, resume=args.resume, progress=args.progress)
     last = result.history[-1] if result.history else None
-    if last:
+    if last and world().is_main:
         best = result.best_valid_elbo
         print(
             f"done: {result.run_dir}  epoch {last['epoch']}  "
@@ -716,7 +721,15 @@ def _sigterm(signum, frame):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pyro-vae`` console script."""
+    """Entry point of the ``pyro-vae`` console script. A rank of a distributed run leaves
+    with ``os._exit`` once its output is flushed (:func:`pyro_vae.distributed.exit_now`)."""
+    code = _main(argv)
+    if world().distributed:
+        exit_now(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -735,11 +748,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DistributedError as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr, flush=True)
-        if launched_by_torchrun():
-            # a broken process group aborts the interpreter's exit (gloo's threads): leave
-            # now, with the files already written and renamed in place
-            sys.stdout.flush()
-            os._exit(error.exit_code)
         return error.exit_code
     except KeyboardInterrupt as interrupt:
         if interrupt.args:  # train saved where it stopped and says so

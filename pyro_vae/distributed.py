@@ -48,9 +48,6 @@ import torch.distributed as dist
 #: never came): seconds. ``PYRO_VAE_DIST_TIMEOUT`` overrides it.
 DEFAULT_TIMEOUT = 120.0
 
-#: torchrun's variables; with WORLD_SIZE > 1 the process is one rank of several.
-ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 class DistributedError(RuntimeError):
     """A rank that cannot join, a peer that died, or ranks that disagree; says which rank.
@@ -70,6 +67,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    closed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -94,10 +92,12 @@ class World:
             tensor.grad = flat[offset : offset + count].view_as(grad)
             offset += count
 
-    def sum(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
-        """``values`` summed over the ranks (float64)."""
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """``values`` summed over the ranks (float64; on this rank's GPU under nccl, which
+        reduces CUDA tensors only)."""
         if not self.distributed:
             return [float(v) for v in values]
+        device = f"cuda:{self.local_rank}" if self.backend == "nccl" else "cpu"
         tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
         self._all_reduce(tensor, "summing the losses")
         return tensor.tolist()
@@ -162,15 +162,15 @@ class World:
         )
 
     def close(self, wait: bool = True) -> None:
-        """Leave the process group: with ``wait``, together (a barrier first: a rank that
-        leaves while another still talks to it makes that one fail); without, at once (when
-        the work left is rank 0's alone, and might outlast the barrier's timeout)."""
-        if self.distributed and dist.is_initialized():
-            try:
-                if wait:
-                    dist.barrier()
-            finally:
-                dist.destroy_process_group()
+        """Leave the run: with ``wait``, the ranks meet at a barrier first, so none leaves
+        while another still talks to it; without, at once (when the work left is rank 0's
+        alone and might outlast the barrier's timeout). The process group is not torn down:
+        gloo's threads can abort a process that destroys it while a peer exits, so the
+        command line leaves with ``os._exit`` after it (:func:`exit_now`)."""
+        if self.distributed and not self.closed:
+            self.closed = True
+            if wait:
+                self.barrier("leaving together")
 
 
 _WORLD = World()
@@ -179,6 +179,14 @@ _WORLD = World()
 def world() -> World:
     """The world this process joined (:func:`current_world`), or one process."""
     return _WORLD
+
+
+def exit_now(code: int) -> None:
+    """End a rank's process with ``code`` once its output is flushed, without the
+    interpreter's teardown (see :meth:`World.close`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def launched_by_torchrun() -> bool:
@@ -406,6 +414,7 @@ __all__ = [
     "World",
     "check_same_config",
     "current_world",
+    "exit_now",
     "rank_seed",
     "shard_rows",
     "world",

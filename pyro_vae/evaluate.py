@@ -200,6 +200,7 @@ def evaluate(
         classes = None if classes is None else classes[:limit]
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and ranks.is_main
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     compiled = None

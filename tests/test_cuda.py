@@ -89,3 +89,23 @@ def test_compiled_training_and_evaluation_on_cuda_follow_eager(tmp_path):
     fast = evaluate(tmp_path / "compiled", num_samples=64, limit=40, save=False, compile=True)
     assert fast["compiled"]["fallback"] is None and fast["compiled"]["graphs"] >= 1
     assert fast["log_px"] == pytest.approx(plain["log_px"], abs=1e-3)
+
+
+def test_two_ranks_on_two_gpus_train_and_evaluate(tmp_path, run_cli):
+    """nccl, one GPU per rank (cuda:LOCAL_RANK); sharded evaluation equals one process."""
+    import json
+
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    flags = ["--dataset", "digits", "--pair", "mlp", "--batch-size", "50", "--train-limit",
+             "300", "--epochs", "2", "--device", "cuda"]  # fmt: skip
+    run_cli("train", *flags, "--out", "run", "--nproc-per-node", "2", cwd=tmp_path)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt", "cpu")
+    assert state["world_size"] == 2
+    args = ["evaluate", "run", "--num-samples", "16", "--limit", "200", "--json"]
+    one = json.loads(run_cli(*args, cwd=tmp_path).stdout)
+    two = run_cli(*args, "--nproc-per-node", "2", cwd=tmp_path).stdout
+    sharded = json.loads(two.strip().splitlines()[-1])
+    assert sharded["log_px"] == pytest.approx(one["log_px"], rel=1e-5)
