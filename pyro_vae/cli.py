@@ -16,6 +16,7 @@ from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
 from pyro_vae.diagnose import DiagnoseError
 from pyro_vae.distributed import (
     DistributedError,
+    check_batch_divides,
     exit_now,
     launch,
     launched_by_torchrun,
@@ -708,12 +709,9 @@ def _check_launch(args) -> None:
     """What the launcher can refuse before it starts any rank."""
     size = args.nproc_per_node * max(args.nnodes, 1)
     batch_size = getattr(args, "batch_size", None)
-    if args.command == "train" and batch_size and size > 0 and batch_size % size:
-        raise ConfigError(
-            f"--batch-size {batch_size} is the global batch, split among {size} ranks "
-            f"(--nproc-per-node {args.nproc_per_node} x --nnodes {args.nnodes}), and does not "
-            f"divide by {size}: use a multiple of {size}"
-        )
+    if args.command == "train" and batch_size and size > 0:
+        check_batch_divides(batch_size, size, f"{size} ranks (--nproc-per-node "
+                            f"{args.nproc_per_node} x --nnodes {args.nnodes})")  # fmt: skip
 
 
 def _sigterm(signum, frame):

@@ -86,11 +86,8 @@ class World:
         grads = [t.grad for t in tensors]
         flat = torch.cat([g.reshape(-1) for g in grads])
         self._all_reduce(flat, "summing the gradients")
-        offset = 0
-        for tensor, grad in zip(tensors, grads, strict=True):
-            count = grad.numel()
-            tensor.grad = flat[offset : offset + count].view_as(grad)
-            offset += count
+        for tensor, summed in zip(tensors, _split_like(flat, grads), strict=True):
+            tensor.grad = summed
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """``values`` summed over the ranks (float64; on this rank's GPU under nccl, which
@@ -133,11 +130,9 @@ class World:
             dist.broadcast(flat, src=0)
         except Exception as error:
             raise self.lost(what, error) from error
-        offset = 0
         with torch.no_grad():
-            for tensor in tensors:
-                tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
-                offset += tensor.numel()
+            for tensor, value in zip(tensors, _split_like(flat, tensors), strict=True):
+                tensor.copy_(value)
 
     def barrier(self, what: str) -> None:
         if self.distributed:
@@ -171,6 +166,12 @@ class World:
             self.closed = True
             if wait:
                 self.barrier("leaving together")
+
+
+def _split_like(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` (the tensors of ``like`` flattened and concatenated) as views of their shapes."""
+    pieces = flat.split([t.numel() for t in like])
+    return [piece.view_as(t) for piece, t in zip(pieces, like, strict=True)]
 
 
 _WORLD = World()
@@ -262,6 +263,17 @@ def shard_rows(num_points: int, rank: int, size: int, seed: int) -> torch.Tensor
     if rows.numel() < length:
         rows = torch.cat([rows, rows[: length - rows.numel()]])
     return rows
+
+
+def check_batch_divides(batch_size: int, size: int, ranks: str) -> None:
+    """Refuse a global ``--batch-size`` that ``size`` ranks (described by ``ranks``) cannot
+    share equally."""
+    if size > 1 and batch_size % size:
+        raise DistributedError(
+            f"--batch-size {batch_size} is the global batch, split among {ranks}, and does "
+            f"not divide by {size}: use a multiple of {size}, e.g. "
+            f"{batch_size - batch_size % size or size}"
+        )
 
 
 def check_same_config(world: World, config: dict[str, Any],
@@ -412,6 +424,7 @@ __all__ = [
     "worker_argv",
     "DistributedError",
     "World",
+    "check_batch_divides",
     "check_same_config",
     "current_world",
     "exit_now",

@@ -52,6 +52,7 @@ from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset
 from pyro_vae.distributed import (
     DistributedError,
     World,
+    check_batch_divides,
     check_same_config,
     current_world,
     rank_seed,
@@ -636,12 +637,7 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
         _check_resumable(config, trained, state["epoch"])
     ranks = world()
     check_same_config(ranks, config.to_dict(), ignore=("device",))
-    if ranks.distributed and config.batch_size % ranks.size:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is the global batch, split among "
-            f"{ranks.size} ranks, and does not divide by {ranks.size}: use a multiple of "
-            f"{ranks.size}, e.g. {config.batch_size - config.batch_size % ranks.size or ranks.size}"
-        )
+    check_batch_divides(config.batch_size, ranks.size, f"{ranks.size} ranks")
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and ranks.is_main
@@ -849,9 +845,13 @@ def _same_start(ranks: World, model, guide, args: tuple, pair: Any) -> None:
 def _agree_on_stop(stop: StopSignals, ranks: World) -> None:
     """A signal at one rank stops every rank (at the same step or epoch end)."""
     if ranks.distributed:
-        stops = ranks.sum([1.0 if stop.requested else 0.0])[0]
-        if stops and not stop.requested:
-            stop.requested = "a stop at another rank"
+        _note_stops(stop, ranks.sum([1.0 if stop.requested else 0.0])[0])
+
+
+def _note_stops(stop: StopSignals | None, stops: float) -> None:
+    """``stops``: the ranks' stop flags summed; one set anywhere stops this rank too."""
+    if stops and stop is not None and not stop.requested:
+        stop.requested = "a stop at another rank"
 
 
 def _add_rank_states(state: dict, ranks: World, device, run: _Progress | None) -> None:
@@ -1148,8 +1148,7 @@ def _svi_step(svi, args: tuple, pair: Any, where: str, saved: str, run_dir, conf
     if ranks.distributed:
         requested = stop is not None and stop.requested
         loss, stops = ranks.sum([loss, 1.0 if requested else 0.0])
-        if stops and stop is not None and not stop.requested:
-            stop.requested = "a stop at another rank"
+        _note_stops(stop, stops)
     if not math.isfinite(loss):
         at = " (summed over the ranks)" if ranks.distributed else ""
         raise _diverged(f"loss is {loss}{at}", where, saved, run_dir, config)
