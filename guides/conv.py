@@ -6,10 +6,15 @@ import math
 from collections.abc import Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyro_vae.guides.flows import (
+    DEFAULT_STEPS,
+    PerPointFlowGuide,
+    gaussian_or_flow,
+    make_flow,
+)
 from pyro_vae.nn import GaussianHead, activation_layer, apply_flat, check_flat_data
 
 __all__ = ["ConvGaussianEncoder"]
@@ -18,7 +23,9 @@ __all__ = ["ConvGaussianEncoder"]
 class ConvGaussianEncoder(nn.Module):
     """Amortized diagonal-Gaussian guide with a convolutional encoder.
 
-    ``q(z | x) = N(z; mu_phi(x), diag(sigma_phi(x)^2))``
+    ``q(z | x) = N(z; mu_phi(x), diag(sigma_phi(x)^2))``, or with ``flow`` that Gaussian
+    pushed through ``flow_steps`` transforms conditioned on the hidden layer
+    (`pyro_vae.guides.flows`). ``forward`` gives the Gaussian (the flow's base).
 
     The flattened x is reshaped to ``(C, H, W)``, passed through ``len(channels)`` stride-2
     convolutions (kernel 3, padding 1, so size s becomes ceil(s / 2) and small images never
@@ -37,6 +44,9 @@ class ConvGaussianEncoder(nn.Module):
         *,
         activation: str = "relu",
         min_scale: float = 1e-3,
+        flow: str = "none",
+        flow_steps: int = DEFAULT_STEPS,
+        flow_hidden: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         channels = list(channels)
@@ -62,14 +72,31 @@ class ConvGaussianEncoder(nn.Module):
             flat_size = conv(torch.zeros(1, self.x_dim)).shape[-1]
         self.net = nn.Sequential(*conv, nn.Linear(flat_size, hidden), activation_layer(activation))
         self.head = GaussianHead(hidden, z_dim, min_scale=min_scale)
+        owner = type(self).__name__
+        self.flow = make_flow(flow, flow_steps, z_dim, hidden, flow_hidden, owner)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean and scale of the Gaussian, ``(..., z_dim)`` each, and the hidden layer that
+        conditions the flow."""
+        hidden = apply_flat(self.net, x, event_dim=1)
+        loc, scale = self.head(hidden)
+        return loc, scale, hidden
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and scale of q(z|x), each of shape ``(..., z_dim)``."""
-        return self.head(apply_flat(self.net, x, event_dim=1))
+        """Mean and scale of the Gaussian q(z|x) (the flow's base), each ``(..., z_dim)``."""
+        loc, scale, _ = self.encode(x)
+        return loc, scale
 
     def guide(self, x: Tensor) -> None:
         check_flat_data(x, self.x_dim, type(self).__name__)
         pyro.module("encoder", self)
         with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = self(x)
-            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            pyro.sample("z", gaussian_or_flow(self.flow, *self.encode(x)))
+
+    def per_point_guide(self, x: Tensor) -> PerPointFlowGuide | None:
+        """With a flow: the flow family with a free base and context per point, started at
+        the encoder's (the q* of the gaps); None without (a factorized Gaussian is q*)."""
+        if self.flow is None:
+            return None
+        with torch.no_grad():
+            return PerPointFlowGuide({"z": (self.flow, *self.encode(x))}, "data")

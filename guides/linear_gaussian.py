@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 
+from pyro_vae.guides.flows import DEFAULT_STEPS, PerPointFlowGuide, make_flow
 from pyro_vae.nn import check_flat_data
 
 __all__ = ["LinearGaussianEncoder"]
@@ -24,18 +27,37 @@ class LinearGaussianEncoder(nn.Module):
     The exact posterior of `LinearGaussianDecoder` has this form with a full S, so the
     ``"full"`` family contains it and `set_to_exact_posterior` places the guide there.
 
+    With ``flow`` (``"diagonal"`` only) the Gaussian is pushed through ``flow_steps``
+    transforms conditioned on x itself (`pyro_vae.guides.flows`): an IAF can then reach the
+    full-covariance posterior from the diagonal base.
+
     References:
         Kingma & Welling (2014), Auto-Encoding Variational Bayes.
         Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
     """
 
-    def __init__(self, x_dim: int, z_dim: int, covariance: str = "diagonal") -> None:
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        covariance: str = "diagonal",
+        *,
+        flow: str = "none",
+        flow_steps: int = DEFAULT_STEPS,
+        flow_hidden: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if covariance not in COVARIANCES:
             raise ValueError(
                 f"LinearGaussianEncoder: unknown covariance {covariance!r}; "
                 f"choose one of: {', '.join(COVARIANCES)}"
             )
+        if flow != "none" and covariance != "diagonal":
+            raise ValueError(
+                f'LinearGaussianEncoder: a flow ("flow": "{flow}") takes the diagonal Gaussian '
+                f'as its base; covariance={covariance!r} is not one (drop "covariance" or the flow)'
+            )
+        self.flow = make_flow(flow, flow_steps, z_dim, x_dim, flow_hidden, type(self).__name__)
         self.x_dim = x_dim
         self.z_dim = z_dim
         self.covariance = covariance
@@ -57,6 +79,8 @@ class LinearGaussianEncoder(nn.Module):
     def forward(self, x: Tensor) -> dist.TorchDistribution:
         """The distribution q(z | x), batch shape ``x.shape[:-1]``, event shape ``(z_dim,)``."""
         z_loc = self.linear(x)
+        if self.flow is not None:
+            return self.flow(z_loc, self.log_scale.exp().expand(z_loc.shape), x)
         if self.covariance == "diagonal":
             return dist.Normal(z_loc, self.log_scale.exp().expand(z_loc.shape)).to_event(1)
         return dist.MultivariateNormal(z_loc, scale_tril=self.scale_tril)
@@ -67,6 +91,16 @@ class LinearGaussianEncoder(nn.Module):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self(x))
 
+    def per_point_guide(self, x: Tensor) -> PerPointFlowGuide | None:
+        """With a flow: the flow family with a free base and context per point, started at
+        the encoder's (the q* of the gaps); None without (a factorized Gaussian is q*)."""
+        if self.flow is None:
+            return None
+        with torch.no_grad():
+            z_loc = self.linear(x)
+            scale = self.log_scale.exp().expand(z_loc.shape)
+            return PerPointFlowGuide({"z": (self.flow, z_loc, scale, x)}, "data")
+
     @torch.no_grad()
     def set_to_exact_posterior(self, decoder: nn.Module) -> None:
         """Set A, c and the scale to the best member of the family for ``decoder``.
@@ -76,6 +110,11 @@ class LinearGaussianEncoder(nn.Module):
         ``"diagonal"`` takes the same mean and the mean-field optimum of KL(q || p), the
         variances ``1 / diag(P)`` (Bishop 2006, section 10.1.2).
         """
+        if self.flow is not None:
+            raise ValueError(
+                "set_to_exact_posterior: this guide has a flow; the closed form places a "
+                "Gaussian guide (flow none) only"
+            )
         if (decoder.x_dim, decoder.z_dim) != (self.x_dim, self.z_dim):
             raise ValueError(
                 f"set_to_exact_posterior: decoder has (x_dim, z_dim) = "

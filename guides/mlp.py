@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyro
-import pyro.distributions as dist
+import torch
 from torch import Tensor, nn
 
+from pyro_vae.guides.flows import (
+    DEFAULT_STEPS,
+    PerPointFlowGuide,
+    gaussian_or_flow,
+    make_flow,
+)
 from pyro_vae.nn import GaussianHead, check_flat_data, mlp
 
 __all__ = ["GaussianMLPEncoder"]
@@ -17,7 +23,9 @@ class GaussianMLPEncoder(nn.Module):
     """Amortized diagonal-Gaussian guide with an MLP encoder.
 
     ``q(z | x) = N(z; mu_phi(x), diag(sigma_phi(x)^2))``, with
-    ``sigma_phi = softplus(.) + min_scale``.
+    ``sigma_phi = softplus(.) + min_scale``; with ``flow="iaf"``, ``"planar"`` or ``"radial"``
+    that Gaussian is pushed through ``flow_steps`` transforms conditioned on the last hidden
+    layer (`pyro_vae.guides.flows`). ``forward`` gives the Gaussian (the flow's base).
 
     With ``x_dim=784, z_dim=50, hidden=(200, 200), activation="tanh"`` this is the
     one-stochastic-layer recognition network of Burda et al. (2016).
@@ -35,22 +43,42 @@ class GaussianMLPEncoder(nn.Module):
         activation: str = "tanh",
         *,
         min_scale: float = 1e-3,
+        flow: str = "none",
+        flow_steps: int = DEFAULT_STEPS,
+        flow_hidden: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.x_dim = x_dim
         self.z_dim = z_dim
         hidden = list(hidden)
         self.trunk = mlp([x_dim, *hidden], activation, final_activation=True) if hidden else None
-        self.head = GaussianHead(hidden[-1] if hidden else x_dim, z_dim, min_scale=min_scale)
+        context_dim = hidden[-1] if hidden else x_dim
+        self.head = GaussianHead(context_dim, z_dim, min_scale=min_scale)
+        owner = type(self).__name__
+        self.flow = make_flow(flow, flow_steps, z_dim, context_dim, flow_hidden, owner)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean and scale of the Gaussian, ``(..., z_dim)`` each, and the context (the last
+        hidden layer) that conditions the flow."""
+        hidden = self.trunk(x) if self.trunk is not None else x
+        loc, scale = self.head(hidden)
+        return loc, scale, hidden
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and scale of q(z|x), each of shape ``(..., z_dim)``."""
-        hidden = self.trunk(x) if self.trunk is not None else x
-        return self.head(hidden)
+        """Mean and scale of the Gaussian q(z|x) (the flow's base), each ``(..., z_dim)``."""
+        loc, scale, _ = self.encode(x)
+        return loc, scale
 
     def guide(self, x: Tensor) -> None:
         check_flat_data(x, self.x_dim, type(self).__name__)
         pyro.module("encoder", self)
         with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = self(x)
-            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            pyro.sample("z", gaussian_or_flow(self.flow, *self.encode(x)))
+
+    def per_point_guide(self, x: Tensor) -> PerPointFlowGuide | None:
+        """With a flow: the flow family with a free base and context per point, started at
+        the encoder's (the q* of the gaps); None without (a factorized Gaussian is q*)."""
+        if self.flow is None:
+            return None
+        with torch.no_grad():
+            return PerPointFlowGuide({"z": (self.flow, *self.encode(x))}, "data")

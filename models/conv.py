@@ -9,7 +9,7 @@ import pyro
 import pyro.distributions as dist
 from torch import Tensor, nn
 
-from pyro_vae.models.priors import standard_normal
+from pyro_vae.models.priors import prior_distribution
 from pyro_vae.nn import CropImage, activation_layer, apply_flat, check_flat_data
 
 __all__ = ["ConvBernoulliDecoder"]
@@ -36,8 +36,10 @@ class ConvBernoulliDecoder(nn.Module):
         hidden: int = 256,
         *,
         activation: str = "relu",
+        prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.prior = prior
         channels = list(channels)
         if len(image_shape) != 3 or not channels:
             raise ValueError(
@@ -77,5 +79,5 @@ class ConvBernoulliDecoder(nn.Module):
         pyro.module("decoder", self)
         batch_size = x.shape[0]
         with pyro.plate("data", batch_size):
-            z = pyro.sample("z", standard_normal(x, self.z_dim))
+            z = pyro.sample("z", prior_distribution(self.prior, x, self.z_dim))
             pyro.sample("x", dist.Bernoulli(logits=self(z)).to_event(1), obs=x)

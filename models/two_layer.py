@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 from torch import Tensor, nn
 
-from pyro_vae.models.priors import standard_normal
+from pyro_vae.models.priors import prior_distribution
 from pyro_vae.nn import GaussianHead, check_flat_data, mlp
 
 __all__ = ["TwoLayerBernoulliDecoder"]
@@ -39,8 +39,10 @@ class TwoLayerBernoulliDecoder(nn.Module):
         activation: str = "tanh",
         *,
         min_scale: float = 1e-3,
+        prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.prior = prior  # p(z2); the standard normal when None
         self.x_dim = x_dim
         self.z1_dim = z1_dim
         self.z2_dim = z2_dim
@@ -66,7 +68,7 @@ class TwoLayerBernoulliDecoder(nn.Module):
         pyro.module("decoder", self)
         batch_size = x.shape[0]
         with pyro.plate("data", batch_size):
-            z2 = pyro.sample("z2", standard_normal(x, self.z2_dim))
+            z2 = pyro.sample("z2", prior_distribution(self.prior, x, self.z2_dim))
             z1_loc, z1_scale = self.z1_params(z2)
             z1 = pyro.sample("z1", dist.Normal(z1_loc, z1_scale).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self(z1)).to_event(1), obs=x)

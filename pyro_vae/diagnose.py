@@ -231,7 +231,9 @@ def _base_distribution(fn: Any) -> Any:
 
 
 def _base_support(support: Any) -> Any:
-    while isinstance(support, constraints.independent):
+    """The support of one coordinate: Independent and mixture wrappers removed."""
+    wrappers = (constraints.independent, constraints.MixtureSameFamilyConstraint)
+    while isinstance(support, wrappers):
         support = support.base_constraint
     return support
 
@@ -558,6 +560,19 @@ class FactorizedGaussian:
                 pyro.sample(latent.name, dist.Normal(loc, scale).to_event(len(latent.event_shape)))
 
 
+#: What q* was, in ``diagnose.json``'s ``q_star_family``.
+GAUSSIAN_FAMILY = "factorized Gaussian per point"
+FLOW_FAMILY = "the guide's flow per point (free base and context)"
+
+
+def per_point_guide(pair: Any, x: torch.Tensor) -> Any:
+    """The pair's own per-point family for q* (``pair.per_point_guide(x)``, built-in flow
+    guides have one), or None for the factorized Gaussian."""
+    pair = getattr(pair, "base_pair", pair)  # an EvaluationPair's own pair
+    method = getattr(pair, "per_point_guide", None)
+    return method(x) if callable(method) else None
+
+
 def gaps_unavailable(latents: Sequence[LatentSite], num_points: int) -> str | None:
     """Why the Gaussian q* cannot be fitted to these latents, or None if it can."""
     for latent in latents:
@@ -577,12 +592,15 @@ def gaps_unavailable(latents: Sequence[LatentSite], num_points: int) -> str | No
 def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
                    loc: dict[str, np.ndarray], scale: dict[str, np.ndarray], *,
                    num_samples: int, steps: int = 200, lr: float = 1e-2, particles: int = 8,
-                   progress: bool = False, compiled: CompiledLogWeights | None = None
-                   ) -> dict[str, torch.Tensor]:  # fmt: skip
+                   progress: bool = False, compiled: CompiledLogWeights | None = None,
+                   q_star: Any = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Fit q* to each point by Adam on its ELBO; return its ELBO and IS log p(x) per point.
 
-    q* starts at ``loc``, ``scale`` (the guide's mean and sd per coordinate: for a Gaussian
-    guide site that depends on x only, its own loc and scale) and maximizes
+    q* is ``q_star`` when given (a per-point member of the guide's own family, such as
+    `pyro_vae.guides.flows.PerPointFlowGuide`: a program over the data plate with
+    ``parameters()``); else a :class:`FactorizedGaussian` started at ``loc``, ``scale`` (the
+    guide's mean and sd per coordinate: for a Gaussian guide site that depends on x only, its
+    own loc and scale). It maximizes
 
         L[q*] = E_{q*}[log p(x, z) - log q*(z|x)]
 
@@ -595,15 +613,16 @@ def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], in
         Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
     """
     device = x.device
-    q_star = FactorizedGaussian(
-        latents,
-        {n: torch.as_tensor(v, dtype=x.dtype, device=device) for n, v in loc.items()},
-        {
-            n: torch.as_tensor(v, dtype=x.dtype, device=device).clamp(min=1e-6)
-            for n, v in scale.items()
-        },  # fmt: skip
-        info.data_plate,
-    )
+    if q_star is None:
+        q_star = FactorizedGaussian(
+            latents,
+            {n: torch.as_tensor(v, dtype=x.dtype, device=device) for n, v in loc.items()},
+            {
+                n: torch.as_tensor(v, dtype=x.dtype, device=device).clamp(min=1e-6)
+                for n, v in scale.items()
+            },  # fmt: skip
+            info.data_plate,
+        )
     elbo = pyro.infer.Trace_ELBO(
         num_particles=particles,
         vectorize_particles=info.vectorizable,
@@ -942,11 +961,12 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
     reason = gaps_unavailable(latents, num_points)
     if reason is None:
         pyro.set_rng_seed(seed + 2)
+        own_family = per_point_guide(pair, x)
         fitted = inference_gaps(pair, x, latents, info, q.mean, q.sd, num_samples=num_samples,
                                 steps=gap_steps, lr=gap_lr, particles=gap_particles,
                                 progress=progress,
                                 compiled=CompiledLogWeights(compiled.on_note) if compiled
-                                else None)  # fmt: skip
+                                else None, q_star=own_family)  # fmt: skip
         log_px_best = torch.maximum(log_px, fitted["log_px"])
         amortization = fitted["elbo"] - elbo
         approximation = log_px_best - fitted["elbo"]
@@ -961,12 +981,30 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
             "log_px_q_star_per_point": fitted["log_px"],
             "log_px_best_per_point": log_px_best,
             "gap_reason": None,
+            "q_star_family": (FLOW_FAMILY if own_family is not None else GAUSSIAN_FAMILY),
         })  # fmt: skip
-        gaussian = all(
-            isinstance(_base_distribution(guide_fn), dist.Normal)
-            for guide_fn in _guide_fns(pair, x, latents)
-        )
-        if not gaussian or any(q.conditional.values()):
+        guide_fns = _guide_fns(pair, x, latents)
+        gaussian = all(isinstance(_base_distribution(fn), dist.Normal) for fn in guide_fns)
+        if own_family is not None:
+            notes.append(
+                "q* is the guide's own flow family fitted to each point (its Gaussian base "
+                "and the flow's context free per point, the flow's networks fixed), started at "
+                "q: the amortization gap is what the encoder's choice costs within the family"
+            )
+            if any(q.conditional.values()):
+                notes.append(
+                    "q* fits each latent site's flow separately per point, without q's "
+                    "dependence of one site on another: the amortization gap then also holds "
+                    "that difference and can be negative"
+                )
+        elif any(isinstance(fn, torch.distributions.TransformedDistribution) for fn in guide_fns):
+            notes.append(
+                "the guide is a transformed (flow) distribution with no per-point family to fit "
+                "(a pair method per_point_guide(x)); q* falls back to a factorized Gaussian, so "
+                "the amortization gap also holds the difference of the two families and can be "
+                "negative"
+            )
+        elif not gaussian or any(q.conditional.values()):
             notes.append(
                 "the guide is not a fully factorized Gaussian given x (as q* is): the "
                 "amortization gap then also holds the difference of the two families and can "
@@ -980,6 +1018,7 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
             "amortization_gap_per_point": None,
             "approximation_gap_per_point": None,
             "gap_reason": reason,
+            "q_star_family": None,
         })  # fmt: skip
     summary["gap_settings"] = {"steps": gap_steps, "lr": gap_lr, "particles": gap_particles}
     seconds["gaps"] = time.perf_counter() - started
@@ -1278,7 +1317,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"  amortization gap {number(summary['amortization_gap'])}  approximation gap "
             f"{number(summary['approximation_gap'])} nats  (q*: "
-            f"{summary['gap_settings']['steps']} Adam steps per point)"
+            f"{summary.get('q_star_family') or GAUSSIAN_FAMILY}, "
+            f"{summary['gap_settings']['steps']} Adam steps)"
         )
     else:
         lines.append(f"  gaps: n/a ({summary['gap_reason']})")

@@ -16,7 +16,7 @@ import inspect
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from pyro_vae.guides import (
     SigmoidBeliefNetEncoder,
     TwoLayerGaussianEncoder,
 )
+from pyro_vae.guides.flows import DEFAULT_STEPS, FLOWS
 from pyro_vae.labels import LabelError, find_label_site, label_arguments, program_args
 from pyro_vae.models import (
     BernoulliMLPDecoder,
@@ -50,6 +51,7 @@ from pyro_vae.models import (
     SigmoidBeliefNetDecoder,
     TwoLayerBernoulliDecoder,
 )
+from pyro_vae.models.priors import PRIORS, learned_prior
 
 
 class PairError(ValueError):
@@ -73,6 +75,12 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:
         self.encoder.guide(x)
+
+    def per_point_guide(self, x: torch.Tensor) -> Any:
+        """The encoder's per-point member of its own family (a flow guide's), or None: then
+        ``diagnose`` fits a factorized Gaussian q* per point."""
+        per_point = getattr(self.encoder, "per_point_guide", None)
+        return per_point(x) if callable(per_point) else None
 
 
 class SemiSupervisedVAE(VAE):
@@ -112,48 +120,78 @@ class FunctionPair:
         self.guide = guide
 
 
-def _mlp(image_shape, z_dim=50, hidden=(200, 200), activation="tanh") -> VAE:
+def _prior(encoder: nn.Module, prior: str, prior_components: int | None, z_dim: int,
+           owner: str, binary: bool) -> nn.Module | None:  # fmt: skip
+    """The decoder's prior module for a pair's ``prior`` setting; a VampPrior's components
+    are ``encoder``'s Gaussian (its ``forward``) at the pseudo-inputs."""
+    return learned_prior(prior, prior_components, z_dim, owner=owner, encode=encoder,
+                         input_shape=(encoder.x_dim,), clamp_inputs=binary)  # fmt: skip
+
+
+def _mlp(
+    image_shape, z_dim=50, hidden=(200, 200), activation="tanh", *, flow="none",
+    flow_steps=DEFAULT_STEPS, flow_hidden=None, prior="standard", prior_components=None,
+) -> VAE:  # fmt: skip
     x_dim = math.prod(image_shape)
-    return VAE(
-        BernoulliMLPDecoder(x_dim, z_dim, hidden, activation),
-        GaussianMLPEncoder(x_dim, z_dim, hidden, activation),
-    )
+    encoder = GaussianMLPEncoder(x_dim, z_dim, hidden, activation, flow=flow,
+                                 flow_steps=flow_steps, flow_hidden=flow_hidden)  # fmt: skip
+    prior_module = _prior(encoder, prior, prior_components, z_dim, "mlp", binary=True)
+    return VAE(BernoulliMLPDecoder(x_dim, z_dim, hidden, activation, prior=prior_module), encoder)
 
 
-def _gaussian_mlp(image_shape, z_dim=20, hidden=(200,), activation="tanh") -> VAE:
+def _gaussian_mlp(
+    image_shape, z_dim=20, hidden=(200,), activation="tanh", *, flow="none",
+    flow_steps=DEFAULT_STEPS, flow_hidden=None, prior="standard", prior_components=None,
+) -> VAE:  # fmt: skip
     x_dim = math.prod(image_shape)
-    return VAE(
-        GaussianMLPDecoder(x_dim, z_dim, hidden, activation),
-        GaussianMLPEncoder(x_dim, z_dim, hidden, activation),
-    )
+    encoder = GaussianMLPEncoder(x_dim, z_dim, hidden, activation, flow=flow,
+                                 flow_steps=flow_steps, flow_hidden=flow_hidden)  # fmt: skip
+    prior_module = _prior(encoder, prior, prior_components, z_dim, "gaussian-mlp", binary=False)
+    return VAE(GaussianMLPDecoder(x_dim, z_dim, hidden, activation, prior=prior_module), encoder)
 
 
-def _conv(image_shape, z_dim=32, channels=(32, 64), hidden=256) -> VAE:
+def _conv(
+    image_shape, z_dim=32, channels=(32, 64), hidden=256, *, flow="none",
+    flow_steps=DEFAULT_STEPS, flow_hidden=None, prior="standard", prior_components=None,
+) -> VAE:  # fmt: skip
     image_shape = tuple(image_shape)
-    return VAE(
-        ConvBernoulliDecoder(image_shape, z_dim, channels, hidden),
-        ConvGaussianEncoder(image_shape, z_dim, channels, hidden),
-    )
+    encoder = ConvGaussianEncoder(image_shape, z_dim, channels, hidden, flow=flow,
+                                  flow_steps=flow_steps, flow_hidden=flow_hidden)  # fmt: skip
+    prior_module = _prior(encoder, prior, prior_components, z_dim, "conv", binary=True)
+    return VAE(ConvBernoulliDecoder(image_shape, z_dim, channels, hidden, prior=prior_module),
+               encoder)  # fmt: skip
 
 
 def _two_layer(
-    image_shape, z1_dim=100, z2_dim=50, hidden1=(100, 100), hidden2=(50, 50), activation="tanh"
-) -> VAE:
+    image_shape, z1_dim=100, z2_dim=50, hidden1=(100, 100), hidden2=(50, 50), activation="tanh",
+    *, flow="none", flow_steps=DEFAULT_STEPS, flow_hidden=None, prior="standard",
+    prior_components=None,
+) -> VAE:  # fmt: skip
     x_dim = math.prod(image_shape)
+    if prior == "vamp":
+        raise ValueError(
+            'two-layer: "prior": "vamp" mixes q(z|u_k) over pseudo-inputs, but the top layer '
+            'z2 has no q(z2|x) of its own here (q(z2|z1) needs z1); use "prior": "mog"'
+        )
+    prior_module = learned_prior(prior, prior_components, z2_dim, owner="two-layer")
     return VAE(
-        TwoLayerBernoulliDecoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation),
-        TwoLayerGaussianEncoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation),
-    )
+        TwoLayerBernoulliDecoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation,
+                                 prior=prior_module),
+        TwoLayerGaussianEncoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation,
+                                flow=flow, flow_steps=flow_steps, flow_hidden=flow_hidden),
+    )  # fmt: skip
 
 
 def _linear_gaussian(
-    image_shape, z_dim=2, noise_scale=1.0, learn_noise=True, covariance="diagonal"
-) -> VAE:
+    image_shape, z_dim=2, noise_scale=1.0, learn_noise=True, covariance="diagonal", *,
+    flow="none", flow_steps=DEFAULT_STEPS, flow_hidden=None,
+) -> VAE:  # fmt: skip
     x_dim = math.prod(image_shape)
     return VAE(
         LinearGaussianDecoder(x_dim, z_dim, noise_scale, learn_noise),
-        LinearGaussianEncoder(x_dim, z_dim, covariance),
-    )
+        LinearGaussianEncoder(x_dim, z_dim, covariance, flow=flow, flow_steps=flow_steps,
+                              flow_hidden=flow_hidden),
+    )  # fmt: skip
 
 
 def _sbn(image_shape, z_dim=200, hidden=(), activation="tanh") -> VAE:
@@ -225,17 +263,29 @@ PAIRS: dict[str, PairSpec] = {
     "mlp": PairSpec(
         _mlp,
         "bernoulli",
-        "MLP VAE with Bernoulli likelihood; IWAE paper net: hidden=[200,200], z_dim=50, tanh",
+        "MLP VAE with Bernoulli likelihood; IWAE paper net: hidden=[200,200], z_dim=50, tanh; "
+        "kwargs flow (iaf, planar, radial), flow_steps, prior (vamp, mog), prior_components",
     ),
     "gaussian-mlp": PairSpec(
-        _gaussian_mlp, "gaussian", "MLP VAE with Gaussian likelihood for continuous data"
+        _gaussian_mlp,
+        "gaussian",
+        "MLP VAE with Gaussian likelihood for continuous data; kwargs flow, prior as mlp's",
     ),
-    "conv": PairSpec(_conv, "bernoulli", "convolutional VAE with Bernoulli likelihood"),
+    "conv": PairSpec(
+        _conv,
+        "bernoulli",
+        "convolutional VAE with Bernoulli likelihood; kwargs flow, prior as mlp's",
+    ),
     "two-layer": PairSpec(
-        _two_layer, "bernoulli", "two stochastic layers (Burda et al. 2016), Bernoulli"
+        _two_layer,
+        "bernoulli",
+        "two stochastic layers (Burda et al. 2016), Bernoulli; kwargs flow (on both layers), "
+        "prior (mog) for z2",
     ),
     "linear-gaussian": PairSpec(
-        _linear_gaussian, "gaussian", "linear-Gaussian VAE with closed-form log p(x)"
+        _linear_gaussian,
+        "gaussian",
+        "linear-Gaussian VAE with closed-form log p(x); kwarg flow on the diagonal guide",
     ),
     "sbn": PairSpec(
         _sbn,
@@ -538,6 +588,33 @@ def _signature(obj: Callable) -> str:
         return "(...)"
 
 
+#: --pair-kwargs that choose a flow on the guide, and those that choose the model's prior.
+FLOW_KWARGS = ("flow", "flow_steps", "flow_hidden")
+PRIOR_KWARGS = ("prior", "prior_components")
+
+
+def _taking(names: Sequence[str]) -> list[str]:
+    """The built-in pairs whose factories take every argument of ``names``."""
+    return [
+        name for name, spec in PAIRS.items()
+        if all(n in inspect.signature(spec.factory).parameters for n in names)
+    ]  # fmt: skip
+
+
+def _check_guide_and_prior_kwargs(pair: str, factory: Callable, pair_kwargs: dict) -> None:
+    """A flow or prior setting given to a built-in pair whose guide or model has no such
+    choice: say so, and which pairs do take it (instead of Python's unexpected keyword)."""
+    taken = inspect.signature(factory).parameters
+    for names, what in ((FLOW_KWARGS, f"normalizing flow on its guide ({', '.join(FLOWS)})"),
+                        (PRIOR_KWARGS, f"choice of prior ({', '.join(PRIORS)})")):  # fmt: skip
+        given = [name for name in names if name in pair_kwargs and name not in taken]
+        if given:
+            raise PairError(
+                f"--pair {pair} does not take {given[0]!r} in --pair-kwargs: it has no {what}. "
+                f"The pairs that take {given[0]!r}: {', '.join(_taking([given[0]]))}"
+            )
+
+
 def build_pair(
     image_shape: tuple[int, ...],
     pair: str | None = None,
@@ -568,8 +645,11 @@ def build_pair(
         filled = input_arguments(factory, image_shape, num_classes)
         pair_kwargs = {**{k: v for k, v in filled.items() if k in NUM_CLASSES_NAMES},
                        **pair_kwargs}  # fmt: skip
+        _check_guide_and_prior_kwargs(pair, factory, pair_kwargs)
         try:
             return factory(tuple(image_shape), **pair_kwargs)
+        except ValueError as error:
+            raise PairError(f"--pair {pair} --pair-kwargs {pair_kwargs}: {error}") from error
         except TypeError as error:
             raise PairError(
                 f"--pair {pair} does not take --pair-kwargs {pair_kwargs}: {error}. "

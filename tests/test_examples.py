@@ -21,6 +21,7 @@ NOTEBOOKS = [
     "04_posterior_diagnostics.md",
     "05_gradient_estimators.md",
     "06_semi_supervised.md",
+    "07_flows_and_priors.md",
 ]
 #: seconds one notebook cell may run in smoke mode before the test fails
 NOTEBOOK_CELL_TIMEOUT = 300
