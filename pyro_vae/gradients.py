@@ -35,10 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyro
+import pyro.distributions.transforms as T
 import pyro.infer
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.distributions.transforms.planar import ConditionedPlanar
+from pyro.distributions.transforms.radial import ConditionedRadial
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import get_plates
 from pyro.poutine.subsample_messenger import _Subsample
@@ -76,6 +79,38 @@ AVG_BASELINE_PREFIX = "__baseline_avg_downstream_cost_"
 _NO_SHAPE = torch.Size()
 
 
+#: Pyro's transforms with no closed-form inverse: they score only draws they made themselves.
+_NO_INVERSE = (T.Planar, ConditionedPlanar, T.Radial, ConditionedRadial, T.Sylvester)
+
+
+def _transform_without_inverse(fn: Any) -> Any:
+    """The first transform of a (possibly Independent-wrapped) TransformedDistribution that
+    has no inverse, or None."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        for transform in fn.transforms:
+            if isinstance(transform, _NO_INVERSE):
+                return transform
+    return None
+
+
+def score_function_blocker(guide: Callable, *args, **kwargs) -> str | None:
+    """Why the score function cannot run on ``guide`` (a site whose flow has no inverse), or
+    None. One trace of the guide, without gradients."""
+    with torch.no_grad():
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            transform = _transform_without_inverse(site["fn"])
+            if transform is not None:
+                return (
+                    f"site {name!r} goes through a {type(transform).__name__} transform, which "
+                    "has no inverse: the score function needs log q(z) at a draw held fixed"
+                )
+    return None
+
+
 class NonReparameterized(TorchDistribution):
     """The distribution ``base`` with reparameterized sampling switched off.
 
@@ -94,6 +129,14 @@ class NonReparameterized(TorchDistribution):
     has_rsample = False
 
     def __init__(self, base: TorchDistribution) -> None:
+        without = _transform_without_inverse(base)
+        if without is not None:
+            raise NotImplementedError(
+                f"the score-function gradient needs log q(z) at a draw z held fixed, and the "
+                f"guide's {type(without).__name__} transform has no inverse to take z back "
+                "through (a planar or radial flow scores only its own reparameterized draws): "
+                'train this guide with the reparameterized gradient, or use "flow": "iaf"'
+            )
         self.base_dist = base
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 

@@ -42,6 +42,7 @@ from pyro_vae.gradients import (
     GRADIENT_ESTIMATORS,
     forget_baselines,
     non_reparameterized_sites,
+    score_function_blocker,
 )
 from pyro_vae.handlers import unscaled
 from pyro_vae.labels import with_labels
@@ -264,6 +265,8 @@ def gradient_variance(
         progress = sys.stderr.isatty()
 
     results: dict[str, Any] = {}
+    skipped = _skip_score_estimators(pair.guide, x, names)
+    names = [name for name in names if name not in skipped]
     started = time.perf_counter()
     for name in names:
         spec = GRADIENT_ESTIMATORS[name]
@@ -313,7 +316,7 @@ def gradient_variance(
         "seed": seed,
         "device": str(torch_device),
         "seconds": time.perf_counter() - started,
-        "notes": _notes(pair.guide, x, names) + _site_notes(info),
+        "notes": _notes(pair.guide, x, names) + _site_notes(info) + list(skipped.values()),
         "scaled_sites": list(info.scaled_sites),
     }
     if save:
@@ -324,6 +327,21 @@ def gradient_variance(
         atomic_write_bytes(out_dir / GRADVAR_JSON, payload)
         gradient_variance_figure(result, out_dir / GRADVAR_PNG)
     return result
+
+
+def _skip_score_estimators(guide: Any, x: Tensor, names: list[str]) -> dict[str, str]:
+    """The score-function estimators among ``names`` that cannot run on this guide (a flow
+    without an inverse), each with the note saying so; all of them refused: ConfigError."""
+    scored = [name for name in names if GRADIENT_ESTIMATORS[name].score_function]
+    reason = score_function_blocker(guide, x) if scored else None
+    if reason is None:
+        return {}
+    if len(scored) == len(names):
+        raise ConfigError(
+            f"--estimators {','.join(names)}: every one takes the score function, and {reason}; "
+            "add reparam, or train the guide with an IAF flow"
+        )
+    return {name: f"{name} skipped: {reason}" for name in scored}
 
 
 def _notes(guide: Any, x: Tensor, names: list[str]) -> list[str]:

@@ -375,3 +375,30 @@ def test_traced_loss_of_flow_and_prior_pairs_is_pyros_elbo(pair_name, kwargs):
     for grad, wanted in zip([p.grad for p in pair.parameters()], expected_grads, strict=True):
         torch.testing.assert_close(grad, wanted, rtol=1e-4, atol=1e-5)
     pyro.clear_param_store()
+
+
+def test_score_function_estimators_on_flow_guides(flow_vamp_run, tmp_path):
+    """An IAF inverts, so the score function runs on it (log q at a draw held fixed); a
+    planar flow does not: gradvar skips its score-function rows with a note, refuses a list
+    of only those, and training it by the score function stops with the reason."""
+    from pyro_vae.config import ConfigError
+
+    both = gradient_variance(flow_vamp_run, estimators=["reparam", "score"], num_draws=4,
+                             batch_size=10, save=False, progress=False)  # fmt: skip
+    assert set(both["estimators"]) == {"reparam", "score"}
+    assert both["estimators"]["score"]["variance"] > 0
+
+    run_dir = tmp_path / "planar"
+    kwargs = {"hidden": [16], "z_dim": 3, "flow": "planar", "flow_steps": 2}
+    train(TrainConfig(epochs=1, out=str(run_dir), pair_kwargs=kwargs, **SMALL), progress=False)
+    result = gradient_variance(run_dir, estimators=["reparam", "score", "score+avg"],
+                               num_draws=4, batch_size=10, save=False, progress=False)  # fmt: skip
+    assert list(result["estimators"]) == ["reparam"]
+    assert sum("skipped" in note and "ConditionedPlanar" in note for note in result["notes"]) == 2
+    with pytest.raises(ConfigError, match="every one takes the score function"):
+        gradient_variance(run_dir, estimators=["score"], num_draws=4, batch_size=10,
+                          save=False, progress=False)  # fmt: skip
+    with pytest.raises(Exception, match="has no inverse"):
+        train(TrainConfig(epochs=1, out=str(tmp_path / "sf"), pair_kwargs=kwargs,
+                          objective="tracegraph", score_function=True, **SMALL),
+              progress=False)  # fmt: skip
