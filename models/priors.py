@@ -13,10 +13,16 @@ from collections.abc import Callable
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
+from torch.distributions import constraints
+
+#: log(2 pi), the Gaussian normalizer's constant per dimension.
+LOG_2PI = math.log(2 * math.pi)
 
 __all__ = [
     "PRIORS",
+    "DiagonalGaussianMixture",
     "MixtureOfGaussiansPrior",
     "VampPrior",
     "check_prior",
@@ -67,12 +73,64 @@ def check_prior(prior: str, prior_components: int | None, owner: str) -> int | N
     return prior_components
 
 
-def _mixture(logits: Tensor, loc: Tensor, scale: Tensor, batch_size: int) -> dist.MixtureSameFamily:
+class DiagonalGaussianMixture(TorchDistribution):
+    """``sum_k softmax(logits)_k N(z; loc_k, diag(scale_k^2))`` over ``z`` in R^D, the same
+    mixture for every point of a batch of shape ``batch_shape``.
+
+    ``log_prob`` expands the square, ``sum_d (z_d - m_kd)^2 / s_kd^2 = z^2 . a_k - 2 z . b_k
+    + c_k``, so the N x K component densities come from two matrix products in float64 (no
+    N x K x D intermediate; float64 keeps the cancellation harmless) instead of torch's
+    ``MixtureSameFamily``, which is some 20 times slower for K = 500, D = 50. Draws are not
+    reparameterized (the prior is never sampled inside a loss).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, loc: Tensor, scale: Tensor,
+                 batch_shape: torch.Size | tuple = ()) -> None:  # fmt: skip
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> DiagonalGaussianMixture:
+        return DiagonalGaussianMixture(self.logits, self.loc, self.scale, batch_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        precision = self.scale.double().pow(-2)  # (K, D)
+        scaled_loc = self.loc.double() * precision
+        z = value.double()
+        quadratic = (
+            z.pow(2) @ precision.T - 2 * z @ scaled_loc.T + (self.loc.double() * scaled_loc).sum(-1)
+        )  # (..., K)
+        normalizer = self.scale.double().log().sum(-1) + 0.5 * self.loc.shape[-1] * LOG_2PI
+        weights = torch.log_softmax(self.logits.double(), -1)
+        components = weights - normalizer - 0.5 * quadratic
+        return torch.logsumexp(components, -1).to(value.dtype)
+
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            which = torch.distributions.Categorical(logits=self.logits).sample(shape[:-1])
+            noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+            return self.loc[which] + self.scale[which] * noise
+
+    @property
+    def mean(self) -> Tensor:
+        weights = self.logits.softmax(-1)
+        return (weights @ self.loc).expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> Tensor:
+        weights = self.logits.softmax(-1)
+        second = weights @ (self.scale.pow(2) + self.loc.pow(2))
+        return (second - (weights @ self.loc).pow(2)).expand(self.batch_shape + self.event_shape)
+
+
+def _mixture(logits: Tensor, loc: Tensor, scale: Tensor, batch_size: int) -> TorchDistribution:
     """Mixture of diagonal Gaussians ``sum_k softmax(logits)_k N(loc_k, diag(scale_k^2))``,
-    expanded to batch shape ``(batch_size,)``."""
-    components = dist.Normal(loc, scale).to_event(1)
-    mixture = dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
-    return mixture.expand((batch_size,))
+    batch shape ``(batch_size,)``."""
+    return DiagonalGaussianMixture(logits, loc, scale, (batch_size,))
 
 
 class MixtureOfGaussiansPrior(nn.Module):

@@ -126,6 +126,22 @@ def test_mixture_prior_is_its_weighted_sum_of_gaussians():
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_mixture_draws_have_the_mixture_moments():
+    """The prior's draws (``sample`` draws z from p(z)): mean and variance against the
+    closed forms, and the batch and sample shapes."""
+    torch.manual_seed(8)
+    prior = MixtureOfGaussiansPrior(z_dim=3, num_components=4)
+    with torch.no_grad():
+        prior.logits.copy_(torch.tensor([0.0, 1.0, -1.0, 0.5]))
+        prior.loc.mul_(3)
+    mixture = prior(torch.zeros(5, 2))
+    draws = mixture.sample((20000,))
+    assert draws.shape == (20000, 5, 3) and mixture.log_prob(draws).shape == (20000, 5)
+    flat = draws.reshape(-1, 3)
+    torch.testing.assert_close(flat.mean(0), mixture.mean[0], atol=0.05, rtol=0.0)
+    torch.testing.assert_close(flat.var(0), mixture.variance[0], atol=0.0, rtol=0.05)
+
+
 def test_vamp_prior_reaches_the_encoder_without_registering_it_twice():
     """The model's log p(z) moves the encoder (a gradient reaches it), but the encoder's
     parameters are the guide's: the decoder's pyro.module does not register them again."""
