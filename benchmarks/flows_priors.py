@@ -142,7 +142,7 @@ def _row(name: str, args, out: Path) -> dict:
         "diagnose", str(run_dir), "--points", str(args.diagnose_points), "--num-samples",
         str(args.diagnose_samples), "--json", "--no-progress", env=env, log=log,
     ).stdout.strip().splitlines()[-1])  # fmt: skip
-    khat = [k for k in diagnosis["khat"]]
+    khat = diagnosis["khat"]  # None where k-hat is infinite: unreliable too
     unreliable = sum(1 for k in khat if k is None or k > 0.7) / len(khat)
     row = {
         "row": name,

@@ -18,7 +18,8 @@ __all__ = ["ConvBernoulliDecoder"]
 class ConvBernoulliDecoder(nn.Module):
     """VAE generative model for binary images with a transposed-convolution decoder.
 
-    ``p(x, z) = N(z; 0, I) * prod_d Bernoulli(x_d; sigmoid(g_theta(z))_d)``
+    ``p(x, z) = N(z; 0, I) * prod_d Bernoulli(x_d; sigmoid(g_theta(z))_d)``, or with a
+    learned ``prior`` module (`pyro_vae.models.priors`) in place of N(0, I).
 
     ``g_theta``: linear -> reshape to ``(channels[-1], ceil(H / 2^n), ceil(W / 2^n))`` ->
     ``n = len(channels)`` stride-2 transposed convolutions, each doubling height and width

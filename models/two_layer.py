@@ -23,7 +23,8 @@ class TwoLayerBernoulliDecoder(nn.Module):
     ``hidden1`` are the deterministic layers between x and z1 and ``hidden2`` those between
     z1 and z2, listed from the data side (as in the encoder); the decoder runs them in
     reverse. The defaults give the paper's 784-100-100-100(z1)-50-50-50(z2) tanh network.
-    Site ``"z1"`` is the layer next to x, ``"z2"`` the top layer.
+    Site ``"z1"`` is the layer next to x, ``"z2"`` the top layer. A learned ``prior`` module
+    (`pyro_vae.models.priors`) replaces N(z2; 0, I).
 
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, section 5.

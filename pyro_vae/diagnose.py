@@ -8,8 +8,9 @@ For a few selected points of a split this module measures
   0.5 <= k <= 0.7: usable, slowly converging; k > 0.7: unreliable (Yao et al. 2018).
 - importance-sampled **log p(x)**, the **ELBO**, and their gap, from the same weights.
 - the **amortization and approximation gaps** (Cremer et al. 2018): a fully factorized
-  Gaussian q*(z|x) fitted to each point alone. L[q*] - L[q] is what amortization costs;
-  log p(x) - L[q*] is what the Gaussian family costs.
+  Gaussian q*(z|x) fitted to each point alone, or the guide's own family per point where the
+  pair offers one (``per_point_guide(x)``: the built-in flow guides). L[q*] - L[q] is what
+  amortization costs; log p(x) - L[q*] is what the family costs.
 - with ``nuts=True``, a **NUTS reference posterior** p(z|x) with the decoder fixed, and the
   guide compared with it dimension by dimension.
 - **active units** and the **KL to the prior per latent dimension**: posterior collapse shows
