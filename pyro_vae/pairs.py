@@ -120,12 +120,17 @@ class FunctionPair:
         self.guide = guide
 
 
-def _prior(encoder: nn.Module, prior: str, prior_components: int | None, z_dim: int,
-           owner: str, binary: bool) -> nn.Module | None:  # fmt: skip
-    """The decoder's prior module for a pair's ``prior`` setting; a VampPrior's components
-    are ``encoder``'s Gaussian (its ``forward``) at the pseudo-inputs."""
-    return learned_prior(prior, prior_components, z_dim, owner=owner, encode=encoder,
-                         input_shape=(encoder.x_dim,), clamp_inputs=binary)  # fmt: skip
+def _with_prior(pair: VAE, prior: str, prior_components: int | None, z_dim: int, owner: str,
+                binary: bool) -> VAE:  # fmt: skip
+    """``pair`` with the decoder's prior set from the ``prior`` setting. Built after both
+    networks, so that the default (no learned prior) draws the same initial weights as a
+    pair built without one; a VampPrior's components are the encoder's Gaussian (its
+    ``forward``) at the pseudo-inputs."""
+    pair.decoder.prior = learned_prior(
+        prior, prior_components, z_dim, owner=owner, encode=pair.encoder,
+        input_shape=(pair.encoder.x_dim,), clamp_inputs=binary,
+    )  # fmt: skip
+    return pair
 
 
 def _mlp(
@@ -133,10 +138,12 @@ def _mlp(
     flow_steps=DEFAULT_STEPS, flow_hidden=None, prior="standard", prior_components=None,
 ) -> VAE:  # fmt: skip
     x_dim = math.prod(image_shape)
-    encoder = GaussianMLPEncoder(x_dim, z_dim, hidden, activation, flow=flow,
-                                 flow_steps=flow_steps, flow_hidden=flow_hidden)  # fmt: skip
-    prior_module = _prior(encoder, prior, prior_components, z_dim, "mlp", binary=True)
-    return VAE(BernoulliMLPDecoder(x_dim, z_dim, hidden, activation, prior=prior_module), encoder)
+    pair = VAE(
+        BernoulliMLPDecoder(x_dim, z_dim, hidden, activation),
+        GaussianMLPEncoder(x_dim, z_dim, hidden, activation, flow=flow, flow_steps=flow_steps,
+                           flow_hidden=flow_hidden),
+    )  # fmt: skip
+    return _with_prior(pair, prior, prior_components, z_dim, "mlp", binary=True)
 
 
 def _gaussian_mlp(
@@ -144,10 +151,12 @@ def _gaussian_mlp(
     flow_steps=DEFAULT_STEPS, flow_hidden=None, prior="standard", prior_components=None,
 ) -> VAE:  # fmt: skip
     x_dim = math.prod(image_shape)
-    encoder = GaussianMLPEncoder(x_dim, z_dim, hidden, activation, flow=flow,
-                                 flow_steps=flow_steps, flow_hidden=flow_hidden)  # fmt: skip
-    prior_module = _prior(encoder, prior, prior_components, z_dim, "gaussian-mlp", binary=False)
-    return VAE(GaussianMLPDecoder(x_dim, z_dim, hidden, activation, prior=prior_module), encoder)
+    pair = VAE(
+        GaussianMLPDecoder(x_dim, z_dim, hidden, activation),
+        GaussianMLPEncoder(x_dim, z_dim, hidden, activation, flow=flow, flow_steps=flow_steps,
+                           flow_hidden=flow_hidden),
+    )  # fmt: skip
+    return _with_prior(pair, prior, prior_components, z_dim, "gaussian-mlp", binary=False)
 
 
 def _conv(
@@ -155,11 +164,12 @@ def _conv(
     flow_steps=DEFAULT_STEPS, flow_hidden=None, prior="standard", prior_components=None,
 ) -> VAE:  # fmt: skip
     image_shape = tuple(image_shape)
-    encoder = ConvGaussianEncoder(image_shape, z_dim, channels, hidden, flow=flow,
-                                  flow_steps=flow_steps, flow_hidden=flow_hidden)  # fmt: skip
-    prior_module = _prior(encoder, prior, prior_components, z_dim, "conv", binary=True)
-    return VAE(ConvBernoulliDecoder(image_shape, z_dim, channels, hidden, prior=prior_module),
-               encoder)  # fmt: skip
+    pair = VAE(
+        ConvBernoulliDecoder(image_shape, z_dim, channels, hidden),
+        ConvGaussianEncoder(image_shape, z_dim, channels, hidden, flow=flow,
+                            flow_steps=flow_steps, flow_hidden=flow_hidden),
+    )  # fmt: skip
+    return _with_prior(pair, prior, prior_components, z_dim, "conv", binary=True)
 
 
 def _two_layer(
@@ -173,13 +183,13 @@ def _two_layer(
             'two-layer: "prior": "vamp" mixes q(z|u_k) over pseudo-inputs, but the top layer '
             'z2 has no q(z2|x) of its own here (q(z2|z1) needs z1); use "prior": "mog"'
         )
-    prior_module = learned_prior(prior, prior_components, z2_dim, owner="two-layer")
-    return VAE(
-        TwoLayerBernoulliDecoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation,
-                                 prior=prior_module),
+    pair = VAE(
+        TwoLayerBernoulliDecoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation),
         TwoLayerGaussianEncoder(x_dim, z1_dim, z2_dim, hidden1, hidden2, activation,
                                 flow=flow, flow_steps=flow_steps, flow_hidden=flow_hidden),
     )  # fmt: skip
+    pair.decoder.prior = learned_prior(prior, prior_components, z2_dim, owner="two-layer")
+    return pair
 
 
 def _linear_gaussian(
