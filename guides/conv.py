@@ -5,22 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pyro
 import torch
 from torch import Tensor, nn
 
 from pyro_vae.guides.flows import (
     DEFAULT_STEPS,
-    PerPointFlowGuide,
-    gaussian_or_flow,
+    GaussianFlowEncoder,
     make_flow,
 )
-from pyro_vae.nn import GaussianHead, activation_layer, apply_flat, check_flat_data
+from pyro_vae.nn import GaussianHead, activation_layer, apply_flat
 
 __all__ = ["ConvGaussianEncoder"]
 
 
-class ConvGaussianEncoder(nn.Module):
+class ConvGaussianEncoder(GaussianFlowEncoder):
     """Amortized diagonal-Gaussian guide with a convolutional encoder.
 
     ``q(z | x) = N(z; mu_phi(x), diag(sigma_phi(x)^2))``, or with ``flow`` that Gaussian
@@ -81,22 +79,3 @@ class ConvGaussianEncoder(nn.Module):
         hidden = apply_flat(self.net, x, event_dim=1)
         loc, scale = self.head(hidden)
         return loc, scale, hidden
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and scale of the Gaussian q(z|x) (the flow's base), each ``(..., z_dim)``."""
-        loc, scale, _ = self.encode(x)
-        return loc, scale
-
-    def guide(self, x: Tensor) -> None:
-        check_flat_data(x, self.x_dim, type(self).__name__)
-        pyro.module("encoder", self)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", gaussian_or_flow(self.flow, *self.encode(x)))
-
-    def per_point_guide(self, x: Tensor) -> PerPointFlowGuide | None:
-        """With a flow: the flow family with a free base and context per point, started at
-        the encoder's (the q* of the gaps); None without (a factorized Gaussian is q*)."""
-        if self.flow is None:
-            return None
-        with torch.no_grad():
-            return PerPointFlowGuide({"z": (self.flow, *self.encode(x))}, "data")

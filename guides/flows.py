@@ -34,9 +34,12 @@ import torch
 from pyro.nn import ConditionalAutoRegressiveNN, DenseNN
 from torch import Tensor, nn
 
+from pyro_vae.nn import check_flat_data
+
 __all__ = [
     "FLOWS",
     "ConditionalFlow",
+    "GaussianFlowEncoder",
     "PerPointFlowGuide",
     "check_flow",
     "gaussian_or_flow",
@@ -183,3 +186,34 @@ class PerPointFlowGuide:
             for name, flow in self.flows.items():
                 distribution = flow(self.loc[name], self.log_scale[name].exp(), self.context[name])
                 pyro.sample(name, distribution)
+
+
+class GaussianFlowEncoder(nn.Module):
+    """The programs shared by the one-site Gaussian encoders (MLP, conv): a subclass sets
+    ``x_dim`` and ``flow`` (None without one) and defines ``encode(x) -> (loc, scale,
+    context)``; this gives ``forward`` (the Gaussian, a flow's base), ``guide`` (site
+    ``"z"`` in plate ``"data"``) and ``per_point_guide`` (the q* of the gaps)."""
+
+    flow: ConditionalFlow | None
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and scale of the Gaussian q(z|x) (the flow's base), each ``(..., z_dim)``."""
+        loc, scale, _ = self.encode(x)
+        return loc, scale
+
+    def guide(self, x: Tensor) -> None:
+        check_flat_data(x, self.x_dim, type(self).__name__)
+        pyro.module("encoder", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", gaussian_or_flow(self.flow, *self.encode(x)))
+
+    def per_point_guide(self, x: Tensor) -> PerPointFlowGuide | None:
+        """With a flow: the flow family with a free base and context per point, started at
+        the encoder's (the q* of the gaps); None without (a factorized Gaussian is q*)."""
+        if self.flow is None:
+            return None
+        with torch.no_grad():
+            return PerPointFlowGuide({"z": (self.flow, *self.encode(x))}, "data")

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_vae.guides.flows import (
     DEFAULT_STEPS,
-    PerPointFlowGuide,
-    gaussian_or_flow,
+    GaussianFlowEncoder,
     make_flow,
 )
-from pyro_vae.nn import GaussianHead, check_flat_data, mlp
+from pyro_vae.nn import GaussianHead, mlp
 
 __all__ = ["GaussianMLPEncoder"]
 
 
-class GaussianMLPEncoder(nn.Module):
+class GaussianMLPEncoder(GaussianFlowEncoder):
     """Amortized diagonal-Gaussian guide with an MLP encoder.
 
     ``q(z | x) = N(z; mu_phi(x), diag(sigma_phi(x)^2))``, with
@@ -63,22 +60,3 @@ class GaussianMLPEncoder(nn.Module):
         hidden = self.trunk(x) if self.trunk is not None else x
         loc, scale = self.head(hidden)
         return loc, scale, hidden
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and scale of the Gaussian q(z|x) (the flow's base), each ``(..., z_dim)``."""
-        loc, scale, _ = self.encode(x)
-        return loc, scale
-
-    def guide(self, x: Tensor) -> None:
-        check_flat_data(x, self.x_dim, type(self).__name__)
-        pyro.module("encoder", self)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", gaussian_or_flow(self.flow, *self.encode(x)))
-
-    def per_point_guide(self, x: Tensor) -> PerPointFlowGuide | None:
-        """With a flow: the flow family with a free base and context per point, started at
-        the encoder's (the q* of the gaps); None without (a factorized Gaussian is q*)."""
-        if self.flow is None:
-            return None
-        with torch.no_grad():
-            return PerPointFlowGuide({"z": (self.flow, *self.encode(x))}, "data")
