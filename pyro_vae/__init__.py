@@ -10,8 +10,54 @@ live in :mod:`pyro_vae.models`, amortized guides in :mod:`pyro_vae.guides`, buil
 them in :mod:`pyro_vae.pairs`.
 """
 
+# ruff: noqa: E402 - the finder below must be in place before the imports that need it
+import importlib.abc
+import importlib.util
+import sys
+from pathlib import Path
+
+
+class _SourceTreeFinder(importlib.abc.MetaPathFinder):
+    """Finds ``pyro_vae.models`` and ``pyro_vae.guides`` in the repository's top-level
+    ``models/`` and ``guides/`` when ``pyro_vae`` is imported from the source tree.
+
+    setup.cfg installs those folders inside the package, but from the repository root (the
+    cwd first on sys.path, as in every torchrun rank of ``python -m pyro_vae``) the source
+    folder ``pyro_vae/``, which has neither, shadows the installed package. Submodules
+    (``pyro_vae.guides.flows``) are then found through the package's ``__path__``.
+    """
+
+    def __init__(self, folders: dict[str, Path]):
+        self.folders = folders
+
+    def find_spec(self, fullname, path=None, target=None):
+        folder = self.folders.get(fullname)
+        if folder is None:
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+
+
+def _find_source_tree_packages() -> None:
+    here = Path(__file__).resolve().parent
+    root = here.parent
+    folders = {f"pyro_vae.{name}": root / name for name in ("models", "guides")}
+    in_source_tree = (
+        not any((here / name).exists() for name in ("models", "guides"))
+        and (root / "setup.cfg").is_file()
+        and all((folder / "__init__.py").is_file() for folder in folders.values())
+    )
+    if in_source_tree and not any(isinstance(f, _SourceTreeFinder) for f in sys.meta_path):
+        sys.meta_path.append(_SourceTreeFinder(folders))
+
+
+_find_source_tree_packages()
+
 from pyro_vae.config import TrainConfig
+from pyro_vae.convergence import Convergence, convergence
 from pyro_vae.data import DATASETS, Dataset, load_dataset
+from pyro_vae.diagnose import PosteriorDiagnosis, diagnose
 from pyro_vae.estimators import (
     ESTIMATORS,
     elbo_estimate,
@@ -20,10 +66,16 @@ from pyro_vae.estimators import (
     log_importance_weights,
     log_mean_exp,
 )
-from pyro_vae.evaluate import evaluate
+from pyro_vae.evaluate import Evaluation, evaluate
+from pyro_vae.fitting import fit
 from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS, score_function, with_baseline
+from pyro_vae.gradvar import GradientVariance, gradient_variance
+from pyro_vae.latents import LatentMap, latents
 from pyro_vae.objectives import OBJECTIVES, make_objective
 from pyro_vae.pairs import PAIRS, VAE, build_pair, check_pair
+from pyro_vae.reopen import Run, load_run
+from pyro_vae.results import Result
+from pyro_vae.sampling import Samples, sample
 from pyro_vae.train import RunResult, train
 
 __version__ = "0.1.0"
@@ -36,19 +88,34 @@ __all__ = [
     "OBJECTIVES",
     "PAIRS",
     "VAE",
+    "Convergence",
     "Dataset",
+    "Evaluation",
+    "GradientVariance",
+    "LatentMap",
+    "PosteriorDiagnosis",
+    "Result",
+    "Run",
     "RunResult",
+    "Samples",
     "TrainConfig",
     "build_pair",
     "check_pair",
+    "convergence",
+    "diagnose",
     "elbo_estimate",
     "estimate_log_px",
     "evaluate",
+    "fit",
+    "gradient_variance",
     "iwae_bound",
+    "latents",
     "load_dataset",
+    "load_run",
     "log_importance_weights",
     "log_mean_exp",
     "make_objective",
+    "sample",
     "score_function",
     "train",
     "with_baseline",

@@ -391,23 +391,7 @@ def _run_evaluate(args) -> int:
     )
     if not world().is_main:  # rank 0 of a sharded evaluation prints
         return 0
-    if args.json:
-        print(json.dumps(jsonable(summary)))
-    else:
-        print(
-            f"{summary['split']}: {summary['num_points']} points, K={summary['num_samples']}, "
-            f"estimator {summary['estimator']}\n"
-            f"  log p(x) ~ {summary['log_px']:.3f} +- {summary['log_px_stderr']:.3f} nats\n"
-            f"  ELBO       {summary['elbo']:.3f} +- {summary['elbo_stderr']:.3f} nats\n"
-            f"  gap        {summary['gap']:.3f} nats   ({summary['seconds']:.1f}s)"
-        )
-        if summary["scaled_sites"]:
-            print(f"  unscaled densities at site(s) {', '.join(summary['scaled_sites'])}")
-        if summary["conditioned_on"]:
-            print(
-                "  log p(x_i | globals), global site(s) held at the guide's mean: "
-                + ", ".join(summary["conditioned_on"]["sites"])
-            )
+    print(json.dumps(summary.to_dict()) if args.json else summary.summary())
     return 0
 
 

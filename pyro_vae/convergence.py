@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from pyro_vae.checkpoints import BEST
 from pyro_vae.compiled import CompiledLogWeights
 from pyro_vae.config import ConfigError
-from pyro_vae.distributed import current_world
+from pyro_vae.distributed import World, current_world, world
 from pyro_vae.estimators import (
     ESTIMATORS,
     EstimatorError,
@@ -44,11 +44,21 @@ from pyro_vae.estimators import (
     evaluation_view,
     low_ess_warnings,
 )
-from pyro_vae.evaluate import restore_run
 from pyro_vae.files import atomic_write_bytes, json_bytes
 from pyro_vae.pairs import PairInfo, evaluation_mode
+from pyro_vae.results import Result, figure_path
+from pyro_vae.subjects import Subject, is_run_source, subject
 
-__all__ = ["CONVERGENCE_COLUMNS", "convergence_study", "exact_log_marginal"]
+__all__ = [
+    "CONVERGENCE_COLUMNS",
+    "Convergence",
+    "convergence",
+    "convergence_study",
+    "exact_log_marginal",
+    "format_table",
+    "save_convergence",
+    "table_lines",
+]
 
 #: Columns of ``convergence.csv``, one row per estimator and K.
 CONVERGENCE_COLUMNS = (
@@ -150,9 +160,30 @@ def _check_arguments(
     return ks, list(dict.fromkeys(estimators))
 
 
-def convergence_study(
-    run_dir: str | os.PathLike,
+class Convergence(Result):
+    """What :func:`convergence` found: the JSON keys (``results``, one row per estimator and
+    K; ``reference``, ``reference_kind``, ``ks``, ``estimators``, ...) as a mapping, a table
+    in ``summary()``, the figure by ``plot(path)``."""
+
+    kind = "convergence"
+
+    def summary(self) -> str:
+        return "\n".join(table_lines(self))
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Draw the estimates against K (``convergence.png`` in a folder ``path``, or the file
+        ``path``); return the path written."""
+        from pyro_vae.plots import convergence_figure  # matplotlib only when drawing
+
+        return convergence_figure(self, figure_path(path, "convergence.png"))
+
+
+def convergence(
+    source: Any,
+    x: torch.Tensor | None = None,
     *,
+    labels: Any = None,
+    guide: Any = None,
     ks: Sequence[int] = (1, 10, 100, 1000, 5000),
     estimators: Sequence[str] = ("is", "prior"),
     num_points: int = 10,
@@ -164,43 +195,79 @@ def convergence_study(
     pair: Any = None,
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
-    save: bool = True,
+    save: bool | None = None,
     seed: int = 0,
     compile: bool = False,
-) -> dict[str, Any]:
-    """Estimates of log p(x) against K for each estimator, on the first points of a split.
+) -> Convergence:
+    """Estimates of log p(x) against K for each estimator, on the first ``num_points`` points.
 
     log p_K(x) = log (1/K) sum_k w_k,  w_k = p(x, z_k) / r(z_k|x),  z_k ~ r  (r: q or p(z))
 
-    Returns a summary whose ``results`` hold one row per (estimator, K): ``estimate`` (mean
-    over points of the mean over repeats), ``stderr`` (mean over points of the standard
-    deviation over repeats: the noise of one estimate), ``ess`` (mean effective sample size),
-    ``elbo`` (mean log weight), ``seconds``, and ``difference`` = estimate - ``reference``.
-    The reference is the exact log p(x) (mean over the points) when the pair has a closed
-    form, else the ``is`` estimate at the largest K (``reference_kind`` says which; None
-    without either). With ``save``, writes ``convergence.json``, ``convergence.csv`` and
-    ``convergence.png`` into ``out`` (default: the run directory). Densities are unscaled
-    and global latents fixed as in :func:`pyro_vae.evaluate.evaluate` (``scaled_sites``,
+    ``source`` is what you hold: a pair (an object with ``model`` and ``guide``; a model with
+    ``guide=``; a ``(model, guide)`` tuple) with its data ``x`` (and ``labels`` for a pair
+    that takes them), or a :class:`~pyro_vae.reopen.Run` or a run directory's path, whose
+    split ``split`` is used when ``x`` is None (``checkpoint``, ``device``, ``data_dir`` and
+    ``pair`` say how to reopen a path).
+
+    Returns a :class:`Convergence` whose ``results`` hold one row per (estimator, K):
+    ``estimate`` (mean over points of the mean over repeats), ``stderr`` (mean over points of
+    the standard deviation over repeats: the noise of one estimate), ``ess`` (mean effective
+    sample size), ``elbo`` (mean log weight), ``seconds``, and ``difference`` = estimate -
+    ``reference``. The reference is the exact log p(x) (mean over the points) when the pair
+    has a closed form (:func:`exact_log_marginal`), else the ``is`` estimate at the largest K
+    (``reference_kind`` says which; None without either). With ``save`` (the default for a
+    path, or when ``out`` is given), writes ``convergence.json``, ``convergence.csv`` and
+    ``convergence.png`` into ``out`` (default: the run directory). Densities are unscaled and
+    global latents fixed as in :func:`pyro_vae.evaluate.evaluate` (``scaled_sites``,
     ``conditioned_on``); ``warnings`` lists the cells whose mean ESS is below 1% of K or 10.
 
     Each batch of each cell draws from its own seed (derived from ``seed``, the cell and the
-    batch), so under torchrun the batches are shared among the ranks and the results are
-    those of one process; rank 0 alone writes and returns the full summary to print.
+    batch), so the same seed gives the same numbers for a pair in memory and for its run
+    directory, and under torchrun the batches are shared among the ranks with the results of
+    one process; rank 0 alone writes and returns the full summary to print.
 
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
     ks, estimators = _check_arguments(ks, estimators, num_points, repeats)
-    ranks, rank_device = current_world(device or "auto")
-    if ranks.distributed:
-        device = rank_device
-    restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
-                           data_dir=data_dir, pair=pair)  # fmt: skip
-    x = restored.x[:num_points]
-    y = None if restored.y is None else restored.y[:num_points]
-    exact = exact_log_marginal(restored.pair, x)
+    ranks = world()
+    if is_run_source(source):
+        ranks, rank_device = current_world(device or "auto")
+        if ranks.distributed:
+            device = rank_device
+    held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
+                   device=device, data_dir=data_dir, pair=pair).first(num_points)  # fmt: skip
+    if save is None:
+        save = isinstance(source, str | os.PathLike) or out is not None
+    folder = Path(out) if out is not None else None if held.run is None else held.run.path
+    if save and folder is None:
+        raise ConfigError(
+            "save=True writes convergence.json, .csv and .png into a run directory; this pair "
+            "has none. Pass out=FOLDER to write them there, or use the result "
+            "(result.to_dict(), result.plot(path))"
+        )
     if progress is None:
         progress = sys.stderr.isatty()
+    run_dir = None
+    if held.run is not None:
+        run_dir = str(source) if isinstance(source, str | os.PathLike) else str(held.run.path)
+    result = _convergence(held, run_dir, ks, estimators, repeats, seed,
+                          progress and ranks.is_main, compile, ranks)  # fmt: skip
+    if not ranks.is_main:  # rank 0 alone prints and writes
+        return result
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if save:
+        save_convergence(result, folder)
+    return result
+
+
+def _convergence(held: Subject, run_dir: str | None, ks: list[int], estimators: list[str],
+                 repeats: int, seed: int, progress: bool, compile: bool,
+                 ranks: World) -> Convergence:  # fmt: skip
+    """The study on ``held``'s points (see :func:`convergence`)."""
+    x, y = held.x, held.y
+    exact = exact_log_marginal(held.pair, x)
     compiled = None
     if compile:  # one graph per estimator, K chunk and batch shape; the same numbers
         compiled = CompiledLogWeights(on_note=lambda line: print(line, file=sys.stderr))
@@ -209,14 +276,13 @@ def convergence_study(
     cells = [(estimator, k) for estimator in estimators for k in ks]
     results = []
     warnings: list[str] = []
-    with evaluation_mode(restored.pair):
-        view = evaluation_view(restored.pair, restored.info, x[:2], None if y is None else y[:2])
-    progress = progress and ranks.is_main
+    with evaluation_mode(held.pair):
+        view = evaluation_view(held.pair, held.info, x[:2], None if y is None else y[:2])
     for index, (estimator, k) in enumerate(
         tqdm(cells, desc="convergence", disable=not progress, unit="cell")
     ):
         cell_started = time.perf_counter()
-        out_k = _repeated_estimates(view, restored.info, x, k, repeats, estimator, y, compiled,
+        out_k = _repeated_estimates(view, held.info, x, k, repeats, estimator, y, compiled,
                                     batch_seed=seed * CELL_SEEDS + index * BATCH_SEEDS,
                                     ranks=ranks)  # fmt: skip
         warnings += low_ess_warnings(float(out_k["ess"].mean()), k, f"{estimator}, K={k}")
@@ -234,33 +300,37 @@ def convergence_study(
     reference, reference_kind = _reference(results, exact, ks[-1])
     for row in results:
         row["difference"] = None if reference is None else row["estimate"] - reference
-    summary = {
-        "run_dir": str(run_dir),
-        "split": split,
-        "checkpoint": checkpoint,
-        "epoch": restored.state["epoch"],
-        "dataset": restored.dataset,
-        "num_points": x.shape[0],
-        "repeats": repeats,
-        "ks": ks,
-        "estimators": estimators,
-        "reference": reference,
-        "reference_kind": reference_kind,
-        "seed": seed,
-        "device": str(restored.device),
-        "ranks": ranks.size,
-        "seconds": time.perf_counter() - started,
-        "results": results,
-        **evaluation_notes(view),
-        "warnings": warnings,
-    }
-    if not ranks.is_main:  # rank 0 alone prints and writes
-        return summary
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if save:
-        save_convergence(summary, Path(run_dir) if out is None else Path(out))
-    return summary
+    context = held.context
+    return Convergence(
+        {
+            "run_dir": run_dir,
+            "split": context["split"],
+            "checkpoint": context["checkpoint"],
+            "epoch": context["epoch"],
+            "dataset": context["dataset"],
+            "num_points": x.shape[0],
+            "repeats": repeats,
+            "ks": ks,
+            "estimators": estimators,
+            "reference": reference,
+            "reference_kind": reference_kind,
+            "seed": seed,
+            "device": context["device"],
+            "ranks": ranks.size,
+            "seconds": time.perf_counter() - started,
+            "results": results,
+            **evaluation_notes(view),
+            "warnings": warnings,
+        }
+    )
+
+
+def convergence_study(
+    run_dir: str | os.PathLike, *, save: bool = True, **options: Any
+) -> Convergence:
+    """:func:`convergence` of a run directory, under its old name: writes the files unless
+    ``save=False`` (the same keyword arguments, the same JSON keys and files)."""
+    return convergence(run_dir, save=save, **options)
 
 
 def save_convergence(summary: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -280,24 +350,31 @@ def save_convergence(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-def format_table(summary: dict[str, Any], write: Callable[[str], Any] = print) -> None:
-    """Print a convergence summary as a table, one line per estimator and K."""
+def table_lines(summary: dict[str, Any]) -> list[str]:
+    """A convergence summary as lines of a table, one per estimator and K."""
     reference = summary["reference"]
     kind = {"exact": "exact log p(x)", "is": f"is, K={max(summary['ks'])}"}.get(
         summary["reference_kind"], "none"
     )
     ref_text = "none" if reference is None else f"{reference:.3f} ({kind})"
-    write(
-        f"{summary['split']}: {summary['num_points']} points x {summary['repeats']} repeats; "
-        f"reference {ref_text}"
-    )
-    write(
+    where = summary["split"] or "x"
+    lines = [
+        f"{where}: {summary['num_points']} points x {summary['repeats']} repeats; "
+        f"reference {ref_text}",
         f"  {'estimator':10s} {'K':>7s} {'estimate':>10s} {'stderr':>8s} {'ess':>9s} "
-        f"{'minus ref':>10s} {'seconds':>8s}"
-    )
+        f"{'minus ref':>10s} {'seconds':>8s}",
+    ]
     for row in summary["results"]:
         difference = "-" if row["difference"] is None else f"{row['difference']:.3f}"
-        write(
+        lines.append(
             f"  {row['estimator']:10s} {row['num_samples']:7d} {row['estimate']:10.3f} "
             f"{row['stderr']:8.3f} {row['ess']:9.1f} {difference:>10s} {row['seconds']:8.2f}"
         )
+    return lines
+
+
+def format_table(summary: dict[str, Any], write: Callable[[str], Any] = print) -> None:
+    """Print a convergence summary as a table, one line per estimator and K (the lines of
+    :func:`table_lines`, each passed to ``write``)."""
+    for line in table_lines(summary):
+        write(line)

@@ -1014,7 +1014,8 @@ def _as_float_rows(array: np.ndarray, source: str, divisor: float | None = None)
     """
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise DataError(f"{source} has dtype {array.dtype}; expected numbers (integer or float)")
-    rows = array.astype(np.float32).reshape(len(array), -1)
+    # the width is named: -1 cannot be inferred for a split of no rows (fit's empty valid)
+    rows = array.astype(np.float32).reshape(len(array), int(np.prod(array.shape[1:])))
     if divisor is not None:
         rows /= np.float32(divisor)
     num_bad = int((~np.isfinite(rows)).sum())

@@ -1,6 +1,9 @@
-"""Posterior diagnostics of a trained run: per data point, can the amortized q(z|x) be trusted?
+"""Posterior diagnostics of a trained pair: per data point, can the amortized q(z|x) be trusted?
 
-For a few selected points of a split this module measures
+``diagnose(pair, x)`` (or ``diagnose(run_dir)``, on points of a split) returns a
+:class:`PosteriorDiagnosis`: the numbers below as a JSON-ready mapping with a readable
+``summary()``, the draws as ArviZ InferenceData (``to_inference_data()``), ``plot(folder)``
+and ``save(folder)``. For the selected points it measures
 
 - **PSIS k-hat** of the guide as an importance proposal for p(z|x): the shape of a generalized
   Pareto distribution fitted to the largest weights w_s = p(x, z_s) / q(z_s|x), z_s ~ q(z|x).
@@ -37,6 +40,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
 from pyro_vae.compiled import CompiledByShape, CompiledLogWeights
+from pyro_vae.config import ConfigError
 from pyro_vae.distributed import World, current_world, world
 from pyro_vae.estimators import (
     chunk_size_for,
@@ -61,9 +66,11 @@ from pyro_vae.estimators import (
     particle_traces,
     summarize_log_weights,
 )
-from pyro_vae.evaluate import refuse_conditional_pair, restore_run
+from pyro_vae.evaluate import refuse_conditional_pair
 from pyro_vae.files import atomic_write_bytes, json_bytes, jsonable
 from pyro_vae.pairs import PairInfo, check_pair, data_plate_dim, evaluation_mode, pair_modules
+from pyro_vae.results import Result
+from pyro_vae.subjects import Subject, is_run_source, subject
 
 #: k-hat below this: the importance weights (and q) can be trusted (Yao et al. 2018).
 KHAT_GOOD = 0.5
@@ -783,7 +790,10 @@ def _dataset_extreme(dataset: Any, reduce: Any) -> float:
 
 @dataclass
 class Diagnosis:
-    """What :func:`diagnose_pair` found: a JSON-ready summary and the draws as InferenceData."""
+    """What :func:`diagnose_pair` found: a summary of arrays and the draws as InferenceData.
+
+    :func:`diagnose` returns a :class:`PosteriorDiagnosis` instead (the same summary as
+    JSON-ready dict items, with ``summary()``, ``plot`` and ``to_inference_data``)."""
 
     summary: dict[str, Any]
     guide: Any  # arviz.InferenceData of q(z|x) draws
@@ -851,6 +861,9 @@ def diagnose_pair(
     torchrun the draws from q are shared among the ranks (:func:`guide_draws`) and rank 0
     does the rest; the other ranks return None.
 
+    The summary holds arrays and tensors (``khat`` with its infinities); :func:`diagnose`
+    on a pair and ``x`` gives the same numbers as a :class:`PosteriorDiagnosis`.
+
     References:
         Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?
         Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
@@ -876,6 +889,8 @@ def diagnose_pair(
 def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_warmup,
                    nuts_samples, gap_steps, gap_lr, gap_particles, seed, progress,
                    compile=False) -> Diagnosis | None:  # fmt: skip
+    """The steps of :func:`diagnose_pair` in order, each seeded as before: the draws from q
+    (``seed``), q* (``seed + 2``), NUTS (``seed + 100 + chain``)."""
     num_points = x.shape[0]
     indices = list(range(num_points)) if indices is None else [int(i) for i in indices]
     if len(indices) != num_points:
@@ -883,22 +898,9 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
     latents = latent_sites(pair, x, info)
     if nuts:
         check_continuous(latents)  # before the long parts, not after them
-    notes: list[str] = []
-    if info.global_sites:
-        notes.append(
-            f"global latent site(s) {list(info.global_sites)} (outside the data plate) are "
-            "skipped: they are held at the guide's mean, and every per-point diagnostic is of "
-            "p(z_i | x_i, globals)"
-        )
-    if info.scaled_sites:
-        notes.append(
-            f"site(s) {list(info.scaled_sites)} carry a poutine.scale in the pair; every "
-            "density here is the unscaled one"
-        )
+    notes = _pair_notes(info)
     seconds: dict[str, float] = {}
-    compiled = None
-    if compile:
-        compiled = CompiledByShape(on_note=lambda line: print(line, file=sys.stderr))
+    compiled = CompiledByShape(on_note=partial(print, file=sys.stderr)) if compile else None
 
     # S draws from q: PSIS k-hat, log p(x), ELBO from their weights; moments, KL per
     # dimension and the InferenceData from the same draws
@@ -910,7 +912,74 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
     if not ranks.is_main:  # the other ranks shared the draws; rank 0 does the rest
         return None
     seconds["importance_sampling"] = time.perf_counter() - started
-    log_weights = q.log_weights
+    weights, weight_notes = _weight_diagnostics(q.log_weights)
+    notes += weight_notes
+    q_mean, q_sd = _concat(q.mean, latents), _concat(q.sd, latents)
+    labels = [label for latent in latents for label in latent.labels()]
+    summary: dict[str, Any] = {
+        "indices": indices,
+        "num_points": num_points,
+        "num_samples": num_samples,
+        "latent_sites": [latent.name for latent in latents],
+        **evaluation_notes(pair),
+        "latent_dims": labels,
+        **_weight_summary(weights),
+    }
+
+    started = time.perf_counter()
+    gaps, gap_notes = _gap_diagnostics(
+        pair, x, latents, info, q, weights["log_px"], weights["elbo"], num_samples=num_samples,
+        steps=gap_steps, lr=gap_lr, particles=gap_particles, seed=seed, progress=progress,
+        compiled=compiled,
+    )  # fmt: skip
+    summary.update(gaps)
+    notes += gap_notes
+    seconds["gaps"] = time.perf_counter() - started
+
+    usage, usage_notes = _latent_usage(latents, labels, q_mean, q_sd, q.kl, q.kl_method)
+    summary.update(usage)
+    notes += usage_notes
+    guide_idata = inference_data({n: v[None] for n, v in q.draws.items()}, latents, indices)
+
+    nuts_idata = None
+    summary["nuts"] = None
+    if nuts:
+        started = time.perf_counter()
+        summary["nuts"], nuts_idata = _nuts_comparison(
+            pair, x, latents, info, indices, q_mean, q_sd, num_chains=nuts_chains,
+            warmup=nuts_warmup, num_samples=nuts_samples, seed=seed + 100, progress=progress,
+        )  # fmt: skip
+        seconds["nuts"] = time.perf_counter() - started
+    summary["notes"] = notes
+    summary["seconds"] = seconds
+    return Diagnosis(summary=summary, guide=guide_idata, nuts=nuts_idata)
+
+
+def _pair_notes(info: PairInfo) -> list[str]:
+    """What the per-point diagnostics leave out of this pair: global latents, scales."""
+    notes = []
+    if info.global_sites:
+        notes.append(
+            f"global latent site(s) {list(info.global_sites)} (outside the data plate) are "
+            "skipped: they are held at the guide's mean, and every per-point diagnostic is of "
+            "p(z_i | x_i, globals)"
+        )
+    if info.scaled_sites:
+        notes.append(
+            f"site(s) {list(info.scaled_sites)} carry a poutine.scale in the pair; every "
+            "density here is the unscaled one"
+        )
+    return notes
+
+
+def _weight_diagnostics(log_weights: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
+    """PSIS k-hat, log p(x) ~= log (1/S) sum_s w_s, the ELBO (1/S) sum_s log w_s, its
+    standard error and the ESS per point, from the (S, B) log weights of draws from q; and
+    the notes on infinite k-hats. NaN or +inf log weights are a :class:`DiagnoseError`.
+
+    References:
+        Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?, section 3.
+    """
     broken = torch.isnan(log_weights) | torch.isposinf(log_weights)  # -inf: a zero weight
     if broken.any():
         bad = broken.any(0).nonzero()[:, 0].tolist()
@@ -920,8 +989,7 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
         )
     khat = psis_khat(log_weights)
     weights = summarize_log_weights(log_weights)
-    log_px, elbo, ess = weights["log_px"], weights["elbo"], weights["ess"]
-    elbo_stderr = log_weights.std(0) / math.sqrt(num_samples)
+    notes = []
     if np.isneginf(khat).any():
         notes.append(
             f"k-hat is -inf (null in JSON) where all S log weights are equal (to within "
@@ -934,17 +1002,21 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
             "weights are within exp(-708) of the largest: a few draws carry all the weight, "
             "the worst case for q as a proposal"
         )
+    found = {
+        "khat": khat,
+        "log_px": weights["log_px"],
+        "elbo": weights["elbo"],
+        "ess": weights["ess"],
+        "elbo_stderr": log_weights.std(0) / math.sqrt(log_weights.shape[0]),
+    }
+    return found, notes
 
-    q_mean, q_sd = _concat(q.mean, latents), _concat(q.sd, latents)
-    labels = [label for latent in latents for label in latent.labels()]
 
-    summary: dict[str, Any] = {
-        "indices": indices,
-        "num_points": num_points,
-        "num_samples": num_samples,
-        "latent_sites": [latent.name for latent in latents],
-        **evaluation_notes(pair),
-        "latent_dims": labels,
+def _weight_summary(weights: dict[str, Any]) -> dict[str, Any]:
+    """The summary's keys of :func:`_weight_diagnostics`: k-hat and its counts, the means
+    of log p(x), the ELBO and their gap over the points, and the values per point."""
+    khat, log_px, elbo = weights["khat"], weights["log_px"], weights["elbo"]
+    return {
         "khat": khat,
         **khat_counts(khat),
         "log_px": log_px.mean(),
@@ -952,67 +1024,29 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
         "gap": (log_px - elbo).mean(),
         "log_px_per_point": log_px,
         "elbo_per_point": elbo,
-        "elbo_stderr_per_point": elbo_stderr,
+        "elbo_stderr_per_point": weights["elbo_stderr"],
         "gap_per_point": log_px - elbo,
-        "ess_per_point": ess,
+        "ess_per_point": weights["ess"],
     }
 
-    # amortization and approximation gaps
-    started = time.perf_counter()
-    reason = gaps_unavailable(latents, num_points)
-    if reason is None:
-        pyro.set_rng_seed(seed + 2)
-        own_family = per_point_guide(pair, x)
-        fitted = inference_gaps(pair, x, latents, info, q.mean, q.sd, num_samples=num_samples,
-                                steps=gap_steps, lr=gap_lr, particles=gap_particles,
-                                progress=progress,
-                                compiled=CompiledLogWeights(compiled.on_note) if compiled
-                                else None, q_star=own_family)  # fmt: skip
-        log_px_best = torch.maximum(log_px, fitted["log_px"])
-        amortization = fitted["elbo"] - elbo
-        approximation = log_px_best - fitted["elbo"]
-        summary.update({
-            "amortization_gap": amortization.mean(),
-            "approximation_gap": approximation.mean(),
-            "elbo_q_star": fitted["elbo"].mean(),
-            "amortization_gap_per_point": amortization,
-            "approximation_gap_per_point": approximation,
-            "elbo_q_star_per_point": fitted["elbo"],
-            "elbo_q_star_stderr_per_point": fitted["elbo_stderr"],
-            "log_px_q_star_per_point": fitted["log_px"],
-            "log_px_best_per_point": log_px_best,
-            "gap_reason": None,
-            "q_star_family": (FLOW_FAMILY if own_family is not None else GAUSSIAN_FAMILY),
-        })  # fmt: skip
-        guide_fns = _guide_fns(pair, x, latents)
-        gaussian = all(isinstance(_base_distribution(fn), dist.Normal) for fn in guide_fns)
-        if own_family is not None:
-            notes.append(
-                "q* is the guide's own flow family fitted to each point (its Gaussian base "
-                "and the flow's context free per point, the flow's networks fixed), started at "
-                "q: the amortization gap is what the encoder's choice costs within the family"
-            )
-            if any(q.conditional.values()):
-                notes.append(
-                    "q* fits each latent site's flow separately per point, without q's "
-                    "dependence of one site on another: the amortization gap then also holds "
-                    "that difference and can be negative"
-                )
-        elif any(isinstance(fn, torch.distributions.TransformedDistribution) for fn in guide_fns):
-            notes.append(
-                "the guide is a transformed (flow) distribution with no per-point family to fit "
-                "(a pair method per_point_guide(x)); q* falls back to a factorized Gaussian, so "
-                "the amortization gap also holds the difference of the two families and can be "
-                "negative"
-            )
-        elif not gaussian or any(q.conditional.values()):
-            notes.append(
-                "the guide is not a fully factorized Gaussian given x (as q* is): the "
-                "amortization gap then also holds the difference of the two families and can "
-                "be negative"
-            )
-    else:
-        summary.update({
+
+def _gap_diagnostics(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
+                     q: GuideDraws, log_px: torch.Tensor, elbo: torch.Tensor, *,
+                     num_samples: int, steps: int, lr: float, particles: int, seed: int,
+                     progress: bool, compiled: CompiledByShape | None
+                     ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """The amortization gap L[q*] - L[q] and the approximation gap log p(x) - L[q*] per
+    point, q* fitted from ``seed + 2`` (:func:`inference_gaps`); log p(x) is the larger of
+    the estimates with q and with q* as the proposal. The summary's gap keys (None, with
+    ``gap_reason``, where no q* fits the latents) and the notes on q*'s family.
+
+    References:
+        Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
+    """
+    settings = {"gap_settings": {"steps": steps, "lr": lr, "particles": particles}}
+    reason = gaps_unavailable(latents, x.shape[0])
+    if reason is not None:
+        return {
             "amortization_gap": None,
             "approximation_gap": None,
             "elbo_q_star": None,
@@ -1020,96 +1054,161 @@ def _diagnose_pair(pair, x, info, indices, num_samples, nuts, nuts_chains, nuts_
             "approximation_gap_per_point": None,
             "gap_reason": reason,
             "q_star_family": None,
-        })  # fmt: skip
-    summary["gap_settings"] = {"steps": gap_steps, "lr": gap_lr, "particles": gap_particles}
-    seconds["gaps"] = time.perf_counter() - started
+            **settings,
+        }, []  # fmt: skip
+    pyro.set_rng_seed(seed + 2)
+    own_family = per_point_guide(pair, x)
+    star_compiled = None if compiled is None else CompiledLogWeights(compiled.on_note)
+    fitted = inference_gaps(pair, x, latents, info, q.mean, q.sd, num_samples=num_samples,
+                            steps=steps, lr=lr, particles=particles, progress=progress,
+                            compiled=star_compiled, q_star=own_family)  # fmt: skip
+    log_px_best = torch.maximum(log_px, fitted["log_px"])
+    amortization = fitted["elbo"] - elbo
+    approximation = log_px_best - fitted["elbo"]
+    gaps = {
+        "amortization_gap": amortization.mean(),
+        "approximation_gap": approximation.mean(),
+        "elbo_q_star": fitted["elbo"].mean(),
+        "amortization_gap_per_point": amortization,
+        "approximation_gap_per_point": approximation,
+        "elbo_q_star_per_point": fitted["elbo"],
+        "elbo_q_star_stderr_per_point": fitted["elbo_stderr"],
+        "log_px_q_star_per_point": fitted["log_px"],
+        "log_px_best_per_point": log_px_best,
+        "gap_reason": None,
+        "q_star_family": FLOW_FAMILY if own_family is not None else GAUSSIAN_FAMILY,
+        **settings,
+    }
+    conditional = any(q.conditional.values())
+    return gaps, _q_star_notes(_guide_fns(pair, x, latents), own_family, conditional)
 
-    # active units and KL per dimension
-    if num_points >= 2:
+
+def _q_star_notes(guide_fns: Sequence[Any], own_family: Any, conditional: bool) -> list[str]:
+    """When q* (the guide's own family per point, or a factorized Gaussian) is not q's
+    family, the amortization gap also holds the difference of the families: say so.
+    ``guide_fns`` are the guide's distributions at the latent sites, ``conditional`` whether
+    q at some site moves with the other latents."""
+    if own_family is not None:
+        notes = [
+            "q* is the guide's own flow family fitted to each point (its Gaussian base "
+            "and the flow's context free per point, the flow's networks fixed), started at "
+            "q: the amortization gap is what the encoder's choice costs within the family"
+        ]
+        if conditional:
+            notes.append(
+                "q* fits each latent site's flow separately per point, without q's "
+                "dependence of one site on another: the amortization gap then also holds "
+                "that difference and can be negative"
+            )
+        return notes
+    if any(isinstance(fn, torch.distributions.TransformedDistribution) for fn in guide_fns):
+        return [
+            "the guide is a transformed (flow) distribution with no per-point family to fit "
+            "(a pair method per_point_guide(x)); q* falls back to a factorized Gaussian, so "
+            "the amortization gap also holds the difference of the two families and can be "
+            "negative"
+        ]
+    gaussian = all(isinstance(_base_distribution(fn), dist.Normal) for fn in guide_fns)
+    if not gaussian or conditional:
+        return [
+            "the guide is not a fully factorized Gaussian given x (as q* is): the "
+            "amortization gap then also holds the difference of the two families and can "
+            "be negative"
+        ]
+    return []
+
+
+def _latent_usage(latents: Sequence[LatentSite], labels: Sequence[str], q_mean: np.ndarray,
+                  q_sd: np.ndarray, kl: dict[str, np.ndarray | None],
+                  kl_method: dict[str, str | None]
+                  ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """Active units A_d = Var_x E_q[z_d|x] > threshold over the points, the KL to the prior
+    per dimension averaged over them and the collapsed dimensions, and q's mean and sd per
+    point; the notes on what could not be computed.
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, section 5.2.
+    """
+    usage: dict[str, Any] = {}
+    notes = []
+    if q_mean.shape[0] >= 2:
         active, variance = active_units(q_mean)
-        summary["active_units"] = int(active.sum())
-        summary["active_units_per_site"] = {
+        usage["active_units"] = int(active.sum())
+        usage["active_units_per_site"] = {
             latent.name: int(part.sum())
             for latent, part in zip(latents, np.split(active, _splits(latents)), strict=True)
         }
-        summary["active_dims"] = [label for label, on in zip(labels, active, strict=True) if on]
-        summary["posterior_mean_variance"] = variance
+        usage["active_dims"] = [label for label, on in zip(labels, active, strict=True) if on]
+        usage["posterior_mean_variance"] = variance
     else:
-        summary.update({"active_units": None, "active_units_per_site": None,
-                        "active_dims": None, "posterior_mean_variance": None})  # fmt: skip
+        usage.update({"active_units": None, "active_units_per_site": None,
+                      "active_dims": None, "posterior_mean_variance": None})  # fmt: skip
         notes.append("active units need at least 2 points (a variance over points)")
-    kl_parts, kl_ok = [], True
-    for latent in latents:
-        if q.kl[latent.name] is None:
-            kl_ok = False
-            notes.append(
-                f"KL per dimension: site {latent.name!r} has no per-dimension distribution"
-            )
-            break
-        kl_parts.append(q.kl[latent.name].mean(axis=0))
-    if kl_ok:
-        kl_per_dim = np.concatenate(kl_parts)
-        summary["kl_per_dim"] = kl_per_dim
-        summary["kl_total"] = float(kl_per_dim.sum())
-        summary["kl_method"] = dict(q.kl_method)
-        summary["collapsed_dims"] = [
+    missing = next((latent.name for latent in latents if kl[latent.name] is None), None)
+    if missing is None:
+        kl_per_dim = np.concatenate([kl[latent.name].mean(axis=0) for latent in latents])
+        usage["kl_per_dim"] = kl_per_dim
+        usage["kl_total"] = float(kl_per_dim.sum())
+        usage["kl_method"] = dict(kl_method)
+        usage["collapsed_dims"] = [
             label for label, value in zip(labels, kl_per_dim, strict=True) if value < COLLAPSED_KL
         ]
     else:
-        summary.update({"kl_per_dim": None, "kl_total": None, "kl_method": None,
-                        "collapsed_dims": None})  # fmt: skip
-    summary["posterior_mean"] = q_mean
-    summary["posterior_sd"] = q_sd
+        notes.append(f"KL per dimension: site {missing!r} has no per-dimension distribution")
+        usage.update({"kl_per_dim": None, "kl_total": None, "kl_method": None,
+                      "collapsed_dims": None})  # fmt: skip
+    usage["posterior_mean"] = q_mean
+    usage["posterior_sd"] = q_sd
+    return usage, notes
 
-    guide_idata = inference_data(
-        {name: value[None] for name, value in q.draws.items()}, latents, indices
+
+def _nuts_comparison(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info: PairInfo,
+                     indices: Sequence[int], q_mean: np.ndarray, q_sd: np.ndarray, *,
+                     num_chains: int, warmup: int, num_samples: int, seed: int,
+                     progress: bool) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """A NUTS reference p(z|x) (:func:`nuts_posterior`, chains seeded ``seed + chain``), its
+    convergence (R-hat, bulk and tail ESS, divergences), and q compared with it per point and
+    dimension: the standardized mean difference (E_q[z] - E_nuts[z]) / sd_nuts[z] and the
+    scale ratio sd_q[z] / sd_nuts[z]. Returns the summary's ``nuts`` and the draws as
+    InferenceData.
+
+    References:
+        Hoffman & Gelman (2014), The No-U-Turn Sampler.
+        Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), Rank-Normalization, Folding,
+            and Localization: An Improved R-hat.
+    """
+    import arviz as az
+
+    reference = nuts_posterior(pair, x, latents, info, num_chains=num_chains, warmup=warmup,
+                               num_samples=num_samples, seed=seed, progress=progress)  # fmt: skip
+    draws = reference["draws"]
+    idata = inference_data(draws, latents, indices, {"diverging": reference["diverging"]})
+    nuts_mean = _concat({n: d.mean(axis=(0, 1)) for n, d in draws.items()}, latents)
+    nuts_sd = _concat(
+        {n: d.reshape(-1, *d.shape[2:]).std(axis=0, ddof=1) for n, d in draws.items()}, latents
     )
-
-    # NUTS reference
-    nuts_idata = None
-    summary["nuts"] = None
-    if nuts:
-        import arviz as az
-
-        started = time.perf_counter()
-        reference = nuts_posterior(pair, x, latents, info, num_chains=nuts_chains,
-                                   warmup=nuts_warmup, num_samples=nuts_samples,
-                                   seed=seed + 100, progress=progress)  # fmt: skip
-        nuts_idata = inference_data(
-            reference["draws"], latents, indices, {"diverging": reference["diverging"]}
-        )
-        nuts_mean = _concat({n: d.mean(axis=(0, 1)) for n, d in reference["draws"].items()},
-                            latents)  # fmt: skip
-        nuts_sd = _concat(
-            {n: d.reshape(-1, *d.shape[2:]).std(axis=0, ddof=1)
-             for n, d in reference["draws"].items()},
-            latents,
-        )  # fmt: skip
-        with np.errstate(divide="ignore", invalid="ignore"):
-            std_mean_diff = (q_mean - nuts_mean) / nuts_sd
-            scale_ratio = q_sd / nuts_sd
-        summary["nuts"] = {
-            "num_chains": nuts_chains,
-            "num_warmup": nuts_warmup,
-            "num_samples": nuts_samples,
-            "rhat_max": _dataset_extreme(az.rhat(nuts_idata), np.nanmax),
-            "ess_bulk_min": _dataset_extreme(az.ess(nuts_idata, method="bulk"), np.nanmin),
-            "ess_tail_min": _dataset_extreme(az.ess(nuts_idata, method="tail"), np.nanmin),
-            "divergences": int(reference["diverging"].sum()),
-            "acceptance_rate": reference["acceptance_rate"],
-            "mean": nuts_mean,
-            "sd": nuts_sd,
-            "std_mean_diff": std_mean_diff,
-            "scale_ratio": scale_ratio,
-            "std_mean_diff_abs_max": float(np.nanmax(np.abs(std_mean_diff))),
-            "std_mean_diff_abs_mean_per_dim": np.nanmean(np.abs(std_mean_diff), axis=0),
-            "scale_ratio_median": float(np.nanmedian(scale_ratio)),
-            "scale_ratio_median_per_dim": np.nanmedian(scale_ratio, axis=0),
-        }
-        seconds["nuts"] = time.perf_counter() - started
-    summary["notes"] = notes
-    summary["seconds"] = seconds
-    return Diagnosis(summary=summary, guide=guide_idata, nuts=nuts_idata)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        std_mean_diff = (q_mean - nuts_mean) / nuts_sd
+        scale_ratio = q_sd / nuts_sd
+    comparison = {
+        "num_chains": num_chains,
+        "num_warmup": warmup,
+        "num_samples": num_samples,
+        "rhat_max": _dataset_extreme(az.rhat(idata), np.nanmax),
+        "ess_bulk_min": _dataset_extreme(az.ess(idata, method="bulk"), np.nanmin),
+        "ess_tail_min": _dataset_extreme(az.ess(idata, method="tail"), np.nanmin),
+        "divergences": int(reference["diverging"].sum()),
+        "acceptance_rate": reference["acceptance_rate"],
+        "mean": nuts_mean,
+        "sd": nuts_sd,
+        "std_mean_diff": std_mean_diff,
+        "scale_ratio": scale_ratio,
+        "std_mean_diff_abs_max": float(np.nanmax(np.abs(std_mean_diff))),
+        "std_mean_diff_abs_mean_per_dim": np.nanmean(np.abs(std_mean_diff), axis=0),
+        "scale_ratio_median": float(np.nanmedian(scale_ratio)),
+        "scale_ratio_median_per_dim": np.nanmedian(scale_ratio, axis=0),
+    }
+    return comparison, idata
 
 
 def _splits(latents: Sequence[LatentSite]) -> list[int]:
@@ -1123,12 +1222,14 @@ def _guide_fns(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite]) -> lis
 
 
 # ---------------------------------------------------------------------------------------------
-# A run directory: select points, diagnose, write files
+# What a user holds: select points, diagnose, and the result that prints, plots and saves
 
 
-def select_indices(num_available: int, split: str, points: int | None,
+def select_indices(num_available: int, split: str | None, points: int | None,
                    indices: Sequence[int] | None) -> list[int]:  # fmt: skip
-    """The indices into the split that ``--points`` or ``--indices`` select, checked."""
+    """The indices into the split (or, for ``split=None``, the rows of ``x``) that
+    ``--points`` or ``--indices`` select, checked."""
+    where = f"the {split} split" if split is not None else "x"
     if points is not None and indices is not None:
         raise DiagnoseError("give --points or --indices, not both")
     if indices is not None:
@@ -1138,7 +1239,7 @@ def select_indices(num_available: int, split: str, points: int | None,
         bad = [i for i in indices if not 0 <= i < num_available]
         if bad:
             raise DiagnoseError(
-                f"--indices {','.join(map(str, bad))} out of range: the {split} split has "
+                f"--indices {','.join(map(str, bad))} out of range: {where} has "
                 f"{num_available} points (indices 0 to {num_available - 1})"
             )
         if len(set(indices)) != len(indices):
@@ -1148,15 +1249,88 @@ def select_indices(num_available: int, split: str, points: int | None,
         return list(range(min(DEFAULT_POINTS, num_available)))
     if not 1 <= points <= num_available:
         raise DiagnoseError(
-            f"--points {points}: must be between 1 and {num_available}, the size of the "
-            f"{split} split"
+            f"--points {points}: must be between 1 and {num_available}, the size of {where}"
         )
     return list(range(points))
 
 
+#: The figures :meth:`PosteriorDiagnosis.plot` draws (those that apply to the diagnosis).
+FIGURES = ("khat.png", "kl_per_dim.png", "forest.png", "pair.png")
+
+
+class PosteriorDiagnosis(Result):
+    """What :func:`diagnose` found: the JSON summary as dict items (``result["khat"]``,
+    ``result["amortization_gap"]``, ``result["nuts"]``, ...), and the draws as ArviZ
+    InferenceData: ``guide`` (q(z|x)) and ``nuts`` (the NUTS reference, or None).
+
+    ``summary()`` reads it in a few lines, ``to_dict()`` is the JSON ``pyro-vae diagnose
+    --json`` prints, ``to_inference_data()`` the draws for ArviZ, ``plot(folder)`` the
+    figures and ``save(folder)`` every file the command line writes."""
+
+    kind = "diagnosis"
+
+    def __init__(self, summary: dict[str, Any], guide: Any, nuts: Any = None):
+        super().__init__(summary)
+        self.guide = guide
+        self.nuts = nuts
+
+    def summary(self) -> str:
+        return format_summary(self)
+
+    def to_inference_data(self, which: str = "guide") -> Any:
+        """The draws as ``arviz.InferenceData``: ``"guide"`` the S draws from q(z|x) (one
+        chain), ``"nuts"`` the NUTS reference p(z|x) (its chains, ``sample_stats.diverging``).
+
+        Group ``posterior``, one variable per latent site with dims ``chain, draw, obs_id,
+        <latent dim>`` (``latent_dim`` for a single site, else ``<site>_dim``); ``obs_id``
+        are the diagnosed points' indices. Both have the same coordinates, so ArviZ compares
+        them directly: ``az.plot_forest([d.to_inference_data(), d.to_inference_data("nuts")],
+        model_names=["q(z|x)", "NUTS"])``, ``az.summary(d.to_inference_data("nuts"))``."""
+        if which == "guide":
+            return self.guide
+        if which == "nuts":
+            if self.nuts is None:
+                raise DiagnoseError(
+                    "this diagnosis has no NUTS reference; run diagnose(..., nuts=True)"
+                )
+            return self.nuts
+        raise ValueError(f"to_inference_data({which!r}): give 'guide' or 'nuts'")
+
+    def plot(self, path: str | os.PathLike) -> list[Path]:
+        """Draw the figures into the folder ``path`` (made if missing) and return their paths:
+        ``khat.png`` (k-hat per point), ``kl_per_dim.png`` (KL to the prior per dimension,
+        where it is known), ``forest.png`` (q against NUTS, if run, for a few points and
+        dims) and ``pair.png`` (the worst point's first dims, with two dims or more)."""
+        folder = Path(path)
+        if folder.suffix.lower() == ".png":
+            raise DiagnoseError(
+                f"plot({str(path)!r}): a diagnosis draws several figures "
+                f"({', '.join(FIGURES)}); give a folder"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        return [folder / name for name in write_figures(self, self, folder)]
+
+    def save(self, path: str | os.PathLike) -> list[Path]:
+        """Write every file the command line writes into the folder ``path``:
+        ``guide.nc`` (and ``nuts.nc``) as ArviZ netcdf, the figures of :meth:`plot`, and
+        ``diagnose.json`` last; records ``out``, ``files`` and ``seconds["outputs"]`` in the
+        summary as well. Returns the paths written."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        self["out"] = str(out)
+        self["files"] = write_outputs(self, self, out)
+        self["seconds"]["outputs"] = time.perf_counter() - started
+        atomic_write_bytes(out / "diagnose.json", json_bytes(self))
+        return [out / name for name in self["files"]]
+
+
 def diagnose(
-    run_dir: str | os.PathLike,
+    source: Any,
+    x: torch.Tensor | None = None,
     *,
+    labels: Any = None,
+    guide: Any = None,
     points: int | None = None,
     indices: Sequence[int] | None = None,
     num_samples: int = 1000,
@@ -1174,87 +1348,128 @@ def diagnose(
     gap_lr: float = 1e-2,
     gap_particles: int = 8,
     progress: bool | None = None,
-    save: bool = True,
+    save: bool | None = None,
     seed: int = 0,
     compile: bool = False,
-) -> dict[str, Any]:
-    """Diagnose a trained run's amortized posterior at selected points of a split.
+) -> PosteriorDiagnosis:
+    """Diagnose an amortized posterior q(z|x) at selected points: can it be trusted there?
 
-    ``indices`` selects points of the split; else the first ``points`` (default 20, or the
-    whole split if smaller); not both. See :func:`diagnose_pair` for what is measured:
-    PSIS k-hat per point, log p(x) ~= log (1/S) sum_s p(x, z_s)/q(z_s|x), the ELBO, the
-    amortization and approximation gaps, active units, KL per dimension, and with ``nuts``
-    a NUTS reference posterior; ``compile`` runs the importance-sampling parts as compiled
-    graphs (the same numbers). With ``save``, writes into ``out`` (default
-    RUN_DIR/diagnose): ``diagnose.json``, ``guide.nc`` (and ``nuts.nc``) as ArviZ
-    InferenceData, and PNGs ``khat.png``, ``kl_per_dim.png``, ``forest.png``, ``pair.png``.
-    Returns the JSON-ready summary.
+    ``source`` is what you hold: a pair (an object with ``model`` and ``guide``; or a model
+    with ``guide=``, or a ``(model, guide)`` tuple) with its data ``x``; or a
+    :class:`~pyro_vae.reopen.Run`, or a run directory's path, whose split ``split`` is used
+    when ``x`` is None (``checkpoint``, ``device``, ``data_dir`` and ``pair`` say how to
+    reopen a path). ``indices`` selects rows of ``x`` (or points of the split); else the
+    first ``points`` (default 20, or all of them if fewer); not both. A pair that needs
+    labels on every call (``model(x, y)``) is refused.
+
+    Measured (see :func:`diagnose_pair`): PSIS k-hat per point, log p(x) ~= log (1/S)
+    sum_s p(x, z_s)/q(z_s|x) and the ELBO from S = ``num_samples`` draws, the amortization
+    and approximation gaps (q* fitted by ``gap_steps`` Adam steps), active units, KL per
+    dimension, and with ``nuts`` a NUTS reference posterior. ``seed`` seeds every part: the
+    same seed gives the same numbers for a pair in memory and for its run directory.
+    ``compile`` runs the importance-sampling parts as compiled graphs (the same numbers).
+
+    Returns a :class:`PosteriorDiagnosis` (the JSON summary as dict items; ``summary()``,
+    ``to_inference_data()``, ``plot(folder)``, ``save(folder)``). With ``save`` (the default
+    for a path, or when ``out`` is given), writes into ``out`` (default RUN_DIR/diagnose):
+    ``diagnose.json``, ``guide.nc`` (and ``nuts.nc``) and the PNGs ``khat.png``,
+    ``kl_per_dim.png``, ``forest.png``, ``pair.png``. Under torchrun (a path) the draws from
+    q are shared among the ranks; rank 0 returns the diagnosis, the others only their rank.
 
     References:
         Yao, Vehtari, Simpson & Gelman (2018), Yes, but Did It Work?
         Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
-    run_dir = Path(run_dir)
     _check_settings(num_samples, nuts_chains, nuts_warmup, nuts_samples, gap_steps, gap_lr,
                     gap_particles)  # fmt: skip
-    ranks, rank_device = current_world(device or "auto")
-    if ranks.distributed:
-        device = rank_device
+    ranks = world()
+    if is_run_source(source):
+        ranks, rank_device = current_world(device or "auto")
+        if ranks.distributed:
+            device = rank_device
+    held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
+                   device=device, data_dir=data_dir, pair=pair)  # fmt: skip
+    refuse_conditional_pair(held, "diagnose")
+    if save is None:
+        save = isinstance(source, str | os.PathLike) or out is not None
+    if save and out is None and held.run is None:
+        raise ConfigError(
+            "save=True writes into RUN_DIR/diagnose; this pair has no run directory. Give "
+            "out=FOLDER, or keep the result (result.to_dict(), result.plot(FOLDER), "
+            "result.save(FOLDER))"
+        )
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and ranks.is_main
-    restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
-                           data_dir=data_dir, pair=pair)  # fmt: skip
-    refuse_conditional_pair(restored, "diagnose")
-    pair, info, state, config = restored.pair, restored.info, restored.state, restored.config
-    torch_device, x_all = restored.device, restored.x
-    chosen = select_indices(x_all.shape[0], split, points, indices)
-    x = x_all[torch.as_tensor(chosen, device=x_all.device)]
-    diagnosis = diagnose_pair(
-        pair, x, info=info, indices=chosen, num_samples=num_samples, nuts=nuts,
-        nuts_chains=nuts_chains, nuts_warmup=nuts_warmup, nuts_samples=nuts_samples,
-        gap_steps=gap_steps, gap_lr=gap_lr, gap_particles=gap_particles, seed=seed,
-        progress=progress, compile=compile,
+    chosen = select_indices(held.x.shape[0], held.context["split"], points, indices)
+    result = _diagnose(
+        held, chosen, ranks, num_samples=num_samples, nuts=nuts, nuts_chains=nuts_chains,
+        nuts_warmup=nuts_warmup, nuts_samples=nuts_samples, gap_steps=gap_steps,
+        gap_lr=gap_lr, gap_particles=gap_particles, seed=seed, progress=progress,
+        compile=compile,
     )  # fmt: skip
+    if save and ranks.is_main:
+        result.save(Path(out) if out is not None else held.run.path / DIAGNOSE_DIR)
+    return result
+
+
+def _diagnose(held: Subject, chosen: list[int], ranks: World, *, seed: int,
+              **settings: Any) -> PosteriorDiagnosis | Result:  # fmt: skip
+    """:func:`diagnose_pair` on the rows ``chosen`` of ``held``'s points, with the summary's
+    keys that say where they came from; a rank other than 0 gets only its rank."""
+    x = held.x[torch.as_tensor(chosen, device=held.x.device)]
+    diagnosis = diagnose_pair(held.pair, x, info=held.info, indices=chosen, seed=seed,
+                              **settings)  # fmt: skip
     if diagnosis is None:  # a rank other than 0: its share of the draws went to rank 0
-        return {"rank": ranks.rank, "ranks": ranks.size}
+        return Result({"rank": ranks.rank, "ranks": ranks.size})
+    context = held.context
     summary = {
-        "run_dir": str(run_dir),
-        "split": split,
-        "checkpoint": checkpoint,
-        "epoch": state["epoch"],
-        "dataset": config.dataset,
-        "pair": config.pair,
-        "device": str(torch_device),
+        "run_dir": None if held.run is None else str(held.run.path),
+        "split": context["split"],
+        "checkpoint": context["checkpoint"],
+        "epoch": context["epoch"],
+        "dataset": context["dataset"],
+        "pair": None if held.run is None else held.run.config.pair,
+        "device": context["device"],
         "ranks": ranks.size,
         "seed": seed,
         **diagnosis.summary,
     }
-    if save:
-        out = Path(out) if out is not None else run_dir / DIAGNOSE_DIR
-        out.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        summary["out"] = str(out)
-        summary["files"] = write_outputs(diagnosis, summary, out)
-        summary["seconds"]["outputs"] = time.perf_counter() - started
-        atomic_write_bytes(out / "diagnose.json", json_bytes(summary))
-    return jsonable(summary)
+    return PosteriorDiagnosis(jsonable(summary), diagnosis.guide, diagnosis.nuts)
 
 
-def write_outputs(diagnosis: Diagnosis, summary: dict[str, Any], out: Path) -> list[str]:
-    """Write guide.nc, nuts.nc and the PNGs into ``out``; return the file names written
-    (``diagnose.json`` included, which the caller writes last)."""
-    from pyro_vae.plots import forest_figure, khat_figure, kl_per_dim_figure, pair_figure
-
+def write_outputs(diagnosis: Any, summary: dict[str, Any], out: Path) -> list[str]:
+    """Write guide.nc, nuts.nc and the figures (:func:`write_figures`) into ``out``; return
+    the file names written (``diagnose.json`` included, which the caller writes last).
+    ``diagnosis`` has ``guide`` and ``nuts`` InferenceData (a :class:`Diagnosis` or a
+    :class:`PosteriorDiagnosis`)."""
     written = ["diagnose.json"]
     diagnosis.guide.to_netcdf(str(out / "guide.nc"))
     written.append("guide.nc")
     if diagnosis.nuts is not None:
         diagnosis.nuts.to_netcdf(str(out / "nuts.nc"))
         written.append("nuts.nc")
-    khat_figure(summary["khat"], summary["indices"], out / "khat.png")
-    written.append("khat.png")
+    return written + write_figures(diagnosis, summary, out)
+
+
+def _khat_values(summary: dict[str, Any]) -> np.ndarray:
+    """k-hat per point with its infinities, also from JSON (null, told apart by status)."""
+    khat = np.array([np.nan if k is None else k for k in summary["khat"]], dtype=np.float64)
+    status = np.asarray(summary["khat_status"])
+    khat[np.isnan(khat) & (status == "unreliable")] = np.inf
+    khat[np.isnan(khat) & (status == "good")] = -np.inf
+    return khat
+
+
+def write_figures(diagnosis: Any, summary: dict[str, Any], out: Path) -> list[str]:
+    """Draw khat.png, kl_per_dim.png (where the KL per dimension is known), forest.png and
+    pair.png (with two latent dims or more) into ``out``; return the names written."""
+    from pyro_vae.plots import forest_figure, khat_figure, kl_per_dim_figure, pair_figure
+
+    khat = _khat_values(summary)
+    khat_figure(khat, summary["indices"], out / "khat.png")
+    written = ["khat.png"]
     if summary["kl_per_dim"] is not None:
         kl_per_dim_figure(summary["kl_per_dim"], summary["latent_dims"], out / "kl_per_dim.png")
         written.append("kl_per_dim.png")
@@ -1264,10 +1479,7 @@ def write_outputs(diagnosis: Diagnosis, summary: dict[str, Any], out: Path) -> l
     first = diagnosis.guide.posterior[summary["latent_sites"][0]]
     dim_name = first.dims[-1]
     # the point whose k-hat is worst; inf (null in JSON, status "unreliable") counts as worst
-    khat = np.asarray(summary["khat"], dtype=np.float64)
-    unreliable_inf = np.isnan(khat) & (np.asarray(summary["khat_status"]) == "unreliable")
-    khat = np.where(unreliable_inf, np.inf, np.nan_to_num(khat, nan=-np.inf))
-    worst = int(np.argmax(khat)) if len(khat) else 0
+    worst = int(np.argmax(np.nan_to_num(khat, nan=-np.inf))) if len(khat) else 0
     forest_figure(
         datasets,
         out / "forest.png",
@@ -1305,7 +1517,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     indices = summary["indices"]
     shown = ",".join(map(str, indices[:10])) + ("..." if len(indices) > 10 else "")
     lines = [
-        f"{summary.get('split', 'batch')}: {summary['num_points']} points ({shown}), "
+        f"{summary.get('split') or 'x'}: {summary['num_points']} points ({shown}), "
         f"S={summary['num_samples']} draws from q(z|x)",
         f"  PSIS k-hat   max {khat_max}: "
         f"{summary['khat_count_below_0_5']} good (< 0.5), "

@@ -18,8 +18,7 @@ import os
 import sys
 import time
 from functools import partial
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyro
@@ -28,8 +27,8 @@ from tqdm.auto import tqdm
 
 from pyro_vae.checkpoints import BEST
 from pyro_vae.compiled import CompiledLogWeights
-from pyro_vae.config import ConfigError, TrainConfig
-from pyro_vae.distributed import current_world
+from pyro_vae.config import ConfigError
+from pyro_vae.distributed import World, current_world, world
 from pyro_vae.estimators import (
     check_estimator,
     estimate_log_px_in_batches,
@@ -44,63 +43,12 @@ from pyro_vae.labels import (
     guide_class_probabilities,
 )
 from pyro_vae.pairs import PairInfo, evaluation_mode
-from pyro_vae.train import eval_split, read_config, resolve_device, restore_pair, split_labels
+from pyro_vae.reopen import RestoredRun, restore_run  # noqa: F401 -- importable from here as before
+from pyro_vae.results import Result
+from pyro_vae.subjects import Subject, is_run_source, subject
 
 #: Seed of the importance samples, so evaluating twice gives the same numbers.
 EVAL_SEED = 0
-
-
-class RestoredRun(NamedTuple):
-    """A trained run ready to evaluate: its pair, the evaluated split, and where it came from."""
-
-    pair: Any
-    info: PairInfo
-    x: torch.Tensor
-    state: dict[str, Any]
-    dataset: str
-    device: torch.device
-    config: TrainConfig
-    #: The split's labels as the pair receives them and as class indices (None: no labels).
-    labels: torch.Tensor | None = None
-    classes: torch.Tensor | None = None
-
-    @property
-    def y(self) -> torch.Tensor | None:
-        """The labels the pair's programs get: only a pair that needs them gets them."""
-        return self.labels if self.info.needs_labels else None
-
-
-def restore_run(
-    run_dir: str | os.PathLike,
-    *,
-    split: str = "test",
-    checkpoint: str = BEST,
-    device: str | None = None,
-    data_dir: str | None = None,
-    pair: Any = None,
-) -> RestoredRun:
-    """Rebuild a run's pair from ``checkpoint`` and the split it is evaluated on (a fixed
-    binarization for dynamically binarized data), on the run's device or ``device``."""
-    config = read_config(Path(run_dir))
-    if data_dir is not None:
-        config.data_dir = data_dir
-    torch_device = (
-        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
-    )
-    pyro.set_rng_seed(config.seed)
-    pair, info, data, state = restore_pair(Path(run_dir), config, torch_device, pair, checkpoint)
-    x = eval_split(data, split, config.binarize)
-    if x.shape[0] == 0:
-        raise ConfigError(
-            f"--split {split}: the run's {split} split is empty (it trained with --valid-size "
-            f"{config.valid_size}); choose --split test or train"
-        )
-    labels = split_labels(data, split, config, pair)
-    if labels is None and data.labels is not None:
-        labels = (None, data.split_labels(split))
-    encoded, classes = labels if labels is not None else (None, None)
-    return RestoredRun(pair, info, x, state, config.dataset, torch_device, config, encoded,
-                       classes)  # fmt: skip
 
 
 def _classification(pair, info: PairInfo, x: torch.Tensor, classes, batch_size: int) -> dict:
@@ -141,38 +89,97 @@ def evaluation_stem(split: str, estimator: str = "is") -> str:
     return f"evaluation_{split}" if estimator == "is" else f"evaluation_{split}_{estimator}"
 
 
+class Evaluation(Result):
+    """What :func:`evaluate` found: means over the points (the JSON keys ``log_px``,
+    ``elbo``, ``gap``, their standard errors, ``ess_mean``, ...) and, in ``per_point``, the
+    tensors ``log_px``, ``elbo`` and ``ess`` of every point."""
+
+    kind = "evaluation"
+
+    def __init__(self, summary: dict[str, Any], per_point: dict[str, torch.Tensor]):
+        super().__init__(summary)
+        self.per_point = per_point
+
+    def summary(self) -> str:
+        where = self.get("split") or "x"
+        lines = [
+            f"{where}: {self['num_points']} points, K={self['num_samples']}, "
+            f"estimator {self['estimator']}",
+            f"  log p(x) ~ {self['log_px']:.3f} +- {self['log_px_stderr']:.3f} nats",
+            f"  ELBO       {self['elbo']:.3f} +- {self['elbo_stderr']:.3f} nats",
+            f"  gap        {self['gap']:.3f} nats   (mean ESS {self['ess_mean']:.1f}, "
+            f"{self['seconds']:.1f}s)",
+        ]
+        if "accuracy" in self:
+            lines.append(f"  accuracy   {self['accuracy']:.4f} (argmax q(y|x))")
+        if "cluster_accuracy" in self:
+            lines.append(f"  cluster accuracy {self['cluster_accuracy']:.4f}")
+        if self.get("scaled_sites"):
+            lines.append(f"  unscaled densities at site(s) {', '.join(self['scaled_sites'])}")
+        if self.get("conditioned_on"):
+            lines.append(
+                "  log p(x_i | globals), global site(s) held at the guide's mean: "
+                + ", ".join(self["conditioned_on"]["sites"])
+            )
+        lines += [f"  warning: {warning}" for warning in self.get("warnings", [])]
+        return "\n".join(lines)
+
+
+def _check_arguments(estimator: str, num_samples: int, limit: int | None, batch_size: int):
+    check_estimator(estimator)
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+
+
 def evaluate(
-    run_dir: str | os.PathLike,
+    source: Any,
+    x: torch.Tensor | None = None,
     *,
+    labels: Any = None,
+    guide: Any = None,
     num_samples: int = 1000,
-    split: str = "test",
-    limit: int | None = None,
+    estimator: str = "is",
     batch_size: int = 100,
+    seed: int = EVAL_SEED,
+    limit: int | None = None,
+    split: str = "test",
     checkpoint: str = BEST,
     device: str | None = None,
     data_dir: str | None = None,
     pair: Any = None,
     progress: bool | None = None,
-    save: bool = True,
-    estimator: str = "is",
+    save: bool | None = None,
     compile: bool = False,
-) -> dict[str, Any]:
-    """Estimate log p(x) by importance sampling, and the mean log weight, on a split.
+) -> Evaluation:
+    """Estimate log p(x) by importance sampling, and the mean log weight, per data point.
 
     log p(x) ~= log (1/K) sum_k p(x, z_k) / r(z_k|x),  z_k ~ r, with r the guide q(z|x)
     (``estimator="is"``) or the prior p(z) (``"prior"``).
 
-    Returns (and saves as ``evaluation_<split>.json``, or ``evaluation_<split>_prior.json``
-    for the prior, in the run directory) a summary with ``log_px``, ``elbo`` (the mean log
-    weight: the ELBO for ``is``, E_p(z)[log p(x|z)] for ``prior``), ``gap`` (means over
-    points, nats), their standard errors, ``num_points``, ``num_samples``, ``estimator``;
-    per-point values go to the ``.npz`` of the same name.
+    ``source`` is what you hold: a pair (an object with ``model`` and ``guide``; or a model
+    with ``guide=``, or a ``(model, guide)`` tuple) with its data ``x`` (and ``labels``, class
+    indices or one-hot rows, for accuracy or a pair that takes labels); or a
+    :class:`~pyro_vae.reopen.Run`, or a run directory's path, whose split ``split`` is used
+    when ``x`` is None (``checkpoint``, ``device``, ``data_dir`` and ``pair`` say how to reopen
+    a path). ``limit``: only the first points.
+
+    Returns an :class:`Evaluation`: ``log_px``, ``elbo`` (the mean log weight: the ELBO for
+    ``is``, E_p(z)[log p(x|z)] for ``prior``), ``gap`` (means over points, nats), their
+    standard errors, ``ess_mean``, ``num_points``, ``num_samples``, ``estimator``, accuracy
+    where labels apply, ``warnings``; per-point values in ``.per_point``. With ``save`` (the
+    default for a path), writes ``evaluation_<split>.json`` (``evaluation_<split>_prior.json``
+    for the prior) and the per-point ``.npz`` into the run directory.
 
     Densities are the model's own, unscaled (``scaled_sites`` names the sites whose
     ``poutine.scale`` was removed); modules run in eval mode; a pair with global latents is
     evaluated at log p(x_i | globals) with the globals at the guide's mean
     (``conditioned_on``). ``warnings`` (also on stderr) flags a mean ESS below 1% of K or
-    below 10.
+    below 10. ``seed`` seeds the draws: the same seed gives the same numbers, for a pair in
+    memory and for its run directory alike.
 
     ``compile``: the log weights come from a compiled graph of the same computation
     (:class:`pyro_vae.compiled.CompiledLogWeights`; ``compiled`` in the summary says how
@@ -181,32 +188,49 @@ def evaluate(
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
-    run_dir = Path(run_dir)
-    check_estimator(estimator)
-    if num_samples < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
-    ranks, rank_device = current_world(device or "auto")
-    if ranks.distributed:
-        device = rank_device
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    restored = restore_run(run_dir, split=split, checkpoint=checkpoint, device=device,
-                           data_dir=data_dir, pair=pair)  # fmt: skip
-    pair, info, x_all, state = restored.pair, restored.info, restored.x, restored.state
-    y_all, classes = restored.y, restored.classes
-    if limit is not None:
-        x_all = x_all[:limit]
-        y_all = None if y_all is None else y_all[:limit]
-        classes = None if classes is None else classes[:limit]
+    _check_arguments(estimator, num_samples, limit, batch_size)
+    ranks = world()
+    if is_run_source(source):
+        ranks, rank_device = current_world(device or "auto")
+        if ranks.distributed:
+            device = rank_device
+    held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
+                   device=device, data_dir=data_dir, pair=pair).first(limit)  # fmt: skip
+    if save is None:
+        save = isinstance(source, str | os.PathLike)
+    if save and held.run is None:
+        raise ConfigError(
+            "save=True writes into a run directory; this pair has none. Use the result "
+            "(result.to_dict(), result.per_point) or train it into one with pyro_vae.fit"
+        )
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and ranks.is_main
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    result = _evaluate(held, num_samples, estimator, batch_size, seed, progress, compile, ranks)
+    if not ranks.is_main:  # rank 0 alone prints and writes
+        return result
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if save:
+        stem = evaluation_stem(split if x is None else "x", estimator)
+        run_dir = held.run.path
+        atomic_write_bytes(run_dir / f"{stem}.json", json_bytes(result))
+        np.savez(
+            run_dir / f"{stem}.npz",
+            **{name: values.cpu().numpy() for name, values in result.per_point.items()},
+        )
+    return result
+
+
+def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, seed: int,
+              progress: bool, compile: bool, ranks: World) -> Evaluation:  # fmt: skip
+    """The estimates on ``held``'s points (see :func:`evaluate`)."""
+    pair, info, x_all, y_all, classes = held.pair, held.info, held.x, held.y, held.classes
     compiled = None
     if compile:
         compiled = CompiledLogWeights(on_note=lambda line: print(line, file=sys.stderr))
-    pyro.set_rng_seed(EVAL_SEED)
+    where = held.context["split"] or "x"
+    pyro.set_rng_seed(seed)
     started = time.perf_counter()
     with evaluation_mode(pair):
         view = evaluation_view(pair, info, x_all[:2], None if y_all is None else y_all[:2])
@@ -218,10 +242,10 @@ def evaluate(
             max_plate_nesting=info.max_plate_nesting,
             vectorize=view.vectorizable,
             estimator=estimator,
-            progress=partial(tqdm, desc=f"evaluate {split}", disable=not progress, unit="batch"),
+            progress=partial(tqdm, desc=f"evaluate {where}", disable=not progress, unit="batch"),
             y=y_all,
             trace_fn=compiled,
-            batch_seed=EVAL_SEED,
+            batch_seed=seed,
             ranks=ranks,
         )
         classification = _classification(pair, info, x_all, classes, batch_size)
@@ -245,32 +269,16 @@ def evaluate(
         "compiled": None
         if compiled is None
         else {"graphs": len(compiled.graphs), "fallback": compiled.fallback_reason},
-        "split": split,
-        "checkpoint": checkpoint,
-        "epoch": state["epoch"],
-        "dataset": restored.dataset,
-        "device": str(restored.device),
+        **held.context,
         "ranks": ranks.size,
         "seconds": seconds,
+        "seed": seed,
         **evaluation_notes(view),
         **classification,
         "warnings": low_ess_warnings(float(ess_t.mean()), num_samples),
     }
-    if "accuracy" in classification:
-        summary["num_labelled"] = restored.config.num_labelled
+    if "accuracy" in classification and held.run is not None:
+        summary["num_labelled"] = held.run.config.num_labelled
     if info.needs_labels:
         summary["conditioned_on_labels"] = "log p(x | y): the pair needs the labels y"
-    if not ranks.is_main:  # rank 0 alone prints and writes
-        return summary
-    for warning in summary["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    if save:
-        stem = evaluation_stem(split, estimator)
-        atomic_write_bytes(run_dir / f"{stem}.json", json_bytes(summary))
-        np.savez(
-            run_dir / f"{stem}.npz",
-            log_px=log_px_t.numpy(),
-            elbo=elbo_t.numpy(),
-            ess=ess_t.numpy(),
-        )
-    return summary
+    return Evaluation(summary, {"log_px": log_px_t, "elbo": elbo_t, "ess": ess_t})

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import math
 import re
 import sys
+import sysconfig
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -346,6 +348,11 @@ def load_object(spec: str, *, flag: str = "--pair") -> Any:
     Importing a file executes it, so each file import is announced on stderr (one line);
     a module of the Python standard library is refused before it is imported (a pair is
     never there, and ``os:system`` must not be reachable from a run's ``config.toml``).
+    A file is executed once per process: asked again, its module is reused while the file's
+    modification time and size are unchanged (a run reopened many times in a notebook does
+    not rerun the user's script), and imported afresh once it changed. A file already
+    imported under its plain name (``import my_vae``) is that module, not executed again, so
+    the class is the very one the user holds; reloading it is then the user's business.
     """
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
@@ -359,25 +366,9 @@ def load_object(spec: str, *, flag: str = "--pair") -> Any:
         path = Path(target).expanduser()
         if not path.is_file():
             raise PairError(f"{flag} {spec!r}: file {str(path)!r} does not exist")
-        print(
-            f"pyro-vae: loading {flag.lstrip('-')} file {path.resolve()}",
-            file=sys.stderr,
-            flush=True,
-        )
-        module_name = user_module_name(path)
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look modules up here
-        try:
-            with _folder_on_path(path.resolve().parent):
-                module_spec.loader.exec_module(module)
-        except Exception as error:
-            del sys.modules[module_name]
-            raise PairError(
-                f"{flag} {spec!r}: importing {str(path)!r} failed: {type(error).__name__}: {error}"
-                + _import_hint(error, path)
-            ) from error
-        _USER_FILES[module_name] = str(path.resolve())
+        module = _imported_file(path.resolve())
+        if module is None:
+            module = _import_file(path, spec, flag)
         where = repr(str(path))
     else:
         try:
@@ -519,6 +510,57 @@ def _folder_on_path(folder: Path) -> Iterator[None]:
     finally:
         if added and entry in sys.path:
             sys.path.remove(entry)
+
+
+#: Files executed by :func:`load_object`, by resolved path: the module name they were given
+#: and the file's (modification time in ns, size) when executed.
+_IMPORTED_FILES: dict[str, tuple[str, tuple[int, int]]] = {}
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size
+
+
+def _imported_file(path: Path) -> Any:
+    """The module of the resolved ``path`` already in this process, or None: the one the user
+    imported under the file's plain name, else the one :func:`load_object` executed, if the
+    file has not changed since."""
+    plain = sys.modules.get(path.stem)
+    file = getattr(plain, "__file__", None)
+    if file and getattr(plain, "__path__", None) is None and Path(file).resolve() == path:
+        return plain
+    module_name, stamp = _IMPORTED_FILES.get(str(path), (None, None))
+    if module_name in sys.modules and stamp == _file_stamp(path):
+        return sys.modules[module_name]
+    return None
+
+
+def _import_file(path: Path, spec: str, flag: str) -> Any:
+    """Execute the pair file ``path`` as a new module, announced on stderr."""
+    resolved = path.resolve()
+    print(f"pyro-vae: loading {flag.lstrip('-')} file {resolved}", file=sys.stderr, flush=True)
+    module_name = user_module_name(path)
+    stamp = _file_stamp(resolved)  # before executing: a change meanwhile imports it again
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        with _folder_on_path(resolved.parent):
+            module_spec.loader.exec_module(module)
+    except Exception as error:
+        if previous is None:
+            del sys.modules[module_name]
+        else:  # the file changed and no longer imports: keep what the process already holds
+            sys.modules[module_name] = previous
+        raise PairError(
+            f"{flag} {spec!r}: importing {str(path)!r} failed: {type(error).__name__}: {error}"
+            + _import_hint(error, path)
+        ) from error
+    _USER_FILES[module_name] = str(resolved)
+    _IMPORTED_FILES[str(resolved)] = (module_name, stamp)
+    return module
 
 
 def _import_hint(error: Exception, path: Path) -> str:
@@ -778,14 +820,44 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not a plain value")
 
 
+def _plain_module_file(module: str) -> str | None:
+    """The resolved ``.py`` file of the top-level, non-package module named ``module`` when it
+    is the user's own (not the standard library's, pyro_vae's, in site-packages or of an
+    installed distribution), else None."""
+    loaded = sys.modules.get(module)
+    file = getattr(loaded, "__file__", None)
+    if "." in module or _is_stdlib(module) or getattr(loaded, "__path__", None) is not None:
+        return None
+    if not file or not file.endswith(".py"):
+        return None
+    path = Path(file).resolve()
+    library_folders = {
+        Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "purelib", "platlib")
+    } | {Path(__file__).resolve().parent}
+    if {"site-packages", "dist-packages"} & set(path.parts) or any(
+        path.is_relative_to(folder) for folder in library_folders
+    ):
+        return None
+    if module in importlib.metadata.packages_distributions():
+        return None
+    return str(path)
+
+
 def record_pair(pair: Any) -> PairRecord:
     """The spec and constructor arguments of a pair object, as far as they can be recovered.
 
-    The class is named ``FILE.py:NAME`` when it came from a pair file or a script run as
-    ``__main__``, else ``module:NAME``. An argument of ``__init__`` is recovered from the
-    attribute of the same name (``self.z_dim = z_dim``, the usual habit) when that holds a
-    plain value; arguments of :data:`INPUT_SIZE_NAMES`/:data:`INPUT_SHAPE_NAMES` are left out,
-    since they are filled in from the data set.
+    The class is named ``FILE.py:NAME``, by absolute path, when it came from a pair file, a
+    script run as ``__main__`` or a plain module file of the user's (``from my_vae import
+    MyVAE``: a top-level module loaded from a ``.py`` file outside site-packages, the standard
+    library and pyro_vae, of no installed distribution), so that the run reopens without that
+    folder on PYTHONPATH. A module of a package (``my_package.vae:MyVAE``, or a top-level
+    package's ``__init__.py``) keeps its module name: loading its file by path would break its
+    relative imports.
+
+    An argument of ``__init__`` is recovered from the attribute of the same name
+    (``self.z_dim = z_dim``, the usual habit) when that holds a plain value; arguments of
+    :data:`INPUT_SIZE_NAMES`/:data:`INPUT_SHAPE_NAMES` are left out, since they are filled in
+    from the data set.
     """
     cls = type(pair)
     module, name = cls.__module__, cls.__qualname__
@@ -794,6 +866,8 @@ def record_pair(pair: Any) -> PairRecord:
     elif module == "__main__":
         file = getattr(sys.modules.get("__main__"), "__file__", None)
         spec = f"{Path(file).resolve()}:{name}" if file else None
+    elif (file := _plain_module_file(module)) is not None:
+        spec = f"{file}:{name}"
     else:
         spec = f"{module}:{name}"
     if "<locals>" in name:

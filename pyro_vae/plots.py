@@ -6,7 +6,6 @@ import io
 import math
 import os
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,15 @@ if not os.environ.get("MPLBACKEND"):
     matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
 import torch  # noqa: E402
-from pyro import poutine  # noqa: E402
 
 from pyro_vae.checkpoints import CHECKPOINT  # noqa: E402
-from pyro_vae.config import ConfigError  # noqa: E402
-from pyro_vae.estimators import evaluation_view  # noqa: E402
 from pyro_vae.files import atomic_write_bytes  # noqa: E402
-from pyro_vae.labels import encode_labels, program_args  # noqa: E402
-from pyro_vae.pairs import data_plate_dim, evaluation_mode  # noqa: E402
-from pyro_vae.train import (  # noqa: E402
-    eval_split,
-    read_config,
-    resolve_device,
-    restore_pair,
-    split_labels,
+from pyro_vae.sampling import (  # noqa: E402, F401 -- importable from here as before
+    as_images,
+    prior_samples,
+    reconstructions,
+    sample,
 )
 
 
@@ -51,77 +43,6 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
-
-
-def _observed_means(trace, observed_sites: tuple[str, ...], num_points: int,
-                    data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Per observed site, the mean of its distribution (its value where it has no mean), as
-    ``(num_points, values per point)`` in the order of the data plate."""
-    means = {}
-    for name in observed_sites:
-        site = trace.nodes[name]
-        try:
-            mean = site["fn"].mean
-        except NotImplementedError:
-            mean = site["value"]
-        found = data_plate_dim(site, num_points, data_plate)
-        if found is None:
-            continue
-        event_dims = len(site["fn"].event_shape)
-        batch_dims = mean.dim() - event_dims
-        axis = batch_dims + found[1]
-        mean = mean.movedim(axis, 0) if axis >= 0 else mean.unsqueeze(0)
-        means[name] = mean.expand(num_points, *mean.shape[1:]).reshape(num_points, -1)
-    return means
-
-
-def reconstructions(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
-                    data_plate: str | None = None,
-                    y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """E[x | z] with z ~ q(z|x): the decoder's mean at a guide draw, per observed site
-    (``y``: the labels of a pair that needs them)."""
-    args = program_args(x, y)
-    with torch.no_grad(), evaluation_mode(pair):
-        guide_trace = poutine.trace(pair.guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args)
-    return _observed_means(model_trace, observed_sites, x.shape[0], data_plate)
-
-
-def prior_samples(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
-                  data_plate: str | None = None, y: torch.Tensor | None = None,
-                  label_site: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """E[x | z] with z ~ p(z), per observed site: ``x`` sets the batch size (and whatever the
-    model conditions on, e.g. the visible part of an image).
-
-    With labels ``y``: samples of those classes, z ~ p(z) (or p(z|y)) and x ~ p(x|y,z). The
-    model is called with ``y``; a ``label_site`` the labels observe (M2's y) stays observed
-    at its labelled value while the data sites are drawn."""
-    prior_model = getattr(pair, "prior_model", None)  # an EvaluationPair holds globals fixed
-    model = prior_model() if prior_model is not None else poutine.uncondition(pair.model)
-    args = program_args(x, y)
-    with torch.no_grad(), evaluation_mode(pair):
-        if label_site is not None and y is not None:
-            labelled = poutine.trace(pair.model).get_trace(*args)
-            value = labelled.nodes[label_site]["value"]
-            model = poutine.condition(model, data={label_site: value})
-        trace = poutine.trace(model).get_trace(*args)
-    return _observed_means(trace, observed_sites, x.shape[0], data_plate)
-
-
-def as_images(means: dict[str, torch.Tensor], image_shape: tuple[int, ...]):
-    """The observed sites' means laid out as images: one site the size of an image, else all
-    sites concatenated in model order when together they are; ``None`` and the reason if not."""
-    size = math.prod(image_shape)
-    whole = [name for name, mean in means.items() if mean.shape[1] == size]
-    if len(means) == 1 and whole:
-        return means[whole[0]], None
-    if means and sum(mean.shape[1] for mean in means.values()) == size:
-        return torch.cat(list(means.values()), dim=1), None
-    found = ", ".join(f"{name!r} ({mean.shape[1]} values)" for name, mean in means.items())
-    return None, (
-        f"the observed sites {found} do not together make an image of shape {image_shape} "
-        f"({size} values)"
-    )
 
 
 def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...], path: Path):
@@ -172,48 +93,18 @@ def sample_figure(
     checkpoint: str = CHECKPOINT,
     label: int | None = None,
 ) -> Path:
-    """Write a PNG grid: test points, their reconstructions, and samples from the prior.
+    """Write a PNG grid: test points, their reconstructions, and samples from the prior
+    (:func:`pyro_vae.sampling.sample` of the run, drawn by :func:`image_grid`).
 
     A conditional pair (one whose programs take labels, with a data set that has them) gets
     one row of samples per class instead, or only class ``label`` (``--label K``)."""
-    run_dir, out = Path(run_dir), Path(out)
-    config = read_config(run_dir)
-    torch_device = (
-        resolve_device(device) if device else resolve_device(config.device, fall_back_to_cpu=True)
-    )
-    pyro.set_rng_seed(config.seed)
-    pair, info, data, _ = restore_pair(run_dir, config, torch_device, checkpoint=checkpoint)
-    pyro.set_rng_seed(seed)
-    x = eval_split(data, split, config.binarize)[: max(num, 2)]
-    labels = split_labels(data, split, config, pair)
-    classes = _sampled_classes(labels, data.num_classes, label)
-    y = labels[0][: x.shape[0]] if labels is not None and info.needs_labels else None
-    with evaluation_mode(pair):
-        view = evaluation_view(pair, info, x, None if y is None else y[:2])
-    rows = [("data", x[:num])]
-    draws = [("reconstruction", partial(reconstructions, y=y))]
-    if classes is None:
-        draws.append(("prior sample", prior_samples))
-    for k in classes or ():
-        class_y = encode_labels(torch.full((x.shape[0],), k, device=x.device),
-                                config.label_encoding, data.num_classes, x.dtype)  # fmt: skip
-        draws.append((f"class {k}", partial(prior_samples, y=class_y, label_site=info.label_site)))
-    skipped = []
-    for row_label, draw in draws:
-        try:
-            means = draw(view, x, info.observed_sites, info.data_plate)
-        except Exception as error:  # a pair whose model cannot run unconditioned, ...
-            skipped.append(f"{row_label}s: {type(error).__name__}: {error}")
-            continue
-        images, reason = as_images(means, data.image_shape)
-        if images is None:
-            skipped.append(f"{row_label}s: {reason}")
-        else:
-            rows.append((row_label, images[:num]))
-    for message in skipped:
+    drawn = sample(run_dir, num=num, split=split, seed=seed, device=device,
+                   checkpoint=checkpoint, label=label)  # fmt: skip
+    for message in drawn["skipped"]:
         print(f"pyro-vae sample: skipped {message}", file=sys.stderr)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(rows, data.image_shape, out)
+    image_grid(drawn.rows, drawn.image_shape, out)
     return out
 
 
@@ -238,23 +129,6 @@ def latent_map_figure(coordinates: Any, labels: Any, path: str | os.PathLike, *,
     ax.set_ylabel("component 2")
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
-
-
-def _sampled_classes(labels, num_classes: int | None, label: int | None) -> list[int] | None:
-    """The classes ``sample`` draws a row for: all, or ``label``; None for a pair that takes
-    no labels (``--label`` is then an error)."""
-    if labels is None:
-        if label is not None:
-            raise ConfigError(
-                f"--label {label}: this run's pair takes no labels, so its samples cannot be "
-                "drawn per class; drop --label"
-            )
-        return None
-    if label is None:
-        return list(range(num_classes))
-    if not 0 <= label < num_classes:
-        raise ConfigError(f"--label {label}: must be a class in 0..{num_classes - 1}")
-    return [label]
 
 
 def convergence_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path:

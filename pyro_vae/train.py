@@ -47,8 +47,8 @@ from pyro_vae.checkpoints import (
     set_rng_state,
 )
 from pyro_vae.compiled import CompiledSVI, untraceable_reason
-from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml, load_toml
-from pyro_vae.data import DATASETS, Dataset, binarize_static, load_dataset
+from pyro_vae.config import FIELDS, ConfigError, TrainConfig, dumps_toml
+from pyro_vae.data import DATASETS, Dataset
 from pyro_vae.distributed import (
     DistributedError,
     World,
@@ -75,7 +75,6 @@ from pyro_vae.handlers import TrainingScales, kl_weight
 from pyro_vae.labels import (
     LabelError,
     accuracy,
-    encode_labels,
     epoch_plan,
     guide_class_probabilities,
     label_arguments,
@@ -92,15 +91,25 @@ from pyro_vae.pairs import (
     check_pair,
     evaluation_mode,
     pair_modules,
-    pair_to,
     parameter_shapes,
     record_pair,
     resolve_spec,
     set_training_mode,
 )
+from pyro_vae.reopen import (
+    CONFIG,
+    RESUMABLE_CHANGES,
+    eval_split,
+    load_data,
+    make_pair,
+    probe_batch,
+    read_config,  # noqa: F401 -- importable from here as before
+    resolve_device,
+    restore_pair,  # noqa: F401 -- importable from here as before
+    split_labels,  # noqa: F401 -- importable from here as before
+)
 from pyro_vae.runs import StopSignals, remove_stale_temporaries, run_lock
 
-CONFIG = "config.toml"
 METRICS = "metrics.csv"
 CURVES = "metrics.png"
 #: The files a trainer writes (see :func:`pyro_vae.runs.remove_stale_temporaries`).
@@ -110,9 +119,6 @@ METRIC_COLUMNS = (
 )  # fmt: skip
 #: Columns written only for runs that have them (a pair with a label site, a classifier).
 LABEL_METRIC_COLUMNS = ("valid_accuracy", "classify_loss")
-#: Seed of the fixed binarization of validation and test points (dynamic binarization
-#: trains on fresh draws; evaluation needs one fixed draw so numbers are comparable).
-EVAL_BINARIZE_SEED = 12345
 #: Seed of the Monte-Carlo noise in the validation ELBO, so epochs are compared fairly and
 #: validation never moves the training RNG.
 VALID_SEED = 2024
@@ -148,26 +154,6 @@ def best_epoch(history: list[dict[str, float]]) -> int:
     if all(math.isnan(row["valid_elbo"]) for row in history):
         return history[-1]["epoch"]
     return max(history, key=lambda row: _best_key(row["valid_elbo"]))["epoch"]
-
-
-def resolve_device(name: str, *, fall_back_to_cpu: bool = False) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is a clear error, or
-    cpu with ``fall_back_to_cpu`` (a run trained on a GPU, evaluated on a laptop)."""
-    if name.startswith("cuda") and fall_back_to_cpu and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"--device {name}: not a device name ({error})") from error
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(
-            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    return device
 
 
 def defaults_for(config: TrainConfig) -> TrainConfig:
@@ -243,113 +229,6 @@ def base_rates(config: TrainConfig) -> Callable[[str], float]:
         return config.lr
 
     return lr_for
-
-
-def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = None) -> Dataset:
-    """The run's data set on ``device``, checked against its binarization."""
-    data = load_dataset(
-        config.dataset,
-        data_dir if data_dir is not None else config.data_dir,
-        download=config.download,
-        base_url=config.base_url,
-        binarize="static" if config.binarize == "static" else "none",
-        seed=config.seed,
-        pixel_scale=config.pixel_scale,
-    )
-    if config.binarize == "dynamic":
-        low, high = data.train.min().item(), data.train.max().item()
-        if low < 0 or high > 1:
-            raise ConfigError(
-                f"--binarize dynamic needs data in [0, 1], but data set {config.dataset!r} "
-                f"has values in [{low:.3g}, {high:.3g}]; use --binarize none with a "
-                "Gaussian-likelihood pair (or, for 0-255 pixels in a file, --pixel-scale 255)"
-            )
-    if config.valid_size is not None:
-        data = data.with_valid_size(config.valid_size)
-    return data.to(device)
-
-
-def eval_split(data: Dataset, split: str, binarize: str) -> torch.Tensor:
-    """A split as evaluated: dynamically binarized data get one fixed Bernoulli draw."""
-    x = data.split(split)
-    if binarize == "dynamic":
-        x = binarize_static(x, EVAL_BINARIZE_SEED)
-    return x
-
-
-def make_pair(
-    config: TrainConfig,
-    image_shape: tuple,
-    device: torch.device,
-    pair: Any = None,
-    num_classes: int | None = None,
-):
-    """Build (or take) the pair and move it to ``device``; clears Pyro's global param store
-    first, so parameters of an earlier pair in this process cannot leak in."""
-    pyro.clear_param_store()
-    if pair is None:
-        try:
-            pair = build_pair(
-                image_shape, config.pair, config.pair_kwargs, config.model, config.guide,
-                num_classes=num_classes,
-            )  # fmt: skip
-        except PairError as error:
-            if config.pair_note:
-                raise PairError(f"{error}\n{config.pair_note}") from error
-            raise
-    return pair_to(pair, device)
-
-
-def restore_pair(run_dir: Path, config: TrainConfig, device: torch.device, pair=None,
-                 checkpoint: str = BEST) -> tuple[Any, PairInfo, Dataset, dict]:  # fmt: skip
-    """Rebuild a run's pair on ``device`` from a checkpoint (``best.pt`` or ``checkpoint.pt``).
-
-    The checkpoint is read with ``weights_only=True`` and ``config`` (the run's
-    ``config.toml``) must agree with the configuration stored in it, but for the settings
-    that may change between sessions; both are checked before the pair is built, so an edited
-    ``config.toml`` cannot make a command call what it names. A checkpoint whose parameters
-    do not fit the pair is refused."""
-    path = run_dir / checkpoint
-    if not path.exists() and checkpoint == BEST:
-        path = run_dir / CHECKPOINT
-    state = load_checkpoint(
-        path,
-        device,
-        config=config.to_dict(),
-        defaults=TrainConfig().to_dict(),
-        may_differ=(*RESUMABLE_CHANGES, "device"),
-    )
-    data = load_data(config, device)
-    pair = make_pair(config, data.image_shape, device, pair, data.num_classes)
-    probe = _probe_batch(data, config)
-    labels = split_labels(data, "train", config, pair)
-    info = check_pair(pair, probe, None if labels is None else labels[0][: probe.shape[0]])
-    restore_params(pair, state, device, path)
-    return pair, info, data, state
-
-
-def split_labels(
-    data: Dataset, split: str, config: TrainConfig, pair: Any
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The labels of ``split`` as ``pair`` receives them (``config.label_encoding``) and as
-    class indices; None where the pair takes no labels, or the data set has none and the
-    pair can do without."""
-    try:
-        arguments = label_arguments(pair)
-    except LabelError as error:
-        raise PairError(str(error)) from error
-    if not arguments.takes or (data.labels is None and not arguments.needs):
-        return None
-    classes = data.split_labels(split)
-    encoded = encode_labels(classes, config.label_encoding, data.num_classes, data.train.dtype)
-    return encoded, classes
-
-
-def _probe_batch(data: Dataset, config: TrainConfig) -> torch.Tensor:
-    x = data.train[: max(2, min(config.batch_size, 16))]
-    if config.binarize == "dynamic":
-        x = torch.bernoulli(x)
-    return x
 
 
 def validation_elbo(
@@ -434,26 +313,6 @@ def prepare_run_dir(path: str | Path) -> Path:
             "choose another --out, a folder you can write to"
         ) from error
     return path
-
-
-def read_config(run_dir: Path) -> TrainConfig:
-    """The resolved configuration a run directory was trained with."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise ConfigError(
-            f"{str(run_dir)!r} is not a pyro-vae run directory: {CONFIG} is missing "
-            "(train one with `pyro-vae train --out DIR`)"
-        )
-    return TrainConfig(**load_toml(path))
-
-
-#: Settings that may change when a run is resumed; any other change would make the resumed
-#: run differ from an uninterrupted one. A new learning rate takes effect from the resumed
-#: epoch on and is recorded in each epoch's row (``lr``), so diverged runs can go on slower.
-RESUMABLE_CHANGES = (
-    "epochs", "out", "data_dir", "download", "base_url", "lr", "baseline_lr", "checkpoint_every",
-    "compile",
-)  # fmt: skip
 
 
 def _check_resumable(config: TrainConfig, trained: TrainConfig, epoch: int) -> None:
@@ -548,6 +407,7 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> RunResult:
     """Train a pair by SVI as ``config`` says, writing the run directory ``config.out``.
 
@@ -557,6 +417,8 @@ def train(
     ``checkpoint_every`` saved) up to ``config.epochs``; a finished run only gets its
     finishing steps (metrics, learning curves). One trainer at a time holds the directory's
     lock; SIGINT/SIGTERM stop the run after the current step, with that step saved.
+    ``on_epoch(row)`` receives each epoch's row of ``metrics.csv``; ``on_step(metrics)`` the
+    ``epoch``, ``step``, ``loss`` (of this step's batch) and ``beta`` after every SVI step.
 
     Under torchrun (``WORLD_SIZE`` > 1) this process is one rank of a data-parallel run
     (:mod:`pyro_vae.distributed`): every rank trains on its shard with ``batch_size / R``
@@ -577,7 +439,8 @@ def train(
     with run_lock(run_dir) if ranks.is_main else nullcontext(), StopSignals() as stop:
         if ranks.is_main:
             remove_stale_temporaries(run_dir, own=RUN_FILES)
-        return _train(config, run_dir, pair, record_object, resume, progress, on_epoch, stop)
+        return _train(config, run_dir, pair, record_object, resume, progress, (on_epoch, on_step),
+                      stop)  # fmt: skip
 
 
 @dataclass
@@ -611,7 +474,8 @@ class _Progress:
         }
 
 
-def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, stop) -> RunResult:
+def _train(config, run_dir, pair, record_object, resume, progress, callbacks, stop) -> RunResult:
+    on_epoch, on_step = callbacks
     checkpoint_path = run_dir / CHECKPOINT
     if resume and not checkpoint_path.exists():
         raise TrainingError(
@@ -664,7 +528,7 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             f"--drop-last with --batch-size {config.batch_size} leaves no batch of the "
             f"{train_x.shape[0]} training points; lower --batch-size"
         )
-    probe = _probe_batch(data, config)
+    probe = probe_batch(data, config)
     del data  # a rank of a distributed run keeps its shard only (train_x, valid_x)
     info = check_pair(pair, probe, _probe_labels(labels, probe))
     scales = TrainingScales(data_plate=info.data_plate)
@@ -746,6 +610,8 @@ def _train(config, run_dir, pair, record_object, resume, progress, on_epoch, sto
             run.seen += global_batch
             run.train_seconds = time.perf_counter() - started
             fault_point("step")
+            if on_step is not None:
+                on_step({"epoch": epoch, "step": run.step, "loss": loss, "beta": run.beta})
             if progress and run.batches_done % 10 == 0:
                 bar.set_postfix(loss=f"{run.total / run.seen:.2f}")
             last = run.batches_done == plan.steps

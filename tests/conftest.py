@@ -63,8 +63,8 @@ def real_data_dir() -> Path:
 def _run_cli(*args, cwd, check=True, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run ``pyro-vae ARGS`` (the console script, else ``python -m pyro_vae``) in ``cwd``.
 
-    ``cwd`` is required and must not be the repository root: there the source ``pyro_vae/``,
-    which has no ``models``/``guides`` inside, would shadow the installed package.
+    ``cwd`` is required, so that a command's files land in the test's own folder (the
+    repository root works too: tests/test_install.py).
     ``check`` raises with stdout and stderr unless the exit status is 0.
     """
     script = shutil.which("pyro-vae")

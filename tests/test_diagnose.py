@@ -21,6 +21,7 @@ from pyro_vae import TrainConfig, train
 from pyro_vae.cli import main
 from pyro_vae.diagnose import (
     DiagnoseError,
+    PosteriorDiagnosis,
     diagnose,
     diagnose_pair,
     khat_counts,
@@ -30,6 +31,7 @@ from pyro_vae.diagnose import (
 from pyro_vae.guides import LinearGaussianEncoder
 from pyro_vae.models import LinearGaussianDecoder
 from pyro_vae.pairs import VAE
+from pyro_vae.reopen import load_run
 
 X_DIM, Z_DIM, NOISE = 5, 2, 1.0
 DIGITS_TEST_SIZE = 300
@@ -421,3 +423,116 @@ def test_diagnose_cli_bad_input_exits_2_with_a_message(digits_run, capsys, keep_
         main(["diagnose", str(digits_run), "--points", "3", "--indices", "1,2"])
     assert exit_info.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+# --- a pair in memory ------------------------------------------------------------------------
+
+#: Keys that say where a diagnosis came from or how long it took, not what it found.
+WHERE_AND_WHEN = {"run_dir", "split", "checkpoint", "epoch", "dataset", "pair", "seconds",
+                  "out", "files"}  # fmt: skip
+
+
+def test_a_pair_in_memory_gives_the_numbers_of_its_run_directory(digits_run):
+    settings = dict(indices=[7, 2, 11], num_samples=32, gap_steps=20, seed=5, progress=False)
+    from_path = diagnose(digits_run, save=False, **settings)
+    run = load_run(digits_run)
+    in_memory = diagnose(run.pair, run.split("test"), **settings)
+    assert isinstance(in_memory, PosteriorDiagnosis) and isinstance(from_path, PosteriorDiagnosis)
+    assert from_path["split"] == "test" and from_path["run_dir"] == str(digits_run)
+    context = ("run_dir", "split", "checkpoint", "epoch", "dataset", "pair")
+    assert all(in_memory[key] is None for key in context)
+
+    def what_was_found(result):
+        return {key: value for key, value in result.to_dict().items() if key not in WHERE_AND_WHEN}
+
+    found, expected = what_was_found(in_memory), what_was_found(from_path)
+    assert list(found) == list(expected)
+    for key, value in expected.items():
+        assert found[key] == value, key  # the same seed: the same numbers, bit for bit
+    assert found["indices"] == [7, 2, 11]
+    np.testing.assert_array_equal(
+        in_memory.to_inference_data().posterior["z"].values,
+        from_path.to_inference_data().posterior["z"].values,
+    )
+    with pytest.raises(DiagnoseError, match=r"--indices 300 out of range: x has 300 points"):
+        diagnose(run.pair, run.split("test"), indices=[300], num_samples=32)
+
+
+class TutorialVAE(torch.nn.Module):
+    """Pyro's tutorial VAE as a user writes it: pyro.module, a data plate, a Normal prior."""
+
+    def __init__(self, x_dim: int = 64, z_dim: int = 2, hidden: int = 32):
+        super().__init__()
+        self.z_dim = z_dim
+        self.decoder = torch.nn.Sequential(
+            torch.nn.Linear(z_dim, hidden), torch.nn.Softplus(), torch.nn.Linear(hidden, x_dim)
+        )
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(x_dim, hidden), torch.nn.Softplus())
+        self.loc = torch.nn.Linear(hidden, z_dim)
+        self.log_scale = torch.nn.Linear(hidden, z_dim)
+
+    def encode(self, x):
+        hidden = self.encoder(x)
+        return self.loc(hidden), self.log_scale(hidden).exp()
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1)
+            z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encode(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def test_a_users_pair_trained_by_plain_svi_is_diagnosed_without_a_run_directory(tmp_path):
+    import arviz as az
+
+    from pyro_vae import load_dataset
+    from pyro_vae.config import ConfigError
+
+    digits = load_dataset("digits").test[:40]
+    x = torch.bernoulli(digits, generator=torch.Generator().manual_seed(0))
+    pair = TutorialVAE()
+    svi = pyro.infer.SVI(pair.model, pair.guide, pyro.optim.Adam({"lr": 1e-2}),
+                         pyro.infer.Trace_ELBO())  # fmt: skip
+    for _ in range(30):
+        svi.step(x)
+    with pytest.raises(ConfigError, match="out=FOLDER"):
+        diagnose(pair, x, save=True, num_samples=32)
+    result = diagnose(pair, x, points=4, num_samples=32, gap_steps=20, nuts=True, nuts_chains=2,
+                      nuts_warmup=10, nuts_samples=10, progress=False)  # fmt: skip
+    assert result["run_dir"] is None and result["indices"] == [0, 1, 2, 3]
+    assert not any(tmp_path.iterdir()), "nothing is written without save or out"
+    # a Gaussian q(z|x) of x alone: its mean and the KL to N(0, I) per dim in closed form
+    with torch.no_grad():
+        loc, scale = pair.encode(x[:4])
+    loc, variance = loc.double().numpy(), scale.double().numpy() ** 2
+    np.testing.assert_allclose(result["posterior_mean"], loc, rtol=1e-5, atol=1e-6)
+    kl = (0.5 * (loc**2 + variance - 1 - np.log(variance))).mean(0)
+    np.testing.assert_allclose(result["kl_per_dim"], kl, rtol=1e-4, atol=1e-6)
+    log_px, elbo = np.array(result["log_px_per_point"]), np.array(result["elbo_per_point"])
+    assert (elbo <= log_px).all() and result["kl_method"] == {"z": "analytic"}
+
+    guide_draws = result.to_inference_data()
+    assert isinstance(guide_draws, az.InferenceData) and "posterior" in guide_draws.groups()
+    assert guide_draws.posterior["z"].dims == ("chain", "draw", "obs_id", "latent_dim")
+    assert guide_draws.posterior["z"].shape == (1, 32, 4, 2)
+    assert list(guide_draws.posterior["obs_id"].values) == [0, 1, 2, 3]
+    reference = result.to_inference_data("nuts")
+    assert reference.posterior["z"].shape == (2, 10, 4, 2)
+    assert int(reference.sample_stats["diverging"].sum()) == result["nuts"]["divergences"]
+
+    written = result.plot(tmp_path / "figures")
+    assert [path.name for path in written] == ["khat.png", "kl_per_dim.png", "forest.png",
+                                               "pair.png"]  # fmt: skip
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    text = result.summary()
+    assert "k-hat" in text and text.startswith("x: 4 points (0,1,2,3)")
+    assert "NUTS 2 chains x 10 draws" in text and repr(result) == text
+    assert json.loads(json.dumps(result.to_dict()))["khat_status"] == result["khat_status"]

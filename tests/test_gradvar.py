@@ -1,22 +1,31 @@
 """Gradient variance and SNR of estimators (pyro_vae.gradvar) and `pyro-vae gradvar`."""
 
+import inspect
 import json
 import math
+import os
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
+from pyro.nn import PyroModule, PyroParam
+from torch import nn
 
+import pyro_vae
 from pyro_vae.config import ConfigError, TrainConfig
 from pyro_vae.gradients import GRADIENT_ESTIMATORS
 from pyro_vae.gradvar import (
+    DEFAULT_BASELINE_LR,
+    GradientVariance,
     format_table,
     gradient_draws,
     gradient_statistics,
     gradient_variance,
     pair_parameters,
 )
+from pyro_vae.reopen import load_run
 from pyro_vae.train import train
 
 
@@ -150,3 +159,299 @@ def test_cli_gradvar_json(run_cli, run_dir, tmp_path):
                    cwd=tmp_path, check=False)  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert "bogus" in done.stderr and "score+avg" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# on the objects a user holds; parameters that belong to the pair, not to Pyro's param store
+
+
+class TutorialPair:
+    """A pair written the tutorial way: a plain object holding two networks, each registered
+    by pyro.module in the program that uses it; beta scales the latent site (a beta-VAE)."""
+
+    def __init__(self, x_dim=64, z_dim=2, hidden=16, beta=1.0):
+        self.z_dim = z_dim
+        self.beta = beta
+        self.encoder = nn.Sequential(
+            nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * z_dim)
+        )
+        self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Tanh(), nn.Linear(hidden, x_dim))
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1)
+            with poutine.scale(scale=self.beta):
+                z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_log_scale = self.encoder(x).chunk(2, dim=-1)
+            with poutine.scale(scale=self.beta):
+                pyro.sample("z", dist.Normal(z_loc, z_log_scale.exp()).to_event(1))
+
+
+#: A user's pair file that is a script: no main guard, so every import builds and trains an
+#: instance, whose tensors the param store then holds under the pair's own names.
+UNGUARDED_SCRIPT = """\
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+from torch import nn
+
+
+{source}
+
+vae = TutorialPair()
+svi = SVI(vae.model, vae.guide, Adam({{"lr": 0.01}}), Trace_ELBO())
+data = torch.bernoulli(torch.full((20, 64), 0.3))
+for _ in range(2):
+    svi.step(data)
+"""
+
+FAST = dict(estimators=["reparam", "score"], num_draws=5, batch_size=20, baseline_steps=0,
+            progress=False)  # fmt: skip
+
+
+def variances(result) -> dict[str, float]:
+    return {name: summary["variance"] for name, summary in result["estimators"].items()}
+
+
+def registered(pair, x) -> None:
+    """Run both programs once, as an SVI step would: their modules go into the param store."""
+    with torch.no_grad(), poutine.trace(param_only=True):
+        pair.guide(x)
+        pair.model(x)
+
+
+def touched(path) -> None:
+    """Move the file's modification time on, so that the next reopening imports it again."""
+    status = os.stat(path)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+
+
+@pytest.fixture(scope="module")
+def binary_points():
+    """20 binarized training digits (64 pixels)."""
+    data = pyro_vae.load_dataset("digits")
+    return torch.bernoulli(data.train[:20], generator=torch.Generator().manual_seed(1))
+
+
+def test_an_unguarded_pair_script_is_differentiated_through_its_own_modules(tmp_path):
+    """Reopening the run imports the script again: its throwaway instance fills the param
+    store under the pair's names. The gradient w.r.t. the store's tensors was exactly zero
+    (variance 0 for every estimator, exit 0); the store is now cleared once the pair is built
+    (pyro_vae.runs.reopen.make_pair) and the parameters are the pair's own, so the reopened
+    run gives the numbers of the same pair on a clean store."""
+    path = tmp_path / "tutorial_script.py"
+    path.write_text(UNGUARDED_SCRIPT.format(source=inspect.getsource(TutorialPair)))
+    run_dir = tmp_path / "run"
+    config = TrainConfig(dataset="digits", epochs=1, train_limit=100, device="cpu",
+                         pair=f"{path}:TutorialPair", out=str(run_dir))  # fmt: skip
+    train(config, progress=False)
+    touched(path)
+    result = gradient_variance(run_dir, save=False, **FAST)
+    for name, variance in variances(result).items():
+        assert 0 < variance < math.inf, name
+    # the same pair (the same import, the same seed) on a store that holds only its own
+    touched(path)
+    run = load_run(run_dir)
+    pyro.clear_param_store()
+    x = run.split("train")[:20]
+    registered(run.pair, x)
+    clean = gradient_variance(run.pair, x, **FAST)
+    assert not any("stale" in note for note in clean["notes"])
+    assert clean["num_parameters"] == result["num_parameters"]
+    for name, summary in result["estimators"].items():
+        assert summary["variance"] == pytest.approx(clean["estimators"][name]["variance"])
+        assert summary["groups"].keys() == clean["estimators"][name]["groups"].keys()
+
+
+def test_a_twin_registered_first_does_not_stand_in_for_the_pair(binary_points):
+    """The stale store built by hand: twin A registered, then twin B analysed. B's numbers
+    are B's alone; its parameters are its own tensors, named as pyro.module names them."""
+    x = binary_points
+    pyro.set_rng_seed(1)
+    first, second = TutorialPair(), TutorialPair()
+    pyro.clear_param_store()
+    registered(first, x)
+    stale = gradient_variance(second, x, **FAST)
+    assert any("'encoder$$$0.weight'" in note for note in stale["notes"])
+    found = pair_parameters(second.model, second.guide, x, [second.encoder, second.decoder])
+    assert found["decoder$$$2.bias"]["param"] is second.decoder[2].bias
+    assert found["decoder$$$2.bias"]["stale"] and found["encoder$$$0.weight"]["part"] == "encoder"
+    assert {entry["part"] for name, entry in found.items() if name.startswith("decoder")} == {
+        "decoder"
+    }  # fmt: skip
+    pyro.clear_param_store()
+    alone = gradient_variance(second, x, **FAST)
+    assert variances(stale) == variances(alone) and min(variances(alone).values()) > 0
+    assert stale["estimators"]["score"]["groups"] == alone["estimators"]["score"]["groups"]
+
+
+def test_two_pairs_with_the_same_parameter_names_keep_their_own_numbers(binary_points):
+    """A notebook's beta=1 and beta=4 twins of one class share every parameter name; each,
+    analysed after the other in one process, gives its own numbers (those it gives alone)."""
+    x = binary_points
+    pyro.set_rng_seed(2)
+    plain, beta4 = TutorialPair(beta=1.0), TutorialPair(beta=4.0)
+    alone = {}
+    for name, pair in (("plain", plain), ("beta4", beta4)):
+        pyro.clear_param_store()
+        alone[name] = variances(gradient_variance(pair, x, **FAST))
+    assert alone["plain"] != alone["beta4"]  # different weights, different gradients
+    pyro.clear_param_store()
+    together = {}
+    for name, pair in (("plain", plain), ("beta4", beta4), ("plain", plain)):
+        together[name] = gradient_variance(pair, x, **FAST)
+        assert variances(together[name]) == alone[name], name
+    assert together["beta4"]["scaled_sites"] == ["z"] and together["plain"]["scaled_sites"] == []
+
+
+def test_a_function_pair_trained_by_svi(binary_points):
+    """Plain model/guide functions whose parameters are pyro.params in the store: those are
+    what the programs read. A parameter the programs never compute with is named in a note."""
+
+    def model(x):
+        weight = pyro.param("weight", torch.zeros(2, 64))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=z @ weight).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.param("unused", torch.ones(3))
+        projection = pyro.param("projection", torch.zeros(64, 2))
+        z_scale = pyro.param("z_scale", torch.ones(2), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ projection, z_scale).to_event(1))
+
+    x = binary_points
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
+    for _ in range(5):
+        svi.step(x)
+    result = gradient_variance(model, x, guide=guide, **FAST)
+    groups = result["estimators"]["reparam"]["groups"]
+    assert set(groups) == {"unused", "projection", "z_scale", "weight"}
+    assert result["num_parameters"] == 3 + 64 * 2 + 2 + 2 * 64
+    assert groups["unused"]["variance"] == 0 and groups["projection"]["variance"] > 0
+    assert any("'unused'" in note and "exactly zero" in note for note in result["notes"])
+    assert (result["split"], result["epoch"], result["checkpoint"]) == (None, None, None)
+    assert "gradient variance on 20 x points" in result.summary()
+    # the same in the order the tuple gives, and with the same seed the same numbers
+    assert variances(gradient_variance((model, guide), x, **FAST)) == variances(result)
+
+
+class PyroModulePair(PyroModule):
+    """A pair as a PyroModule: layers that register their parameters by their dotted names
+    when called, and a constrained PyroParam read by the model outside any layer call."""
+
+    def __init__(self, x_dim=64, z_dim=2):
+        super().__init__()
+        self.z_dim = z_dim
+        self.encoder = PyroModule[nn.Linear](x_dim, 2 * z_dim)
+        self.decoder = PyroModule[nn.Linear](z_dim, x_dim)
+        self.prior_scale = PyroParam(torch.ones(z_dim), constraint=dist.constraints.positive)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.Normal(x.new_zeros(x.shape[0], self.z_dim), self.prior_scale)
+            z = pyro.sample("z", prior.to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_log_scale = self.encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(z_loc, z_log_scale.exp()).to_event(1))
+
+
+def test_a_pyro_module_pair(binary_points):
+    """Every tensor the PyroModule computes with is differentiated: its layers' (traced by
+    dotted name) and the PyroParam the model reads (untraced: found through the module,
+    a decoder parameter since only the model reaches it). A twin registered first changes
+    nothing."""
+    x = binary_points
+    pyro.set_rng_seed(3)
+    first, pair = PyroModulePair(), PyroModulePair()
+    result = gradient_variance(pair, x, **FAST)
+    groups = result["estimators"]["reparam"]["groups"]
+    assert set(groups) == {"encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias",
+                           "prior_scale_unconstrained"}  # fmt: skip
+    assert result["num_parameters"] == sum(p.numel() for p in pair.parameters())
+    assert all(group["variance"] > 0 for group in groups.values())
+    found = pair_parameters(pair.model, pair.guide, x, {"": pair})
+    parts = {name: entry["part"] for name, entry in found.items()}
+    assert parts["encoder.weight"] == "encoder" and parts["decoder.bias"] == "decoder"
+    assert parts["prior_scale_unconstrained"] == "decoder"
+    pyro.clear_param_store()
+    registered(first, x)
+    after_twin = gradient_variance(pair, x, **FAST)
+    assert variances(after_twin) == variances(result)
+    assert any("stale same-named tensor" in note for note in after_twin["notes"])
+
+
+class UnregisteredPair:
+    """Networks the programs use without registering them: Pyro's ELBO never differentiates
+    a program that traces no param site."""
+
+    def __init__(self):
+        self.encoder = nn.Linear(64, 4)
+        self.decoder = nn.Linear(2, 64)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_log_scale = self.encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(z_loc, z_log_scale.exp()).to_event(1))
+
+
+def test_a_gradient_that_is_zero_on_every_draw_is_refused(binary_points, monkeypatch):
+    with pytest.raises(ConfigError, match="exactly zero on all 5 draws") as refused:
+        gradient_variance(UnregisteredPair(), binary_points, **FAST)
+    assert "stale same-named entry" in str(refused.value)
+    assert "pyro.module(name, network)" in str(refused.value)
+    # the same wherever the zeros come from: draws that never see a gradient
+    import pyro_vae.gradvar as gradvar
+
+    monkeypatch.setattr(gradvar, "gradient_draws", lambda *args, **kwargs: torch.zeros(5, 3))
+    with pytest.raises(ConfigError, match="estimator reparam: the gradient w.r.t. every one"):
+        gradient_variance(TutorialPair(), binary_points, **FAST)
+
+
+def test_a_pair_in_memory_gives_the_numbers_of_its_run_directory(run_dir, tmp_path):
+    settings = dict(estimators=["reparam", "score+avg", "score+nn"], num_draws=5,
+                    batch_size=20, baseline_steps=5, progress=False)  # fmt: skip
+    from_dir = gradient_variance(run_dir, save=False, **settings)
+    assert isinstance(from_dir, GradientVariance) and from_dir["split"] == "train"
+    run = load_run(run_dir)
+    in_memory = gradient_variance(run.pair, run.split("train")[:20], **settings)
+    assert in_memory["split"] is None and in_memory["epoch"] is None
+    # an in-memory pair takes TrainConfig's baseline settings, here the run's too
+    for key in ("baseline_lr", "baseline_hidden", "baseline_beta", "num_parameters"):
+        assert in_memory[key] == from_dir[key], key
+    assert in_memory["baseline_lr"] == DEFAULT_BASELINE_LR
+    for name, summary in from_dir["estimators"].items():
+        other = in_memory["estimators"][name]
+        for key in ("variance", "snr", "mean_norm"):
+            assert other[key] == summary[key], (name, key)
+        assert other["parts"] == summary["parts"] and other["groups"] == summary["groups"]
+    # the result prints, converts and draws itself
+    assert in_memory.summary() == format_table(in_memory) and "score+nn" in str(in_memory)
+    plain = in_memory.to_dict()
+    assert json.loads(json.dumps(plain)) == plain and "groups" in plain["estimators"]["reparam"]
+    assert in_memory.plot(tmp_path).read_bytes()[:4] == b"\x89PNG"
+    assert in_memory.plot(tmp_path / "g.png") == tmp_path / "g.png"
+    with pytest.raises(ConfigError, match="Pass out=FOLDER"):
+        gradient_variance(run.pair, run.split("train")[:20], save=True, **settings)
+    gradient_variance(run.pair, run.split("train")[:20], out=tmp_path / "out", save=True,
+                      **settings)  # fmt: skip
+    assert (tmp_path / "out" / "gradvar.json").is_file()
+    assert (tmp_path / "out" / "gradvar.png").is_file()

@@ -1,0 +1,365 @@
+"""Draws from a trained pair as images: its data, reconstructions E[x|z] with z ~ q(z|x), and
+samples E[x|z] with z ~ p(z), one row per class for a pair conditioned on labels.
+
+:func:`sample` returns the rows as tensors (a :class:`Samples`); ``Samples.plot`` draws them
+as one grid (:func:`pyro_vae.plots.image_grid`), as ``pyro-vae sample`` does.
+
+References:
+    Kingma & Welling (2014), Auto-Encoding Variational Bayes.
+    Sohn, Lee & Yan (2015), Learning Structured Output Representation using Deep Conditional
+        Generative Models (class-conditional samples).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+
+from pyro_vae.checkpoints import BEST
+from pyro_vae.config import ConfigError
+from pyro_vae.estimators import evaluation_view
+from pyro_vae.labels import (
+    LABEL_ENCODINGS,
+    LabelError,
+    encode_labels,
+    label_arguments,
+    program_args,
+)
+from pyro_vae.pairs import PairError, data_plate_dim, evaluation_mode, pair_modules
+from pyro_vae.results import Result, figure_path
+from pyro_vae.subjects import Subject, as_pair, is_run_source, subject
+
+
+def _observed_means(trace, observed_sites: tuple[str, ...], num_points: int,
+                    data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per observed site, the mean of its distribution (its value where it has no mean), as
+    ``(num_points, values per point)`` in the order of the data plate."""
+    means = {}
+    for name in observed_sites:
+        site = trace.nodes[name]
+        try:
+            mean = site["fn"].mean
+        except NotImplementedError:
+            mean = site["value"]
+        found = data_plate_dim(site, num_points, data_plate)
+        if found is None:
+            continue
+        event_dims = len(site["fn"].event_shape)
+        batch_dims = mean.dim() - event_dims
+        axis = batch_dims + found[1]
+        mean = mean.movedim(axis, 0) if axis >= 0 else mean.unsqueeze(0)
+        means[name] = mean.expand(num_points, *mean.shape[1:]).reshape(num_points, -1)
+    return means
+
+
+def reconstructions(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
+                    data_plate: str | None = None,
+                    y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """E[x | z] with z ~ q(z|x): the decoder's mean at a guide draw, per observed site
+    (``y``: the labels of a pair that needs them)."""
+    args = program_args(x, y)
+    with torch.no_grad(), evaluation_mode(pair):
+        guide_trace = poutine.trace(pair.guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args)
+    return _observed_means(model_trace, observed_sites, x.shape[0], data_plate)
+
+
+def prior_samples(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
+                  data_plate: str | None = None, y: torch.Tensor | None = None,
+                  label_site: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """E[x | z] with z ~ p(z), per observed site.
+
+    ``x`` sets the batch size (the model's data plate) and is otherwise unused where the model
+    only observes it: ``poutine.uncondition`` draws every observed site. A model that
+    conditions on part of ``x`` (the visible half of an image) draws given that part, so a
+    placeholder batch of zeros there means samples given zeros.
+
+    With labels ``y``: samples of those classes, z ~ p(z) (or p(z|y)) and x ~ p(x|y,z). The
+    model is called with ``y``; a ``label_site`` the labels observe (M2's y) stays observed
+    at its labelled value while the data sites are drawn."""
+    prior_model = getattr(pair, "prior_model", None)  # an EvaluationPair holds globals fixed
+    model = prior_model() if prior_model is not None else poutine.uncondition(pair.model)
+    args = program_args(x, y)
+    with torch.no_grad(), evaluation_mode(pair):
+        if label_site is not None and y is not None:
+            labelled = poutine.trace(pair.model).get_trace(*args)
+            value = labelled.nodes[label_site]["value"]
+            model = poutine.condition(model, data={label_site: value})
+        trace = poutine.trace(model).get_trace(*args)
+    return _observed_means(trace, observed_sites, x.shape[0], data_plate)
+
+
+def as_images(means: dict[str, torch.Tensor], image_shape: tuple[int, ...]):
+    """The observed sites' means laid out as images: one site the size of an image, else all
+    sites concatenated in model order when together they are; ``None`` and the reason if not."""
+    size = math.prod(image_shape)
+    whole = [name for name, mean in means.items() if mean.shape[1] == size]
+    if len(means) == 1 and whole:
+        return means[whole[0]], None
+    if means and sum(mean.shape[1] for mean in means.values()) == size:
+        return torch.cat(list(means.values()), dim=1), None
+    found = ", ".join(f"{name!r} ({mean.shape[1]} values)" for name, mean in means.items())
+    return None, (
+        f"the observed sites {found} do not together make an image of shape {image_shape} "
+        f"({size} values)"
+    )
+
+
+def sampled_classes(
+    takes_labels: bool,
+    num_classes: int | None,
+    label: int | None,
+    flag: str = "--label ",
+    owner: str = "this run's pair",
+) -> list[int] | None:
+    """The classes ``sample`` draws a row for: all ``num_classes``, or ``label``; None for a
+    pair drawn without labels (``label`` is then an error, naming ``flag`` and ``owner``)."""
+    if not takes_labels:
+        if label is not None:
+            raise ConfigError(
+                f"{flag}{label}: {owner} takes no labels, so its samples cannot be drawn per "
+                f"class; drop {flag.strip()}"
+            )
+        return None
+    if label is None:
+        return list(range(num_classes))
+    if num_classes is not None and not 0 <= label < num_classes:
+        raise ConfigError(f"{flag}{label}: must be a class in 0..{num_classes - 1}")
+    if label < 0:
+        raise ConfigError(f"{flag}{label}: must be a class index >= 0")
+    return [label]
+
+
+class Samples(Result):
+    """What :func:`sample` drew: ``rows``, a list of ``(name, images)`` with ``images`` a
+    tensor (n, values per image): ``data``, ``reconstruction``, then ``prior sample`` or one
+    ``class K`` row per class; ``image_shape`` (C, H, W), or None where it is not known. The
+    mapping holds the JSON keys (``rows``: the names, ``num``, ``image_shape``, ``skipped``:
+    the rows that could not be drawn and why, ``seed``, where the pair came from)."""
+
+    kind = "samples"
+
+    def __init__(self, summary: dict[str, Any], rows: list[tuple[str, torch.Tensor]],
+                 image_shape: tuple[int, ...] | None):  # fmt: skip
+        super().__init__(summary)
+        self.rows = rows
+        self.image_shape = image_shape
+
+    def summary(self) -> str:
+        shape = "" if self.image_shape is None else " of " + "x".join(map(str, self.image_shape))
+        names = ", ".join(f"{name} ({images.shape[0]})" for name, images in self.rows)
+        plural = "" if len(self.rows) == 1 else "s"
+        lines = [f"{len(self.rows)} row{plural} of images{shape}: {names}"]
+        lines += [f"  skipped {message}" for message in self["skipped"]]
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Draw the rows as one grid of images (``samples.png`` in a folder ``path``, or the
+        file ``path``); return the path written."""
+        from pyro_vae.plots import image_grid  # matplotlib only when drawing
+
+        if self.image_shape is None:
+            size = self.rows[0][1].shape[1] if self.rows else "?"
+            raise ConfigError(
+                f"cannot draw images of {size} values without their shape: pass "
+                "image_shape=(channels, height, width) to sample()"
+            )
+        if not self.rows:
+            raise ConfigError("no rows to draw: " + "; ".join(self["skipped"]))
+        path = figure_path(path, "samples.png")
+        image_grid(self.rows, self.image_shape, path)
+        return path
+
+
+def sample(
+    source: Any,
+    x: torch.Tensor | None = None,
+    *,
+    num: int = 10,
+    labels: Any = None,
+    guide: Any = None,
+    label: int | None = None,
+    num_classes: int | None = None,
+    label_encoding: str | None = None,
+    seed: int = 0,
+    image_shape: tuple[int, ...] | None = None,
+    split: str = "test",
+    checkpoint: str = BEST,
+    device: str | None = None,
+    data_dir: str | None = None,
+    pair: Any = None,
+) -> Samples:
+    """Data points, their reconstructions and samples from the prior, ``num`` of each.
+
+    reconstruction: E[x|z], z ~ q(z|x);   prior sample: E[x|z], z ~ p(z) (or p(z|y))
+
+    ``source`` is what you hold: a pair (an object with ``model`` and ``guide``; a model with
+    ``guide=``; a ``(model, guide)`` tuple), or a :class:`~pyro_vae.reopen.Run` or a run
+    directory's path, whose split ``split`` gives the data rows when ``x`` is None
+    (``checkpoint``, ``device``, ``data_dir`` and ``pair`` say how to reopen a path). For a
+    pair, ``x`` gives the data and reconstruction rows; with ``x=None`` only samples are
+    drawn, the model traced on a placeholder batch of zeros of shape (max(num, 2),
+    prod(image_shape)) that sets the batch size, so ``image_shape`` is then required (a pair
+    that takes x in another layout needs ``x``).
+
+    ``image_shape`` (C, H, W), for drawing: a run's is its data set's; for a pair, this
+    argument, else ``x.shape[1:]`` for ``x`` with more than 2 dims, else (1, s, s) when a
+    point has s*s values; otherwise ``plot`` asks for it.
+
+    Labels: a run whose pair takes labels, on a data set that has them, gets one row of
+    samples per class, or only class ``label`` (``--label K``). A pair in memory whose
+    programs take labels gets class rows when ``labels``, ``num_classes`` or ``label`` is
+    given, or when it needs labels: the classes are 0..``num_classes``-1 (``num_classes``
+    defaults to the width of one-hot ``labels``; an error asks for it otherwise), or
+    ``label`` alone; each class is passed as ``labels`` are (``label_encoding``: ``index``
+    or ``onehot``, default the form of ``labels``, else ``index``). ``labels`` go with ``x``,
+    one per point. ``seed`` seeds the draws: the same seed gives the same tensors for a pair
+    in memory and for its run directory alike.
+    """
+    if num < 1:
+        raise ConfigError(f"--num must be >= 1, got {num}")
+    count = max(num, 2)
+    if is_run_source(source):
+        held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
+                       device=device, data_dir=data_dir, pair=pair).first(count)  # fmt: skip
+        data = held.run.data
+        shape = _image_shape(image_shape) if image_shape is not None else data.image_shape
+        encoding, num_classes = held.run.config.label_encoding, data.num_classes
+        classes = sampled_classes(held.labels is not None, num_classes, label)
+        return _sample(held, num, seed, shape, True, classes, encoding, num_classes)
+    if pair is not None:
+        raise ConfigError("pair= reopens a run directory with that pair; here, pass the pair first")
+    held_pair = as_pair(source, guide)
+    try:
+        arguments = label_arguments(held_pair)
+    except LabelError as error:
+        raise PairError(str(error)) from error
+    if labels is not None and x is None:
+        raise ConfigError(
+            "labels= go with x, one per point; without x, name the classes to draw with "
+            "num_classes= (every class) or label=K (class K)"
+        )
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+    encoding = label_encoding or ("onehot" if labels is not None and labels.dim() == 2 else "index")
+    if encoding not in LABEL_ENCODINGS:
+        raise ConfigError(f"label_encoding={encoding!r}: choose from {', '.join(LABEL_ENCODINGS)}")
+    if num_classes is None and labels is not None and labels.dim() == 2:
+        num_classes = labels.shape[1]
+    conditional = arguments.needs or any(v is not None for v in (labels, num_classes, label))
+    if not arguments.takes:
+        if num_classes is not None:
+            raise ConfigError(
+                f"num_classes={num_classes}: the pair's programs take no labels, so its "
+                "samples cannot be drawn per class; drop num_classes"
+            )
+        conditional = False
+    classes = None
+    if conditional:
+        if label is None and num_classes is None:
+            raise ConfigError(
+                "the pair's programs take labels: pass num_classes= to draw one row of "
+                "samples per class, or label=K for class K alone"
+            )
+        if encoding == "onehot" and num_classes is None:
+            raise ConfigError("one-hot labels need num_classes=, the width of a one-hot row")
+        classes = sampled_classes(True, num_classes, label, "label=")
+    elif label is not None:  # the error for a pair without labels
+        sampled_classes(False, None, label, "label=", "the pair")
+    shown = x is not None
+    if x is None:
+        if image_shape is None:
+            raise ConfigError(
+                "sample(pair) without x draws from the prior on a placeholder batch: pass "
+                "image_shape=(channels, height, width), the shape of one data point, or x"
+            )
+        image_shape = _image_shape(image_shape)
+        device_, dtype = _pair_device(held_pair)
+        x = torch.zeros(count, math.prod(image_shape), device=device_, dtype=dtype)
+        if classes is not None:
+            placeholder = torch.full((count,), classes[0], device=x.device)
+            labels = encode_labels(placeholder, encoding, num_classes, x.dtype)
+    elif image_shape is not None:
+        image_shape = _image_shape(image_shape)
+    elif x.dim() > 2:
+        image_shape = _image_shape(tuple(x.shape[1:]))
+    else:
+        side = math.isqrt(x.shape[1]) if x.dim() == 2 else 0
+        image_shape = (1, side, side) if side * side == x.shape[1] and side > 0 else None
+    held = subject(held_pair, x, labels=labels).first(count)
+    return _sample(held, num, seed, image_shape, shown, classes, encoding, num_classes)
+
+
+def _sample(held: Subject, num: int, seed: int, image_shape: tuple[int, ...] | None,
+            shown: bool, classes: list[int] | None, encoding: str,
+            num_classes: int | None) -> Samples:  # fmt: skip
+    """The rows of :func:`sample` for ``held`` (its first ``max(num, 2)`` points)."""
+    pair, info, x = held.pair, held.info, held.x
+    y = held.y
+    pyro.set_rng_seed(seed)
+    with evaluation_mode(pair):
+        view = evaluation_view(pair, info, x, y)
+    rows = [("data", x[:num])] if shown else []
+    draws = [("reconstruction", partial(reconstructions, y=y))] if shown else []
+    if classes is None:
+        draws.append(("prior sample", prior_samples))
+    for k in classes or ():
+        class_y = encode_labels(torch.full((x.shape[0],), k, device=x.device), encoding,
+                                num_classes, x.dtype)  # fmt: skip
+        draws.append((f"class {k}", partial(prior_samples, y=class_y, label_site=info.label_site)))
+    skipped = []
+    size_shape = image_shape if image_shape is not None else (x[0].numel(),)
+    for row_label, draw in draws:
+        try:
+            means = draw(view, x, info.observed_sites, info.data_plate)
+        except Exception as error:  # a pair whose model cannot run unconditioned, ...
+            skipped.append(f"{row_label}s: {type(error).__name__}: {error}")
+            continue
+        images, reason = as_images(means, size_shape)
+        if images is None:
+            skipped.append(f"{row_label}s: {reason}")
+        else:
+            rows.append((row_label, images[:num]))
+    summary = {
+        "rows": [name for name, _ in rows],
+        "num": num,
+        "image_shape": None if image_shape is None else list(image_shape),
+        "classes": classes,
+        "skipped": skipped,
+        "seed": seed,
+        **held.context,
+    }
+    return Samples(summary, rows, image_shape)
+
+
+def _image_shape(shape: Any) -> tuple[int, int, int]:
+    """``shape`` as (channels, height, width): (H, W) gets one channel."""
+    shape = tuple(int(size) for size in shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"image_shape={shape}: give (channels, height, width) or (height, width)")
+    return shape
+
+
+def _pair_device(pair: Any) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the pair's parameters (its modules', else Pyro's param
+    store's), for a placeholder batch; the CPU and the default dtype where it has none."""
+    tensors = [p for module in pair_modules(pair) for p in module.parameters()]
+    store = pyro.get_param_store()
+    tensors += [store[name] for name in store.keys()]
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+__all__ = ["Samples", "as_images", "prior_samples", "reconstructions", "sample",
+           "sampled_classes"]  # fmt: skip
