@@ -10,10 +10,10 @@ decoder), one Adam step on the single-sample ELBO per step. Four ways to take th
   ``torch.optim.Adam(fused=True)``, the kernel pyro_vae's optimizer uses: the fair yardstick
   for the optimizer's share of the step (ratios stay against ``hand eager``);
 - ``pyro_vae eager``: the built-in ``mlp`` pair, ``pyro.infer.SVI`` with ``Trace_ELBO``
-  and the run's optimizer (:func:`pyro_vae.optimizers.make_optimizer`: one fused Adam), as
+  and the run's optimizer (:func:`pyro_vae.infer.optimizers.make_optimizer`: one fused Adam), as
   ``pyro-vae train`` runs it;
 - ``pyro_vae --compile``: the same programs, the loss traced once and compiled
-  (:class:`pyro_vae.compiled.CompiledSVI`), as ``pyro-vae train --compile`` runs it.
+  (:class:`pyro_vae.infer.compiled.CompiledSVI`), as ``pyro-vae train --compile`` runs it.
 
 After a warm-up (the compile time is reported), the ways run interleaved: ``--repeats``
 rounds of ``--steps`` steps each, one round of each way in turn, so drifts of the machine
@@ -46,15 +46,15 @@ from iwae_reference import IMAGE_SIZE, Encoder, build_decoder  # noqa: E402
 from iwae_reference import evaluate as reference_evaluate  # noqa: E402
 from iwae_reference import log_weights as reference_log_weights  # noqa: E402
 
-from pyro_vae.compiled import CompiledLogWeights, CompiledSVI  # noqa: E402
-from pyro_vae.config import TrainConfig  # noqa: E402
-from pyro_vae.estimators import (  # noqa: E402
+from pyro_vae.infer.compiled import CompiledLogWeights, CompiledSVI  # noqa: E402
+from pyro_vae.infer.estimators import (  # noqa: E402
     chunk_size_for,
     estimate_log_px_in_batches,
     evaluation_view,
 )
-from pyro_vae.optimizers import make_optimizer  # noqa: E402
+from pyro_vae.infer.optimizers import make_optimizer  # noqa: E402
 from pyro_vae.pairs import build_pair, check_pair  # noqa: E402
+from pyro_vae.runs.config import TrainConfig  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.plots import sample_figure
+from pyro_vae.analysis.sampling import sample_figure
 
 SMOKE = os.environ.get("PYRO_VAE_SMOKE") == "1"
 

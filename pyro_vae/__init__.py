@@ -1,16 +1,18 @@
 """pyro_vae: variational autoencoders written as Pyro programs.
 
-Train a model/guide pair by SVI, estimate log p(x) by importance sampling, and look at the
-results, from Python, the ``pyro-vae`` command line and notebooks. The package follows the
-data one way: :mod:`~pyro_vae.data` -> :mod:`~pyro_vae.objectives` -> :mod:`~pyro_vae.train`
--> :mod:`~pyro_vae.evaluate` -> :mod:`~pyro_vae.diagnose`. Gradient estimators (score function,
-baselines) are in :mod:`~pyro_vae.gradients` and measured by :mod:`~pyro_vae.gradvar`;
-:mod:`~pyro_vae.convergence` compares estimators of log p(x) as K grows. Generative models
-live in :mod:`pyro_vae.models`, amortized guides in :mod:`pyro_vae.guides`, built-in pairs of
-them in :mod:`pyro_vae.pairs`.
+Train a model/guide pair by SVI (your own ``SVI.step`` loop, :func:`fit`, or ``pyro-vae
+train``), estimate log p(x) by importance sampling, and look at the results, from Python, the
+``pyro-vae`` command line and notebooks. Every analysis is a function of the objects you hold:
+a pair and tensors, or a run reopened by :func:`load_run`.
+
+The package follows the data one way, a subpackage per stage (ARCHITECTURE.md):
+:mod:`pyro_vae.data` -> :mod:`pyro_vae.pairs` -> :mod:`pyro_vae.infer` -> :mod:`pyro_vae.runs`
+and :mod:`pyro_vae.training` -> :mod:`pyro_vae.analysis` -> :mod:`pyro_vae.cli`. Generative
+models live in :mod:`pyro_vae.models`, amortized guides in :mod:`pyro_vae.guides`.
 """
 
 # ruff: noqa: E402 - the finder below must be in place before the imports that need it
+import importlib
 import importlib.abc
 import importlib.util
 import sys
@@ -54,11 +56,20 @@ def _find_source_tree_packages() -> None:
 
 _find_source_tree_packages()
 
-from pyro_vae.config import TrainConfig
-from pyro_vae.convergence import Convergence, convergence
+# The old module paths that share a name with a function exported here load first: importing
+# a submodule later would rebind ``pyro_vae.<name>`` from the function to the module.
+for _old_path in ("convergence", "diagnose", "evaluate", "latents", "train"):
+    importlib.import_module(f"pyro_vae.{_old_path}")
+
+from pyro_vae.analysis.convergence import Convergence, convergence
+from pyro_vae.analysis.diagnose import PosteriorDiagnosis, diagnose
+from pyro_vae.analysis.evaluate import Evaluation, evaluate
+from pyro_vae.analysis.gradvar import GradientVariance, gradient_variance
+from pyro_vae.analysis.latents import LatentMap, latents
+from pyro_vae.analysis.results import Result
+from pyro_vae.analysis.sampling import Samples, sample
 from pyro_vae.data import DATASETS, Dataset, load_dataset
-from pyro_vae.diagnose import PosteriorDiagnosis, diagnose
-from pyro_vae.estimators import (
+from pyro_vae.infer.estimators import (
     ESTIMATORS,
     elbo_estimate,
     estimate_log_px,
@@ -66,17 +77,13 @@ from pyro_vae.estimators import (
     log_importance_weights,
     log_mean_exp,
 )
-from pyro_vae.evaluate import Evaluation, evaluate
-from pyro_vae.fitting import fit
-from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS, score_function, with_baseline
-from pyro_vae.gradvar import GradientVariance, gradient_variance
-from pyro_vae.latents import LatentMap, latents
-from pyro_vae.objectives import OBJECTIVES, make_objective
+from pyro_vae.infer.gradients import BASELINES, GRADIENT_ESTIMATORS, score_function, with_baseline
+from pyro_vae.infer.objectives import OBJECTIVES, make_objective
 from pyro_vae.pairs import PAIRS, VAE, build_pair, check_pair
-from pyro_vae.reopen import Run, load_run
-from pyro_vae.results import Result
-from pyro_vae.sampling import Samples, sample
-from pyro_vae.train import RunResult, train
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.runs.reopen import Run, load_run
+from pyro_vae.training.fitting import fit
+from pyro_vae.training.train import RunResult, train
 
 __version__ = "0.1.0"
 

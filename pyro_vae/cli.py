@@ -9,12 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pyro_vae.checkpoints import CheckpointError
-from pyro_vae.compiled import COMPILE_MODES
-from pyro_vae.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
+from pyro_vae.analysis.diagnose import DiagnoseError
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError
-from pyro_vae.diagnose import DiagnoseError
-from pyro_vae.distributed import (
+from pyro_vae.infer.compiled import COMPILE_MODES
+from pyro_vae.infer.distributed import (
     DistributedError,
     check_batch_divides,
     exit_now,
@@ -22,15 +20,17 @@ from pyro_vae.distributed import (
     launched_by_torchrun,
     world,
 )
-from pyro_vae.estimators import ESTIMATORS, EstimatorError
-from pyro_vae.files import WriteError, jsonable
-from pyro_vae.gradients import BASELINES, GRADIENT_ESTIMATORS
-from pyro_vae.labels import LABEL_ENCODINGS, LabelError
-from pyro_vae.objectives import ENUMERATE_STRATEGIES, OBJECTIVES, ObjectiveError
-from pyro_vae.optimizers import IWAE_EPOCHS, OPTIMIZERS, SCHEDULES
+from pyro_vae.infer.estimators import ESTIMATORS, EstimatorError
+from pyro_vae.infer.gradients import BASELINES, GRADIENT_ESTIMATORS
+from pyro_vae.infer.objectives import ENUMERATE_STRATEGIES, OBJECTIVES, ObjectiveError
+from pyro_vae.infer.optimizers import IWAE_EPOCHS, OPTIMIZERS, SCHEDULES
 from pyro_vae.pairs import PAIRS, PairError
-from pyro_vae.runs import RunInUseError
-from pyro_vae.train import TrainingError, prepare_run_dir
+from pyro_vae.pairs.labels import LABEL_ENCODINGS, LabelError
+from pyro_vae.runs.checkpoints import CheckpointError
+from pyro_vae.runs.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
+from pyro_vae.runs.files import WriteError, jsonable
+from pyro_vae.runs.lock import RunInUseError
+from pyro_vae.training.train import TrainingError, prepare_run_dir
 
 USER_ERRORS = (
     CheckpointError,
@@ -297,7 +297,7 @@ def _add_launch_options(p) -> None:
 
 
 def _run_train(args) -> int:
-    from pyro_vae.train import read_config, train
+    from pyro_vae.training.train import read_config, train
 
     file_values = load_toml(args.config) if args.config else {}
     flags = {name: getattr(args, name, None) for name in FIELDS}
@@ -378,7 +378,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from pyro_vae.evaluate import evaluate
+    from pyro_vae.analysis.evaluate import evaluate
 
     summary = evaluate(
         args.run_dir,
@@ -451,7 +451,7 @@ def _add_convergence(subparsers) -> None:
 
 
 def _run_convergence(args) -> int:
-    from pyro_vae.convergence import convergence_study, format_table
+    from pyro_vae.analysis.convergence import convergence_study, format_table
 
     summary = convergence_study(
         args.run_dir,
@@ -501,7 +501,7 @@ def _add_gradvar(subparsers) -> None:
 
 
 def _run_gradvar(args) -> int:
-    from pyro_vae.gradvar import format_table, gradient_variance, without_groups
+    from pyro_vae.analysis.gradvar import format_table, gradient_variance, without_groups
 
     result = gradient_variance(
         args.run_dir,
@@ -553,7 +553,7 @@ def _add_diagnose(subparsers) -> None:
 
 
 def _run_diagnose(args) -> int:
-    from pyro_vae.diagnose import diagnose, format_summary
+    from pyro_vae.analysis.diagnose import diagnose, format_summary
 
     summary = diagnose(
         args.run_dir,
@@ -596,7 +596,7 @@ def _add_sample(subparsers) -> None:
 
 
 def _run_sample(args) -> int:
-    from pyro_vae.plots import sample_figure
+    from pyro_vae.analysis.sampling import sample_figure
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
@@ -635,7 +635,7 @@ def _add_latents(subparsers) -> None:
 
 
 def _run_latents(args) -> int:
-    from pyro_vae.latents import latent_map
+    from pyro_vae.analysis.latents import latent_map
 
     options = _run_options(args)
     options.pop("progress", None)
@@ -704,7 +704,7 @@ def _sigterm(signum, frame):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-vae`` console script. A rank of a distributed run leaves
-    with ``os._exit`` once its output is flushed (:func:`pyro_vae.distributed.exit_now`)."""
+    with ``os._exit`` once its output is flushed (:func:`pyro_vae.infer.distributed.exit_now`)."""
     code = _main(argv)
     if world().distributed:
         exit_now(code)

@@ -14,13 +14,12 @@ from pyro.optim import Adam
 from torch import nn
 
 import pyro_vae
-from pyro_vae.config import ConfigError, TrainConfig
-from pyro_vae.latents import LatentMap, latent_map, latents, project
+from pyro_vae.analysis.latents import LatentMap, latent_map, latents, project
+from pyro_vae.analysis.sampling import Samples, prior_samples, sample, sample_figure
 from pyro_vae.pairs import check_pair
-from pyro_vae.plots import sample_figure
-from pyro_vae.reopen import load_run
-from pyro_vae.sampling import Samples, prior_samples, sample
-from pyro_vae.train import train
+from pyro_vae.runs.config import ConfigError, TrainConfig
+from pyro_vae.runs.reopen import load_run
+from pyro_vae.training.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

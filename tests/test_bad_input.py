@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pyro_vae import cli, files
-from pyro_vae.config import FIELD_TYPES, ConfigError, TrainConfig, load_toml, resolve
+from pyro_vae.runs.config import FIELD_TYPES, ConfigError, TrainConfig, load_toml, resolve
 
 TINY = ["--epochs", "1", "--train-limit", "100", "--device", "cpu",
         "--pair-kwargs", '{"hidden": [16], "z_dim": 2}']  # fmt: skip
@@ -179,7 +179,7 @@ def test_sample_out_a_folder_or_under_a_file(run_cli, tmp_path):
 
 
 def test_prepare_run_dir_makes_the_folder_and_leaves_nothing_in_it(tmp_path):
-    from pyro_vae.train import prepare_run_dir
+    from pyro_vae.training.train import prepare_run_dir
 
     run_dir = prepare_run_dir(tmp_path / "a" / "b")
     assert run_dir.is_dir() and list(run_dir.iterdir()) == []
@@ -305,7 +305,7 @@ def test_sample_takes_checkpoint_like_the_other_commands(run_cli, digits_run, mo
         seen.update(options)
         return out
 
-    monkeypatch.setattr("pyro_vae.plots.sample_figure", sample_figure)
+    monkeypatch.setattr("pyro_vae.analysis.sampling.sample_figure", sample_figure)
     monkeypatch.setattr("pyro_vae.cli.signal.signal", lambda *args: None)  # pytest's SIGTERM
     out = digits_run.parent / "s.png"
     assert cli.main(["sample", str(digits_run), "--out", str(out), "--checkpoint",
@@ -518,7 +518,7 @@ def _catalogue_files(root: Path, run: Path, run_cli) -> dict[str, str]:
 def test_catalogue_of_bad_inputs_every_one_a_message(run_cli, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from pyro_vae.runs import run_lock
+    from pyro_vae.runs.lock import run_lock
 
     run = tmp_path / "run"
     run_cli("train", "--out", run, *TINY[:-2], "--pair-kwargs", '{"hidden": [16], "z_dim": 2}',

@@ -165,7 +165,7 @@ def test_evaluate_on_a_folder_that_is_not_a_run(run_cli, tmp_path):
 
 def test_list_names_every_registry_entry(run_cli, tmp_path):
     from pyro_vae.data import DATASETS
-    from pyro_vae.objectives import OBJECTIVES
+    from pyro_vae.infer.objectives import OBJECTIVES
     from pyro_vae.pairs import PAIRS
 
     out = run_cli("list", cwd=tmp_path).stdout

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae.compiled import (
+from pyro_vae.infer.compiled import (
     TRACEABLE_OBJECTIVES,
     CompiledSVI,
     UntraceableError,
@@ -24,9 +24,9 @@ from pyro_vae.compiled import (
     traced_loss,
     untraceable_reason,
 )
-from pyro_vae.config import TrainConfig
-from pyro_vae.handlers import TrainingScales
-from pyro_vae.train import train
+from pyro_vae.infer.handlers import TrainingScales
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.training.train import train
 
 PAIRS_DIR = Path(__file__).parent / "pairs"
 
@@ -297,7 +297,7 @@ def test_compile_on_an_untraceable_run_trains_eagerly_or_stops_strictly(run_cli,
 
 def test_evaluate_compile_gives_the_eager_numbers(tmp_path, capsys):
     from pyro_vae import cli
-    from pyro_vae.evaluate import evaluate
+    from pyro_vae.analysis.evaluate import evaluate
 
     run_dir = tmp_path / "run"
     train(TrainConfig(epochs=1, out=str(run_dir), **SMALL), progress=False)
@@ -314,7 +314,7 @@ def test_evaluate_compile_gives_the_eager_numbers(tmp_path, capsys):
     assert cli.main(["evaluate", str(run_dir), "--num-samples", "5", "--limit", "10",
                      "--compile", "--json"]) == 0  # fmt: skip
 
-    from pyro_vae.convergence import convergence_study
+    from pyro_vae.analysis.convergence import convergence_study
 
     studies = [
         convergence_study(run_dir, ks=[4], estimators=["is", "prior"], num_points=3, repeats=2,
@@ -328,7 +328,7 @@ def test_evaluate_compile_gives_the_eager_numbers(tmp_path, capsys):
 def test_pair_loss_is_a_module_that_torch_optim_steps_as_svi_does():
     """PairLoss(pair) with one torch.optim.Adam over its parameters takes the steps SVI takes
     with Pyro's per-parameter Adam (Adam is elementwise): the same parameters after five."""
-    from pyro_vae.compiled import PairLoss
+    from pyro_vae.infer.compiled import PairLoss
 
     x = _data()
     results = []

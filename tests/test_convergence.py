@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from pyro_vae.config import ConfigError, TrainConfig
-from pyro_vae.convergence import CONVERGENCE_COLUMNS, convergence_study, format_table
-from pyro_vae.estimators import EstimatorError
-from pyro_vae.evaluate import evaluate
-from pyro_vae.train import train
+from pyro_vae.analysis.convergence import CONVERGENCE_COLUMNS, convergence_study, format_table
+from pyro_vae.analysis.evaluate import evaluate
+from pyro_vae.infer.estimators import EstimatorError
+from pyro_vae.runs.config import ConfigError, TrainConfig
+from pyro_vae.training.train import train
 
 
 def tiny_run(out, **overrides):
@@ -123,8 +123,8 @@ def test_reference_is_the_exact_log_px_for_the_linear_gaussian_pair(tmp_path):
 
 
 def test_convergence_of_a_pair_in_memory_equals_its_run_directory(digits_run, tmp_path):
-    from pyro_vae.convergence import Convergence, convergence
-    from pyro_vae.reopen import load_run
+    from pyro_vae.analysis.convergence import Convergence, convergence
+    from pyro_vae.runs.reopen import load_run
 
     settings = dict(ks=(1, 5), num_points=4, repeats=2, seed=3, progress=False)
     from_dir = convergence(digits_run, save=False, **settings)
@@ -171,7 +171,7 @@ def test_convergence_of_a_linear_gaussian_pair_trained_by_svi_has_the_exact_refe
     from pyro.optim import Adam
 
     import pyro_vae
-    from pyro_vae.convergence import convergence, exact_log_marginal
+    from pyro_vae.analysis.convergence import convergence, exact_log_marginal
 
     x = pyro_vae.load_dataset("digits").test[:100]
     pair = pyro_vae.build_pair((1, 8, 8), "linear-gaussian", {"z_dim": 2})

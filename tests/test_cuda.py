@@ -2,9 +2,9 @@
 
 import pytest
 
-from pyro_vae.config import TrainConfig
-from pyro_vae.evaluate import evaluate
-from pyro_vae.train import load_checkpoint, train
+from pyro_vae.analysis.evaluate import evaluate
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.training.train import load_checkpoint, train
 
 pytestmark = pytest.mark.cuda
 
@@ -37,8 +37,8 @@ def test_score_function_training_with_a_neural_baseline_on_cuda(tmp_path):
 
 
 def test_gradvar_and_diagnose_on_cuda(tmp_path):
-    from pyro_vae.diagnose import diagnose
-    from pyro_vae.gradvar import gradient_variance
+    from pyro_vae.analysis.diagnose import diagnose
+    from pyro_vae.analysis.gradvar import gradient_variance
 
     config = TrainConfig(dataset="digits", pair="mlp", pair_kwargs={"hidden": [16], "z_dim": 3},
                          epochs=1, batch_size=50, train_limit=200, device="cuda",

@@ -18,8 +18,7 @@ import torch
 from torch.distributions import constraints, transform_to
 
 from pyro_vae import TrainConfig, train
-from pyro_vae.cli import main
-from pyro_vae.diagnose import (
+from pyro_vae.analysis.diagnose import (
     DiagnoseError,
     PosteriorDiagnosis,
     diagnose,
@@ -28,10 +27,11 @@ from pyro_vae.diagnose import (
     psis_khat,
     select_indices,
 )
+from pyro_vae.cli import main
 from pyro_vae.guides import LinearGaussianEncoder
 from pyro_vae.models import LinearGaussianDecoder
 from pyro_vae.pairs import VAE
-from pyro_vae.reopen import load_run
+from pyro_vae.runs.reopen import load_run
 
 X_DIM, Z_DIM, NOISE = 5, 2, 1.0
 DIGITS_TEST_SIZE = 300
@@ -493,7 +493,7 @@ def test_a_users_pair_trained_by_plain_svi_is_diagnosed_without_a_run_directory(
     import arviz as az
 
     from pyro_vae import load_dataset
-    from pyro_vae.config import ConfigError
+    from pyro_vae.runs.config import ConfigError
 
     digits = load_dataset("digits").test[:40]
     x = torch.bernoulli(digits, generator=torch.Generator().manual_seed(0))

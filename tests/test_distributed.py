@@ -17,8 +17,8 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.checkpoints import load_checkpoint
-from pyro_vae.distributed import rank_seed, shard_rows, worker_argv
+from pyro_vae.infer.distributed import rank_seed, shard_rows, worker_argv
+from pyro_vae.runs.checkpoints import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 TINY = ["--dataset", "digits", "--pair", "mlp", "--pair-kwargs", '{"hidden": [16], "z_dim": 3}',

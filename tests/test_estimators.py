@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import constraints, transform_to
 
-from pyro_vae.estimators import (
+from pyro_vae.infer.estimators import (
     ESTIMATORS,
     EstimatorError,
     elbo_estimate,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.faults import parse_fault
+from pyro_vae.runs.faults import parse_fault
 
 EPOCHS, STEPS_PER_EPOCH = 5, 4
 TRAIN = [

@@ -16,18 +16,18 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae.compiled import traced_loss
-from pyro_vae.config import TrainConfig
-from pyro_vae.diagnose import FLOW_FAMILY, GAUSSIAN_FAMILY, diagnose, diagnose_pair
-from pyro_vae.evaluate import evaluate
-from pyro_vae.gradvar import gradient_variance
+from pyro_vae.analysis.diagnose import FLOW_FAMILY, GAUSSIAN_FAMILY, diagnose, diagnose_pair
+from pyro_vae.analysis.evaluate import evaluate
+from pyro_vae.analysis.gradvar import gradient_variance
+from pyro_vae.analysis.sampling import sample_figure
 from pyro_vae.guides.flows import ConditionalFlow, PerPointFlowGuide
 from pyro_vae.guides.mlp import GaussianMLPEncoder
+from pyro_vae.infer.compiled import traced_loss
 from pyro_vae.models.linear_gaussian import LinearGaussianDecoder
 from pyro_vae.models.priors import MixtureOfGaussiansPrior, VampPrior
 from pyro_vae.pairs import PairError, build_pair, check_pair
-from pyro_vae.plots import sample_figure
-from pyro_vae.train import train
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.training.train import train
 
 PAIRS_DIR = Path(__file__).parent / "pairs"
 
@@ -367,7 +367,7 @@ def test_every_bad_setting_names_what_to_do(pair, kwargs, words):
     ],
 )  # fmt: skip
 def test_traced_loss_of_flow_and_prior_pairs_is_pyros_elbo(pair_name, kwargs):
-    """What --compile traces (pyro_vae.compiled.traced_loss) equals Pyro's Trace_ELBO on the
+    """What --compile traces (pyro_vae.infer.compiled.traced_loss) equals Pyro's Trace_ELBO on the
     same draws, in value and gradients, for each flow and prior on the built-in pairs."""
     torch.manual_seed(6)
     pyro.clear_param_store()
@@ -397,7 +397,7 @@ def test_score_function_estimators_on_flow_guides(flow_vamp_run, tmp_path):
     """An IAF inverts, so the score function runs on it (log q at a draw held fixed); a
     planar flow does not: gradvar skips its score-function rows with a note, refuses a list
     of only those, and training it by the score function stops with the reason."""
-    from pyro_vae.config import ConfigError
+    from pyro_vae.runs.config import ConfigError
 
     both = gradient_variance(flow_vamp_run, estimators=["reparam", "score"], num_draws=4,
                              batch_size=10, save=False, progress=False)  # fmt: skip

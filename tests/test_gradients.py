@@ -11,9 +11,15 @@ import torch
 from pyro import poutine
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from pyro_vae.config import ConfigError, TrainConfig, dumps_toml
-from pyro_vae.evaluate import evaluate
-from pyro_vae.gradients import (
+from pyro_vae.analysis.evaluate import evaluate
+from pyro_vae.analysis.gradvar import (
+    gradient_draws,
+    gradient_statistics,
+    pair_parameters,
+    warm_up_baseline,
+)
+from pyro_vae.guides import LinearGaussianEncoder
+from pyro_vae.infer.gradients import (
     AVG_BASELINE_PREFIX,
     BASELINES,
     GRADIENT_ESTIMATORS,
@@ -25,11 +31,10 @@ from pyro_vae.gradients import (
     score_function,
     with_baseline,
 )
-from pyro_vae.gradvar import gradient_draws, gradient_statistics, pair_parameters, warm_up_baseline
-from pyro_vae.guides import LinearGaussianEncoder
 from pyro_vae.models import LinearGaussianDecoder
 from pyro_vae.pairs import VAE
-from pyro_vae.train import load_checkpoint, read_config, train
+from pyro_vae.runs.config import ConfigError, TrainConfig, dumps_toml
+from pyro_vae.training.train import load_checkpoint, read_config, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -14,9 +14,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 
 import pyro_vae
-from pyro_vae.config import ConfigError, TrainConfig
-from pyro_vae.gradients import GRADIENT_ESTIMATORS
-from pyro_vae.gradvar import (
+from pyro_vae.analysis.gradvar import (
     DEFAULT_BASELINE_LR,
     GradientVariance,
     format_table,
@@ -25,8 +23,10 @@ from pyro_vae.gradvar import (
     gradient_variance,
     pair_parameters,
 )
-from pyro_vae.reopen import load_run
-from pyro_vae.train import train
+from pyro_vae.infer.gradients import GRADIENT_ESTIMATORS
+from pyro_vae.runs.config import ConfigError, TrainConfig
+from pyro_vae.runs.reopen import load_run
+from pyro_vae.training.train import train
 
 
 def test_gradient_statistics_exact_answers():
@@ -419,7 +419,7 @@ def test_a_gradient_that_is_zero_on_every_draw_is_refused(binary_points, monkeyp
     assert "stale same-named entry" in str(refused.value)
     assert "pyro.module(name, network)" in str(refused.value)
     # the same wherever the zeros come from: draws that never see a gradient
-    import pyro_vae.gradvar as gradvar
+    import pyro_vae.analysis.gradvar as gradvar
 
     monkeypatch.setattr(gradvar, "gradient_draws", lambda *args, **kwargs: torch.zeros(5, 3))
     with pytest.raises(ConfigError, match="estimator reparam: the gradient w.r.t. every one"):

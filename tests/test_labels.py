@@ -13,9 +13,10 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_vae.config import TrainConfig
-from pyro_vae.estimators import log_importance_weights
-from pyro_vae.labels import (
+from pyro_vae.infer.estimators import log_importance_weights
+from pyro_vae.infer.objectives import enumerated_guide, make_objective
+from pyro_vae.pairs import PairError, check_pair
+from pyro_vae.pairs.labels import (
     EpochPlan,
     LabelError,
     cluster_accuracy,
@@ -25,9 +26,8 @@ from pyro_vae.labels import (
     select_labelled,
     with_labels,
 )
-from pyro_vae.objectives import enumerated_guide, make_objective
-from pyro_vae.pairs import PairError, check_pair
-from pyro_vae.train import train
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.training.train import train
 
 PAIRS_DIR = Path(__file__).parent / "pairs"
 
@@ -383,7 +383,7 @@ def test_m2_semi_supervised_trains_evaluates_samples_and_maps(capsys, monkeypatc
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_labelled"] == 50 and summary["label_site"] == "y"
     # the accuracy is that of argmax q(y|x) on the test split, recomputed here
-    from pyro_vae.evaluate import restore_run
+    from pyro_vae.analysis.evaluate import restore_run
     from pyro_vae.pairs import evaluation_mode
 
     restored = restore_run(run)
@@ -404,12 +404,12 @@ def test_m2_semi_supervised_trains_evaluates_samples_and_maps(capsys, monkeypatc
 def test_cvae_and_gmvae_train_and_their_samples_render(run_cli, tmp_path):
     from PIL import Image
 
-    from pyro_vae.config import ConfigError
-    from pyro_vae.convergence import convergence_study
-    from pyro_vae.diagnose import diagnose
-    from pyro_vae.evaluate import evaluate, restore_run
-    from pyro_vae.gradvar import gradient_variance
-    from pyro_vae.plots import sample_figure
+    from pyro_vae.analysis.convergence import convergence_study
+    from pyro_vae.analysis.diagnose import diagnose
+    from pyro_vae.analysis.evaluate import evaluate, restore_run
+    from pyro_vae.analysis.gradvar import gradient_variance
+    from pyro_vae.analysis.sampling import sample_figure
+    from pyro_vae.runs.config import ConfigError
 
     small = dict(dataset="digits", device="cpu", batch_size=50, train_limit=300, epochs=2)
     cvae = tmp_path / "cvae"

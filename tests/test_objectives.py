@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.objectives import OBJECTIVES, ObjectiveError, make_objective
+from pyro_vae.infer.objectives import OBJECTIVES, ObjectiveError, make_objective
 from pyro_vae.pairs import PAIRS
 
 

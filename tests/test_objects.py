@@ -12,9 +12,9 @@ from pyro.optim import Adam
 from torch import nn
 
 import pyro_vae
-from pyro_vae.config import ConfigError
 from pyro_vae.data import load_dataset
 from pyro_vae.pairs import PairError, build_pair
+from pyro_vae.runs.config import ConfigError
 
 
 class TutorialVAE(nn.Module):

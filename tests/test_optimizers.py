@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from pyro_vae import cli
-from pyro_vae.config import ConfigError, TrainConfig
 from pyro_vae.data import DataError, load_dataset
-from pyro_vae.optimizers import IWAE_EPOCHS, OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer
-from pyro_vae.train import train
+from pyro_vae.infer.optimizers import IWAE_EPOCHS, OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer
+from pyro_vae.runs.config import ConfigError, TrainConfig
+from pyro_vae.training.train import train
 
 TINY = dict(dataset="digits", pair="mlp", pair_kwargs={"hidden": [16], "z_dim": 3},
             batch_size=100, train_limit=300, seed=0, device="cpu")  # fmt: skip
@@ -137,7 +137,7 @@ def test_the_iwae_schedule_sets_the_epochs_unless_given(monkeypatch, tmp_path):
         raise SystemExit(0)
 
     # pyro_vae.train is also the name of the function the package exports: patch the module's
-    monkeypatch.setattr(sys.modules["pyro_vae.train"], "train", fake_train)
+    monkeypatch.setattr(sys.modules["pyro_vae.training.train"], "train", fake_train)
     for extra, epochs in (([], IWAE_EPOCHS), (["--epochs", "7"], 7)):
         with pytest.raises(SystemExit):
             cli.main(["train", "--lr-schedule", "iwae", "--out", str(tmp_path / "r"), *extra])
@@ -218,7 +218,7 @@ def test_a_step_moves_only_the_parameters_it_is_given():
 
 
 def test_rates_group_the_tensors_and_the_schedule_scales_each_group():
-    from pyro_vae.optimizers import EpochScheduler
+    from pyro_vae.infer.optimizers import EpochScheduler
 
     config = _config(lr=0.01, lr_schedule="step", lr_gamma=0.5, lr_step_size=1)
     tensors = _params_with_grads((2,), (2,), (2,))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import pyro_vae
-from pyro_vae.config import load_toml
 from pyro_vae.pairs import PairError, build_pair, load_object, record_pair
+from pyro_vae.runs.config import load_toml
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 DIGITS_SHAPE = (1, 8, 8)
@@ -84,7 +84,7 @@ def test_package_and_library_classes_keep_their_module_names(user_module):
     assert record_pair(module.MyVAE()).spec == "my_package.vae:MyVAE"  # relative imports
     assert record_pair(module.Base()).spec == "my_package:MyVAE"  # a package's __init__.py
     assert record_pair(fractions.Fraction(1, 2)).spec == "fractions:Fraction"  # standard library
-    assert record_pair(pyro_vae.VAE(None, None)).spec == "pyro_vae.pairs:VAE"
+    assert record_pair(pyro_vae.VAE(None, None)).spec == f"{pyro_vae.VAE.__module__}:VAE"
 
 
 COUNTED = """\

@@ -7,8 +7,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.labels import label_arguments
 from pyro_vae.pairs import PAIRS, FunctionPair, PairError, build_pair, check_pair
+from pyro_vae.pairs.labels import label_arguments
 
 IMAGE_SHAPES = {"conv": [(1, 8, 8), (1, 28, 20)]}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.runs import LOCK, RunInUseError, remove_stale_temporaries, run_lock
+from pyro_vae.runs.lock import LOCK, RunInUseError, remove_stale_temporaries, run_lock
 
 TRAIN = [
     "train", "--dataset", "digits", "--pair", "mlp", "--pair-kwargs", '{"hidden": [8], "z_dim": 2}',

@@ -14,7 +14,9 @@ import pytest
 import torch
 from torch.distributions import biject_to, transform_to
 
-from pyro_vae.checkpoints import (
+from pyro_vae.analysis.evaluate import evaluate
+from pyro_vae.pairs import PAIRS, PairError, build_pair
+from pyro_vae.runs.checkpoints import (
     CONSTRAINTS,
     CheckpointError,
     decode_constraint,
@@ -25,10 +27,8 @@ from pyro_vae.checkpoints import (
     set_rng_state,
     upgrade_checkpoint,
 )
-from pyro_vae.config import TrainConfig, dumps_toml, load_toml
-from pyro_vae.evaluate import evaluate
-from pyro_vae.pairs import PAIRS, PairError, build_pair
-from pyro_vae.train import train
+from pyro_vae.runs.config import TrainConfig, dumps_toml, load_toml
+from pyro_vae.training.train import train
 
 constraints = pyro.distributions.constraints
 PAIRS_DIR = Path(__file__).resolve().parent / "pairs"
@@ -155,7 +155,7 @@ def test_an_old_format_checkpoint_is_refused_with_how_to_convert_it(run_dir, tmp
     assert "never unpickles arbitrary objects" in message
     assert "If you trust the file (you wrote it yourself), convert it once" in message
     one_liner = (
-        'python -c "from pyro_vae.checkpoints import upgrade_checkpoint; '
+        'python -c "from pyro_vae.runs.checkpoints import upgrade_checkpoint; '
         f'upgrade_checkpoint({str(path)!r})"'
     )
     assert one_liner in message

@@ -12,13 +12,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.config import TrainConfig
-from pyro_vae.convergence import convergence_study
+from pyro_vae.analysis.convergence import convergence_study
+from pyro_vae.analysis.evaluate import evaluate
 from pyro_vae.distributions import StraightThroughBernoulli
-from pyro_vae.estimators import elbo_estimate, estimate_log_px, log_importance_weights
-from pyro_vae.evaluate import evaluate
+from pyro_vae.infer.estimators import elbo_estimate, estimate_log_px, log_importance_weights
 from pyro_vae.pairs import PAIRS, build_pair, check_pair
-from pyro_vae.train import train
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.training.train import train
 
 SBN_PAIRS = ("sbn", "sbn-nonlinear", "sbn-st")
 

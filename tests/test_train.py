@@ -9,9 +9,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.config import ConfigError, TrainConfig, dumps_toml, load_toml, resolve
 from pyro_vae.pairs import PAIRS
-from pyro_vae.train import TrainingError, load_checkpoint, read_config, train
+from pyro_vae.runs.config import ConfigError, TrainConfig, dumps_toml, load_toml, resolve
+from pyro_vae.training.train import TrainingError, load_checkpoint, read_config, train
 
 
 def small_config(tmp_path, **overrides) -> TrainConfig:
@@ -267,7 +267,7 @@ def test_a_parameter_turned_infinite_is_never_checkpointed(
 ):
     """An optimizer step that leaves an infinite parameter behind a finite loss (a huge
     gradient) stops the run before the next checkpoint, which keeps the good state."""
-    training = importlib.import_module("pyro_vae.train")  # the module, not pyro_vae.train()
+    training = importlib.import_module("pyro_vae.training.train")
 
     real_step, steps = training._svi_step, []
 
@@ -296,7 +296,7 @@ def test_a_parameter_turned_infinite_is_never_checkpointed(
 def test_divergence_that_shows_first_in_the_validation_is_the_same_message(tmp_path, monkeypatch):
     """The last step of epoch 2 leaves the likelihood scale negative (finite): the epoch's
     validation is where Pyro's argument validation refuses it."""
-    training = importlib.import_module("pyro_vae.train")
+    training = importlib.import_module("pyro_vae.training.train")
     real_step, steps, pair = training._svi_step, [], NegativeScalePair()
 
     def step_then_turn_negative(svi, x, the_pair, *args):

@@ -17,16 +17,15 @@ import torch
 from pyro import poutine
 
 import pyro_vae
-from pyro_vae.config import TrainConfig
-from pyro_vae.diagnose import diagnose
-from pyro_vae.estimators import (
+from pyro_vae.analysis.diagnose import diagnose
+from pyro_vae.analysis.evaluate import evaluate
+from pyro_vae.infer.estimators import (
     estimate_log_px,
     evaluation_view,
     log_importance_weights,
     low_ess_warnings,
 )
-from pyro_vae.evaluate import evaluate
-from pyro_vae.handlers import TrainingScales, kl_weight
+from pyro_vae.infer.handlers import TrainingScales, kl_weight
 from pyro_vae.pairs import (
     INPUT_SIZE_NAMES,
     PairError,
@@ -36,7 +35,8 @@ from pyro_vae.pairs import (
     input_arguments,
     record_pair,
 )
-from pyro_vae.train import load_checkpoint, train
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.training.train import load_checkpoint, train
 
 PAIRS_DIR = Path(__file__).resolve().parent / "pairs"
 DIGITS_SHAPE = (1, 8, 8)
@@ -560,8 +560,8 @@ def test_a_sibling_importing_pair_file_is_reopened_by_the_command_line(run_cli, 
 
 
 def test_gradvar_and_convergence_of_the_beta_pair_equal_its_twins(tmp_path):
-    from pyro_vae.convergence import convergence_study
-    from pyro_vae.gradvar import gradient_variance
+    from pyro_vae.analysis.convergence import convergence_study
+    from pyro_vae.analysis.gradvar import gradient_variance
 
     result = train(small_config(tmp_path, spec("beta_vae.py:BetaVAE"), epochs=1))
     outputs = {}
@@ -580,7 +580,7 @@ def test_gradvar_and_convergence_of_the_beta_pair_equal_its_twins(tmp_path):
 
 
 def test_prior_samples_of_a_bayesian_decoder_keep_the_global_weights_fixed():
-    from pyro_vae.plots import prior_samples
+    from pyro_vae.analysis.sampling import prior_samples
 
     pair = build("bayesian_decoder.py:BayesianDecoderVAE")
     x = digits_batch(6)
@@ -608,8 +608,8 @@ def test_beta_and_kl_warmup_from_the_command_line(run_cli, tmp_path):
 
 
 def test_pixel_scale_choices_of_the_config_are_those_of_the_data_module():
-    from pyro_vae.config import PIXEL_SCALE_CHOICES
     from pyro_vae.data import PIXEL_SCALES
+    from pyro_vae.runs.config import PIXEL_SCALE_CHOICES
 
     assert PIXEL_SCALE_CHOICES == PIXEL_SCALES
     assert TrainConfig(pixel_scale=255).validate().pixel_scale == "255"  # a TOML number

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py under torchrun (2 ranks, gloo): one step's gradients.
 
 Each rank computes the ELBO gradient of its half of a fixed global batch of 8 points, with
-its own random stream (pyro_vae.distributed.rank_seed), two ways:
+its own random stream (pyro_vae.infer.distributed.rank_seed), two ways:
 
 - pyro_vae's: Pyro's Trace_ELBO, then World.sum_gradients (what RunOptimizer does before
   each step of a distributed run);
@@ -16,8 +16,8 @@ import pyro
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pyro_vae.compiled import PairLoss
-from pyro_vae.distributed import current_world, rank_seed
+from pyro_vae.infer.compiled import PairLoss
+from pyro_vae.infer.distributed import current_world, rank_seed
 from pyro_vae.pairs import build_pair
 
 SEED = 0

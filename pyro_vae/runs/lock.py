@@ -55,7 +55,7 @@ STALE_AFTER_S = 600.0
 
 def remove_stale_temporaries(run_dir: Path, own: tuple[str, ...] = ()) -> list[Path]:
     """Delete the temporary files that killed writes left behind (``.NAME.*.tmp``, see
-    :func:`pyro_vae.files.atomic_write_bytes`); call it while holding :func:`run_lock`.
+    :func:`pyro_vae.runs.files.atomic_write_bytes`); call it while holding :func:`run_lock`.
 
     Those of the files named in ``own`` (the trainer's, which only the lock holder writes)
     go at once; any other only when older than :data:`STALE_AFTER_S`, since a command that

@@ -1,7 +1,7 @@
 """What an analysis runs on: a pair and the points to look at, from what a user holds.
 
 Every analysis takes a *source*: a pair (any object with ``model`` and ``guide``), a model
-with ``guide=``, a ``(model, guide)`` tuple, a reopened :class:`~pyro_vae.reopen.Run`, or the
+with ``guide=``, a ``(model, guide)`` tuple, a reopened :class:`~pyro_vae.runs.reopen.Run`, or the
 path of a run directory. :func:`subject` turns it into a :class:`Subject`: the pair, its
 :class:`~pyro_vae.pairs.PairInfo`, the data ``x`` and its labels, and where they came from
 (the JSON keys ``split``, ``checkpoint``, ``epoch``, ``dataset``, ``device``). A pair held
@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from pyro_vae.checkpoints import BEST
-from pyro_vae.config import ConfigError
 from pyro_vae.pairs import FunctionPair, PairError, PairInfo, check_pair
-from pyro_vae.reopen import Run, load_run, restored_split
+from pyro_vae.runs.checkpoints import BEST
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.runs.reopen import Run, load_run, restored_split
 
 #: How many points of ``x`` the pair's check traces.
 CHECK_POINTS = 16
@@ -118,7 +118,7 @@ def subject(
     """The pair and points an analysis runs on (see the module docstring).
 
     For a run (a :class:`Run` or a path; ``checkpoint``, ``device``, ``data_dir`` and
-    ``pair`` say how to reopen a path, as for :func:`~pyro_vae.reopen.load_run`), ``x``
+    ``pair`` say how to reopen a path, as for :func:`~pyro_vae.runs.reopen.load_run`), ``x``
     defaults to the run's split ``split`` with its labels. For a pair, ``x`` is required;
     ``labels`` are class indices (N,) or one-hot rows (N, C), passed to a pair whose programs
     take labels as given."""

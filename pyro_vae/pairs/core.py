@@ -41,7 +41,6 @@ from pyro_vae.guides import (
     TwoLayerGaussianEncoder,
 )
 from pyro_vae.guides.flows import DEFAULT_STEPS, FLOWS
-from pyro_vae.labels import LabelError, find_label_site, label_arguments, program_args
 from pyro_vae.models import (
     BernoulliMLPDecoder,
     ConditionalDecoder,
@@ -54,6 +53,7 @@ from pyro_vae.models import (
     TwoLayerBernoulliDecoder,
 )
 from pyro_vae.models.priors import PRIORS, learned_prior
+from pyro_vae.pairs.labels import LabelError, find_label_site, label_arguments, program_args
 
 
 class PairError(ValueError):

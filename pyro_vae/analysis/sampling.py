@@ -2,7 +2,7 @@
 samples E[x|z] with z ~ p(z), one row per class for a pair conditioned on labels.
 
 :func:`sample` returns the rows as tensors (a :class:`Samples`); ``Samples.plot`` draws them
-as one grid (:func:`pyro_vae.plots.image_grid`), as ``pyro-vae sample`` does.
+as one grid (:func:`pyro_vae.analysis.plots.image_grid`), as ``pyro-vae sample`` does.
 
 References:
     Kingma & Welling (2014), Auto-Encoding Variational Bayes.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,19 @@ import pyro
 import torch
 from pyro import poutine
 
-from pyro_vae.checkpoints import BEST
-from pyro_vae.config import ConfigError
-from pyro_vae.estimators import evaluation_view
-from pyro_vae.labels import (
+from pyro_vae.analysis.results import Result, figure_path
+from pyro_vae.analysis.subjects import Subject, as_pair, is_run_source, subject
+from pyro_vae.infer.estimators import evaluation_view
+from pyro_vae.pairs import PairError, data_plate_dim, evaluation_mode, pair_modules
+from pyro_vae.pairs.labels import (
     LABEL_ENCODINGS,
     LabelError,
     encode_labels,
     label_arguments,
     program_args,
 )
-from pyro_vae.pairs import PairError, data_plate_dim, evaluation_mode, pair_modules
-from pyro_vae.results import Result, figure_path
-from pyro_vae.subjects import Subject, as_pair, is_run_source, subject
+from pyro_vae.runs.checkpoints import BEST, CHECKPOINT
+from pyro_vae.runs.config import ConfigError
 
 
 def _observed_means(trace, observed_sites: tuple[str, ...], num_points: int,
@@ -163,7 +164,7 @@ class Samples(Result):
     def plot(self, path: str | os.PathLike) -> Path:
         """Draw the rows as one grid of images (``samples.png`` in a folder ``path``, or the
         file ``path``); return the path written."""
-        from pyro_vae.plots import image_grid  # matplotlib only when drawing
+        from pyro_vae.analysis.plots import image_grid  # matplotlib only when drawing
 
         if self.image_shape is None:
             size = self.rows[0][1].shape[1] if self.rows else "?"
@@ -201,7 +202,7 @@ def sample(
     reconstruction: E[x|z], z ~ q(z|x);   prior sample: E[x|z], z ~ p(z) (or p(z|y))
 
     ``source`` is what you hold: a pair (an object with ``model`` and ``guide``; a model with
-    ``guide=``; a ``(model, guide)`` tuple), or a :class:`~pyro_vae.reopen.Run` or a run
+    ``guide=``; a ``(model, guide)`` tuple), or a :class:`~pyro_vae.runs.reopen.Run` or a run
     directory's path, whose split ``split`` gives the data rows when ``x`` is None
     (``checkpoint``, ``device``, ``data_dir`` and ``pair`` say how to reopen a path). For a
     pair, ``x`` gives the data and reconstruction rows; with ``x=None`` only samples are
@@ -361,5 +362,33 @@ def _pair_device(pair: Any) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-__all__ = ["Samples", "as_images", "prior_samples", "reconstructions", "sample",
+def sample_figure(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    num: int = 10,
+    split: str = "test",
+    seed: int = 0,
+    device: str | None = None,
+    checkpoint: str = CHECKPOINT,
+    label: int | None = None,
+) -> Path:
+    """Write a PNG grid: test points, their reconstructions, and samples from the prior
+    (:func:`sample` of the run, drawn by :func:`pyro_vae.analysis.plots.image_grid`).
+
+    A conditional pair (one whose programs take labels, with a data set that has them) gets
+    one row of samples per class instead, or only class ``label`` (``--label K``)."""
+    from pyro_vae.analysis.plots import image_grid  # matplotlib only when drawing
+
+    drawn = sample(run_dir, num=num, split=split, seed=seed, device=device,
+                   checkpoint=checkpoint, label=label)  # fmt: skip
+    for message in drawn["skipped"]:
+        print(f"pyro-vae sample: skipped {message}", file=sys.stderr)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(drawn.rows, drawn.image_shape, out)
+    return out
+
+
+__all__ = ["Samples", "as_images", "prior_samples", "reconstructions", "sample", "sample_figure",
            "sampled_classes"]  # fmt: skip

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pyro_vae.files import jsonable
+from pyro_vae.runs.files import jsonable
 
 
 class Result(dict):

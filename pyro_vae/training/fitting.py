@@ -2,7 +2,7 @@
 
 :func:`fit` trains a pair object in place on a named data set, a
 :class:`~pyro_vae.data.Dataset` or plain tensors, with the settings of
-:class:`~pyro_vae.config.TrainConfig` as keyword arguments. With ``out`` it writes today's run
+:class:`~pyro_vae.runs.config.TrainConfig` as keyword arguments. With ``out`` it writes today's run
 directory (checkpoints, lock, exact resume), so every command reopens it; with ``out=None``
 nothing is left on disk. Training with your own ``SVI.step`` loop is just as welcome: no
 analysis needs this function.
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_vae.config import FIELDS, ConfigError, TrainConfig
 from pyro_vae.data import SPLITS, Dataset
-from pyro_vae.train import RunResult, train
+from pyro_vae.runs.config import FIELDS, ConfigError, TrainConfig
+from pyro_vae.training.train import RunResult, train
 
 #: Where tensors given to :func:`fit` are kept in a run directory, so it reopens anywhere.
 DATA_FILE = "data.npz"
@@ -125,7 +125,7 @@ def fit(
     ``data``: a data set name (``pyro-vae list``) or an .npy/.npz path; a
     :class:`~pyro_vae.data.Dataset`; or a tensor of training points ``x`` (N, ...), with
     optional ``valid`` and ``test`` tensors and ``labels`` (class indices of ``x``, or a dict
-    with ``train``/``valid``/``test``). ``settings`` are :class:`~pyro_vae.config.TrainConfig`
+    with ``train``/``valid``/``test``). ``settings`` are :class:`~pyro_vae.runs.config.TrainConfig`
     fields (``epochs=``, ``lr=``, ``objective=``, ``batch_size=``, ...).
 
     ``out``: the run directory to write (checkpoints, ``metrics.csv``, ``config.toml``;
@@ -134,7 +134,7 @@ def fit(
     a temporary folder that is removed when training ends, and the trained pair is what you
     keep. ``on_epoch(row)`` gets each epoch's metrics, ``on_step(metrics)`` each step's.
 
-    Returns the :class:`~pyro_vae.train.RunResult` (``pair``, ``history``, ``config``, and
+    Returns the :class:`~pyro_vae.training.train.RunResult` (``pair``, ``history``, ``config``, and
     ``run_dir``, None without ``out``).
     """
     _check_settings(settings)

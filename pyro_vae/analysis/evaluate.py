@@ -1,0 +1,284 @@
+"""Evaluation of a trained run: importance-sampled log p(x) and the ELBO, per data point.
+
+Kingma & Welling's third job, efficient estimation of the marginal likelihood: for every data
+point, K draws z_k ~ q(z|x) from the trained guide give
+
+    log p(x) ~= log (1/K) sum_k exp(log p(x, z_k) - log q(z_k|x)),
+
+a lower bound in expectation that tightens as K grows (Burda et al. 2016); the ELBO is the
+mean of the same log weights, and ``gap = log_px - elbo`` measures how far the ELBO is from it.
+``estimator="prior"`` draws z_k from the prior p(z) instead (the naive Monte Carlo estimator,
+see :data:`pyro_vae.infer.estimators.ESTIMATORS`), for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae.analysis.results import Result
+from pyro_vae.analysis.subjects import Subject, is_run_source, subject
+from pyro_vae.infer.compiled import CompiledLogWeights
+from pyro_vae.infer.distributed import World, current_world, world
+from pyro_vae.infer.estimators import (
+    check_estimator,
+    estimate_log_px_in_batches,
+    evaluation_notes,
+    evaluation_view,
+    low_ess_warnings,
+)
+from pyro_vae.pairs import PairInfo, evaluation_mode
+from pyro_vae.pairs.labels import (
+    accuracy,
+    cluster_accuracy,
+    guide_class_probabilities,
+)
+from pyro_vae.runs.checkpoints import BEST
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.runs.files import atomic_write_bytes, json_bytes
+from pyro_vae.runs.reopen import RestoredRun, restore_run  # noqa: F401 -- importable from here as before
+
+#: Seed of the importance samples, so evaluating twice gives the same numbers.
+EVAL_SEED = 0
+
+
+def _classification(pair, info: PairInfo, x: torch.Tensor, classes, batch_size: int) -> dict:
+    """How well the guide classifies: ``accuracy`` of argmax q(y|x) at the label site (and
+    ``num_labelled``, the training labels), or for an unsupervised discrete site (a mixture
+    component) its ``cluster_accuracy`` against the labels (see
+    :func:`pyro_vae.pairs.labels.cluster_accuracy`). Empty without labels."""
+    if classes is None:
+        return {}
+    site = info.label_site
+    if site is None:
+        clusters = [name for name in info.enumerable_sites if name not in info.global_sites]
+        if len(clusters) != 1:
+            return {}
+        site = clusters[0]
+    probs = guide_class_probabilities(pair.guide, x, site, max(batch_size, 500))
+    if info.label_site is not None:
+        return {"accuracy": accuracy(probs, classes), "label_site": site}
+    result = cluster_accuracy(probs.argmax(-1).cpu().numpy(), classes.cpu().numpy())
+    return {**result, "cluster_site": site}
+
+
+def refuse_conditional_pair(restored: RestoredRun, command: str) -> None:
+    """A ConfigError for commands that call a pair's programs with ``x`` alone, on a run
+    whose pair needs labels on every call (a conditional pair, ``model(x, y)``)."""
+    if restored.info.needs_labels:
+        raise ConfigError(
+            "the run's pair needs labels on every call (its programs are "
+            f"model(x, y) and guide(x, y) with no default for y), and {command} calls them "
+            "with x alone; evaluate, convergence and gradvar take the labels (log p(x | y)), "
+            f"{command} does not yet"
+        )
+
+
+def evaluation_stem(split: str, estimator: str = "is") -> str:
+    """File name stem of saved evaluations: ``evaluation_<split>`` for importance sampling
+    with the guide, ``evaluation_<split>_<estimator>`` for the others."""
+    return f"evaluation_{split}" if estimator == "is" else f"evaluation_{split}_{estimator}"
+
+
+class Evaluation(Result):
+    """What :func:`evaluate` found: means over the points (the JSON keys ``log_px``,
+    ``elbo``, ``gap``, their standard errors, ``ess_mean``, ...) and, in ``per_point``, the
+    tensors ``log_px``, ``elbo`` and ``ess`` of every point."""
+
+    kind = "evaluation"
+
+    def __init__(self, summary: dict[str, Any], per_point: dict[str, torch.Tensor]):
+        super().__init__(summary)
+        self.per_point = per_point
+
+    def summary(self) -> str:
+        where = self.get("split") or "x"
+        lines = [
+            f"{where}: {self['num_points']} points, K={self['num_samples']}, "
+            f"estimator {self['estimator']}",
+            f"  log p(x) ~ {self['log_px']:.3f} +- {self['log_px_stderr']:.3f} nats",
+            f"  ELBO       {self['elbo']:.3f} +- {self['elbo_stderr']:.3f} nats",
+            f"  gap        {self['gap']:.3f} nats   (mean ESS {self['ess_mean']:.1f}, "
+            f"{self['seconds']:.1f}s)",
+        ]
+        if "accuracy" in self:
+            lines.append(f"  accuracy   {self['accuracy']:.4f} (argmax q(y|x))")
+        if "cluster_accuracy" in self:
+            lines.append(f"  cluster accuracy {self['cluster_accuracy']:.4f}")
+        if self.get("scaled_sites"):
+            lines.append(f"  unscaled densities at site(s) {', '.join(self['scaled_sites'])}")
+        if self.get("conditioned_on"):
+            lines.append(
+                "  log p(x_i | globals), global site(s) held at the guide's mean: "
+                + ", ".join(self["conditioned_on"]["sites"])
+            )
+        lines += [f"  warning: {warning}" for warning in self.get("warnings", [])]
+        return "\n".join(lines)
+
+
+def _check_arguments(estimator: str, num_samples: int, limit: int | None, batch_size: int):
+    check_estimator(estimator)
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+
+
+def evaluate(
+    source: Any,
+    x: torch.Tensor | None = None,
+    *,
+    labels: Any = None,
+    guide: Any = None,
+    num_samples: int = 1000,
+    estimator: str = "is",
+    batch_size: int = 100,
+    seed: int = EVAL_SEED,
+    limit: int | None = None,
+    split: str = "test",
+    checkpoint: str = BEST,
+    device: str | None = None,
+    data_dir: str | None = None,
+    pair: Any = None,
+    progress: bool | None = None,
+    save: bool | None = None,
+    compile: bool = False,
+) -> Evaluation:
+    """Estimate log p(x) by importance sampling, and the mean log weight, per data point.
+
+    log p(x) ~= log (1/K) sum_k p(x, z_k) / r(z_k|x),  z_k ~ r, with r the guide q(z|x)
+    (``estimator="is"``) or the prior p(z) (``"prior"``).
+
+    ``source`` is what you hold: a pair (an object with ``model`` and ``guide``; or a model
+    with ``guide=``, or a ``(model, guide)`` tuple) with its data ``x`` (and ``labels``, class
+    indices or one-hot rows, for accuracy or a pair that takes labels); or a
+    :class:`~pyro_vae.runs.reopen.Run`, or a run directory's path, whose split ``split`` is used
+    when ``x`` is None (``checkpoint``, ``device``, ``data_dir`` and ``pair`` say how to reopen
+    a path). ``limit``: only the first points.
+
+    Returns an :class:`Evaluation`: ``log_px``, ``elbo`` (the mean log weight: the ELBO for
+    ``is``, E_p(z)[log p(x|z)] for ``prior``), ``gap`` (means over points, nats), their
+    standard errors, ``ess_mean``, ``num_points``, ``num_samples``, ``estimator``, accuracy
+    where labels apply, ``warnings``; per-point values in ``.per_point``. With ``save`` (the
+    default for a path), writes ``evaluation_<split>.json`` (``evaluation_<split>_prior.json``
+    for the prior) and the per-point ``.npz`` into the run directory.
+
+    Densities are the model's own, unscaled (``scaled_sites`` names the sites whose
+    ``poutine.scale`` was removed); modules run in eval mode; a pair with global latents is
+    evaluated at log p(x_i | globals) with the globals at the guide's mean
+    (``conditioned_on``). ``warnings`` (also on stderr) flags a mean ESS below 1% of K or
+    below 10. ``seed`` seeds the draws: the same seed gives the same numbers, for a pair in
+    memory and for its run directory alike.
+
+    ``compile``: the log weights come from a compiled graph of the same computation
+    (:class:`pyro_vae.infer.compiled.CompiledLogWeights`; ``compiled`` in the summary says how
+    many graphs, or why it ran eagerly); with the same seed the numbers are the eager ones.
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+    """
+    _check_arguments(estimator, num_samples, limit, batch_size)
+    ranks = world()
+    if is_run_source(source):
+        ranks, rank_device = current_world(device or "auto")
+        if ranks.distributed:
+            device = rank_device
+    held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
+                   device=device, data_dir=data_dir, pair=pair).first(limit)  # fmt: skip
+    if save is None:
+        save = isinstance(source, str | os.PathLike)
+    if save and held.run is None:
+        raise ConfigError(
+            "save=True writes into a run directory; this pair has none. Use the result "
+            "(result.to_dict(), result.per_point) or train it into one with pyro_vae.fit"
+        )
+    if progress is None:
+        progress = sys.stderr.isatty()
+    progress = progress and ranks.is_main
+    result = _evaluate(held, num_samples, estimator, batch_size, seed, progress, compile, ranks)
+    if not ranks.is_main:  # rank 0 alone prints and writes
+        return result
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if save:
+        stem = evaluation_stem(split if x is None else "x", estimator)
+        run_dir = held.run.path
+        atomic_write_bytes(run_dir / f"{stem}.json", json_bytes(result))
+        np.savez(
+            run_dir / f"{stem}.npz",
+            **{name: values.cpu().numpy() for name, values in result.per_point.items()},
+        )
+    return result
+
+
+def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, seed: int,
+              progress: bool, compile: bool, ranks: World) -> Evaluation:  # fmt: skip
+    """The estimates on ``held``'s points (see :func:`evaluate`)."""
+    pair, info, x_all, y_all, classes = held.pair, held.info, held.x, held.y, held.classes
+    compiled = None
+    if compile:
+        compiled = CompiledLogWeights(on_note=lambda line: print(line, file=sys.stderr))
+    where = held.context["split"] or "x"
+    pyro.set_rng_seed(seed)
+    started = time.perf_counter()
+    with evaluation_mode(pair):
+        view = evaluation_view(pair, info, x_all[:2], None if y_all is None else y_all[:2])
+        out = estimate_log_px_in_batches(
+            view,
+            x_all,
+            num_samples,
+            batch_size=batch_size,
+            max_plate_nesting=info.max_plate_nesting,
+            vectorize=view.vectorizable,
+            estimator=estimator,
+            progress=partial(tqdm, desc=f"evaluate {where}", disable=not progress, unit="batch"),
+            y=y_all,
+            trace_fn=compiled,
+            batch_seed=seed,
+            ranks=ranks,
+        )
+        classification = _classification(pair, info, x_all, classes, batch_size)
+    seconds = time.perf_counter() - started
+    log_px_t, elbo_t, ess_t = out["log_px"], out["elbo"], out["ess"]
+    n = log_px_t.shape[0]
+
+    def stderr(values: torch.Tensor) -> float:
+        return float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+
+    summary = {
+        "log_px": float(log_px_t.mean()),
+        "elbo": float(elbo_t.mean()),
+        "gap": float((log_px_t - elbo_t).mean()),
+        "log_px_stderr": stderr(log_px_t),
+        "elbo_stderr": stderr(elbo_t),
+        "ess_mean": float(ess_t.mean()),
+        "num_points": n,
+        "num_samples": num_samples,
+        "estimator": estimator,
+        "compiled": None
+        if compiled is None
+        else {"graphs": len(compiled.graphs), "fallback": compiled.fallback_reason},
+        **held.context,
+        "ranks": ranks.size,
+        "seconds": seconds,
+        "seed": seed,
+        **evaluation_notes(view),
+        **classification,
+        "warnings": low_ess_warnings(float(ess_t.mean()), num_samples),
+    }
+    if "accuracy" in classification and held.run is not None:
+        summary["num_labelled"] = held.run.config.num_labelled
+    if info.needs_labels:
+        summary["conditioned_on_labels"] = "log p(x | y): the pair needs the labels y"
+    return Evaluation(summary, {"log_px": log_px_t, "elbo": elbo_t, "ess": ess_t})

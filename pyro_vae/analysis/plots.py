@@ -1,0 +1,249 @@
+"""Figures of the analyses: image grids, latent maps, k-hat and KL per dimension, forest and
+pair plots of posterior draws, convergence in K and gradient variance. Each draws given numbers
+into a file; the analyses compute them."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+# Headless: files, never windows. A backend chosen through MPLBACKEND is kept: Jupyter's
+# kernel sets it to its inline backend, which forcing Agg here would switch off for the
+# notebook's own figures.
+if not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_vae.runs.figures import save_figure  # noqa: E402
+
+
+def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...], path: Path):
+    """Save labelled rows of flattened images as one PNG."""
+    channels, height, width = image_shape
+    num_cols = max(r.shape[0] for _, r in rows)
+    fig, axes = plt.subplots(
+        len(rows), num_cols, figsize=(num_cols * 0.9, len(rows) * 0.9 + 0.3), squeeze=False
+    )
+    for i, (label, images) in enumerate(rows):
+        images = images.detach().float().cpu().reshape(-1, channels, height, width)
+        for j in range(num_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < images.shape[0]:
+                image = images[j].permute(1, 2, 0).clamp(0, 1).numpy()
+                ax.imshow(
+                    image.squeeze(-1) if channels == 1 else image, cmap="gray", vmin=0, vmax=1
+                )
+        axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    save_figure(fig, path)
+
+
+def latent_map_figure(coordinates: Any, labels: Any, path: str | os.PathLike, *,
+                      title: str = "") -> Path:  # fmt: skip
+    """Save a 2-D scatter of ``coordinates`` (N, 2), one colour per class of ``labels`` (N,)
+    with a legend, or grey points where there are no labels."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    size = max(2.0, min(20.0, 4000.0 / max(len(coordinates), 1)))
+    if labels is None:
+        ax.scatter(coordinates[:, 0], coordinates[:, 1], s=size, c="0.4", alpha=0.7)
+    else:
+        classes = sorted(set(int(k) for k in labels))
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, k in enumerate(classes):
+            chosen = labels == k
+            ax.scatter(coordinates[chosen, 0], coordinates[chosen, 1], s=size, alpha=0.7,
+                       color=cmap(i % cmap.N), label=str(k))  # fmt: skip
+        ax.legend(title="label", markerscale=max(1.0, 12.0 / size), fontsize=8,
+                  loc="center left", bbox_to_anchor=(1.0, 0.5))  # fmt: skip
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def convergence_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Save estimates of log p(x) +- the spread of one estimate against K (log axis), one line
+    per estimator, with the reference (exact log p(x), or IS at the largest K) as a line."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for estimator in summary["estimators"]:
+        rows = [row for row in summary["results"] if row["estimator"] == estimator]
+        ax.errorbar(
+            [row["num_samples"] for row in rows],
+            [row["estimate"] for row in rows],
+            yerr=[row["stderr"] for row in rows],
+            marker="o",
+            capsize=3,
+            label=estimator,
+        )
+    if summary["reference"] is not None:
+        kind = summary["reference_kind"]
+        label = "exact log p(x)" if kind == "exact" else f"{kind}, K={max(summary['ks'])}"
+        ax.axhline(summary["reference"], color="black", linestyle="--", linewidth=1, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("samples K")
+    ax.set_ylabel("log p(x) estimate (nats, mean over points)")
+    ax.set_title(
+        f"{summary['split']}: {summary['num_points']} points, {summary['repeats']} repeats"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def khat_figure(khat: Any, indices: Any, path: str | os.PathLike) -> Path:
+    """Save PSIS k-hat per data point with the 0.5 (good) and 0.7 (unreliable) lines
+    (Yao et al. 2018); -inf (all weights equal) is drawn at the bottom edge, inf at the top."""
+    import numpy as np
+
+    path = Path(path)
+    khat = np.array([np.nan if k is None else k for k in khat], dtype=float)
+    finite = khat[np.isfinite(khat)]
+    low = min([-0.2, *(finite - 0.1)])
+    high = max([1.0, *(finite + 0.1)])
+    shown = np.clip(np.nan_to_num(khat, nan=high, posinf=high, neginf=low), low, high)
+    colors = np.where(khat > 0.7, "C3", np.where(khat >= 0.5, "C1", "C0"))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(4.0, 0.25 * len(khat) + 2)), 3.2))
+    positions = np.arange(len(khat))
+    ax.scatter(positions, shown, c=list(colors), s=20 if len(khat) <= 40 else 10, zorder=3)
+    for level, style in ((0.5, ":"), (0.7, "--")):
+        ax.axhline(level, color="gray", linestyle=style, linewidth=1, label=f"k = {level}")
+    ax.set_ylim(low - 0.05, high + 0.05)
+    # one tick per point while the labels stay readable, then about 20 ticks
+    step = max(1, math.ceil(len(khat) / 40))
+    ax.set_xticks(positions[::step])
+    ax.set_xticklabels([str(i) for i in list(indices)[::step]], rotation=90, fontsize=7)
+    ax.set_xlabel("data point (index into the split)")
+    ax.set_ylabel("PSIS k-hat of q(z|x)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def kl_per_dim_figure(kl_per_dim: Any, labels: Any, path: str | os.PathLike) -> Path:
+    """Save the mean KL(q(z_d|x) || p(z_d)) per latent dimension as bars (nats); dimensions
+    at ~0 are collapsed onto the prior."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(min(12.0, max(4.0, 0.18 * len(labels) + 2)), 3.2))
+    ax.bar(range(len(labels)), list(kl_per_dim), color="C0")
+    step = max(1, math.ceil(len(labels) / 60))
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(list(labels)[::step], rotation=90, fontsize=7)
+    ax.set_ylabel("KL to the prior (nats)")
+    ax.set_xlabel("latent dimension")
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)
+
+
+def forest_figure(datasets: dict[str, Any], path: str | os.PathLike, *, var_name: str,
+                  coords: dict[str, Any]) -> Path:  # fmt: skip
+    """Save an ArviZ forest plot of one latent site, a few points and dims, one row per
+    InferenceData in ``datasets`` (label -> data), e.g. q(z|x) against NUTS."""
+    import arviz as az
+    import numpy as np
+
+    path = Path(path)
+    axes = az.plot_forest(
+        list(datasets.values()),
+        model_names=list(datasets),
+        var_names=[var_name],
+        coords=coords,
+        combined=True,
+        hdi_prob=0.9,
+        figsize=(6, 1 + 0.35 * len(datasets) * np.prod([len(v) for v in coords.values()])),
+    )
+    fig = axes.ravel()[0].figure
+    return save_figure(fig, path)
+
+
+def pair_figure(datasets: dict[str, Any], path: str | os.PathLike, *, var_name: str,
+                coords: dict[str, Any]) -> Path:  # fmt: skip
+    """Save a pair plot of one point's first latent dims: histograms on the diagonal,
+    scatter plots below it, the draws of every InferenceData in ``datasets`` (label -> data)
+    overlaid, e.g. q(z|x) against NUTS. ``coords`` picks one ``obs_id`` and the dims."""
+    import numpy as np
+
+    path = Path(path)
+    arrays = {}
+    for label, data in datasets.items():
+        values = data.posterior[var_name].sel(coords)
+        values = values.stack(sample=("chain", "draw")).squeeze("obs_id", drop=False)
+        arrays[label] = np.asarray(values.transpose(..., "sample").values).reshape(
+            -1, values.sizes["sample"]
+        )
+    size = next(iter(arrays.values())).shape[0]
+    dim_name = next(d for d in coords if d != "obs_id")
+    names = [f"{var_name}[{d}]" for d in coords[dim_name]]
+    fig, axes = plt.subplots(size, size, figsize=(1.9 * size + 1, 1.9 * size + 0.5),
+                             squeeze=False)  # fmt: skip
+    for row in range(size):
+        for col in range(size):
+            ax = axes[row][col]
+            if col > row:
+                ax.set_visible(False)
+                continue
+            for i, (label, values) in enumerate(arrays.items()):
+                color = f"C{i}"
+                if row == col:
+                    ax.hist(values[row], bins=30, density=True, histtype="step", color=color,
+                            label=label)  # fmt: skip
+                else:
+                    ax.scatter(values[col], values[row], s=2, alpha=0.25, color=color)
+            if row == size - 1:
+                ax.set_xlabel(names[col], fontsize=8)
+            if col == 0 and row > 0:
+                ax.set_ylabel(names[row], fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
+    obs_id = coords["obs_id"][0]
+    fig.suptitle(f"draws of {var_name} for data point {obs_id}", fontsize=9)
+    return save_figure(fig, path)
+
+
+def gradient_variance_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Save bar charts (log scale) of gradient variance and SNR per estimator, for all the
+    pair's parameters and for its encoder and decoder apart (``pyro-vae gradvar``)."""
+    path = Path(path)
+    estimators = list(summary["estimators"])
+    groups = [("all", None), ("encoder", "encoder"), ("decoder", "decoder")]
+
+    def value(name: str, part: str | None, key: str) -> float:
+        stats = summary["estimators"][name]
+        stats = stats if part is None else stats.get("parts", {}).get(part, {})
+        number = stats.get(key)
+        return number if number is not None and number > 0 else float("nan")
+
+    width = 0.8 / len(groups)
+    positions = range(len(estimators))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in zip(
+        axes, ("variance", "snr"), ("variance per coordinate", "signal-to-noise ratio"),
+        strict=True,
+    ):  # fmt: skip
+        for i, (group, part) in enumerate(groups):
+            ax.bar(
+                [p + (i - (len(groups) - 1) / 2) * width for p in positions],
+                [value(name, part, key) for name in estimators],
+                width,
+                label=group,
+            )
+        ax.set_yscale("log")
+        ax.set_xticks(list(positions))
+        ax.set_xticklabels(estimators)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend()
+    fig.suptitle(
+        f"gradients on {summary['batch_size']} {summary['split']} points, "
+        f"{summary['num_draws']} draws each"
+    )
+    return save_figure(fig, path)
