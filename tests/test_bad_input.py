@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyro_vae import cli, files
+from pyro_vae import cli
+from pyro_vae.runs import files
 from pyro_vae.runs.config import FIELD_TYPES, ConfigError, TrainConfig, load_toml, resolve
 
 TINY = ["--epochs", "1", "--train-limit", "100", "--device", "cpu",

@@ -1,4 +1,4 @@
-"""The traced loss (pyro_vae.compiled) against Pyro's own estimators, and ``--compile``.
+"""The traced loss (pyro_vae.infer.compiled) against Pyro's own estimators, and ``--compile``.
 
 The loss built from the traces must equal Pyro's ELBO estimators on the same draws, in value
 and in gradients; the graph captured from it must step exactly as ``pyro.infer.SVI`` does;

@@ -1,4 +1,5 @@
-"""Posterior diagnostics (`pyro_vae.diagnose`) against exact answers of the linear-Gaussian VAE.
+"""Posterior diagnostics (`pyro_vae.analysis.diagnose`) against exact answers of the
+linear-Gaussian VAE.
 
 The linear-Gaussian model has a closed-form posterior p(z|x) = N(m(x), P^-1) and log p(x), so
 k-hat, the gaps, the NUTS reference, active units and KL per dimension all have values to

@@ -2,7 +2,7 @@
 at random steps, then resumed, ends bit for bit where an uninterrupted run ends, with a
 ``best.pt`` that holds the epoch the history calls best.
 
-Kills use the test hook ``PYRO_VAE_FAULT=POINT:N[:SIGNAL]`` (see :mod:`pyro_vae.faults`):
+Kills use the test hook ``PYRO_VAE_FAULT=POINT:N[:SIGNAL]`` (see :mod:`pyro_vae.runs.faults`):
 the N-th pass of the process through POINT (``step``, ``written:FILE``, ``renamed:FILE``)
 signals the process itself. A few kills run in CI; ``-m slow`` runs the campaign (every
 write point at every pass, chains of random kills, kills at random wall-clock moments).

@@ -1,4 +1,4 @@
-"""Gradient variance and SNR of estimators (pyro_vae.gradvar) and `pyro-vae gradvar`."""
+"""Gradient variance and SNR of estimators (pyro_vae.analysis.gradvar) and `pyro-vae gradvar`."""
 
 import inspect
 import json

@@ -83,6 +83,12 @@ def test_the_packages_import_from_the_source_tree_and_the_install_is_left_alone(
     site = Path(installed_env["PYTHONPATH"].split(os.pathsep)[0])
     assert elsewhere == [str(site / "pyro_vae" / "guides" / "flows.py"),
                          str(site / "pyro_vae" / "models" / "priors.py")]  # fmt: skip
+    # every subpackage made it into the install, and the command runs from it
+    every = ("import pyro_vae.analysis.diagnose, pyro_vae.infer.compiled, pyro_vae.cli, "
+             "pyro_vae.training.train; print(pyro_vae.cli.__file__)")  # fmt: skip
+    cli = python("-c", every, cwd=tmp_path, env=installed_env).stdout.strip()
+    assert cli == str(site / "pyro_vae" / "cli" / "__init__.py")
+    python("-m", "pyro_vae", "list", cwd=tmp_path, env=installed_env)
 
 
 def test_two_ranks_train_and_evaluate_from_the_repository_root(installed_env, tmp_path):

@@ -354,7 +354,7 @@ def test_standard_library_callables_are_refused_as_pairs(tmp_path, spec, kwargs)
     [
         ("torch:load", {"f": "{poison}", "weights_only": False}),
         ("numpy:load", {"file": "{poison}", "allow_pickle": True}),
-        ("pyro_vae.checkpoints:upgrade_checkpoint", {"path": "{poison}"}),
+        ("pyro_vae.runs.checkpoints:upgrade_checkpoint", {"path": "{poison}"}),
         ("pyro.util:torch_isnan", {"x": 1.0}),
     ],
 )

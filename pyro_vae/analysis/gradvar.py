@@ -12,21 +12,8 @@ is usually far less noisy than the score function, and baselines close part of t
 (Mnih & Gregor 2014).
 
 Which tensors are "the pair's parameters" is decided by the pair's own modules, not by
-Pyro's global param store. ``pyro.module(name, network)`` stores ``network``'s tensors under
-``name$$$param`` only if that name is free; when an entry of that name is already there (a
-pair file without an ``if __name__ == "__main__":`` guard that builds and trains an instance
-when it is imported again, or a notebook's second pair of the same class), the network keeps
-computing with its *own* tensors while the store, and every ``poutine.trace``, hold the stale
-ones, whose gradient is then exactly zero. A ``PyroModule`` layer's ``nn.Parameter`` fares
-the same (``PyroModule.__getattr__`` passes it to ``pyro.param`` and keeps using its own
-tensor). Pyro 1.9.2's
-``pyro.settings.set(module_local_params=True)`` does not help: only ``PyroModule`` reads it
-(``pyro/nn/module.py``), not ``pyro.module(name, nn_module)`` (``pyro/primitives.py``), and it
-changes every pair in the process. So :func:`pair_parameters` takes the tensors through
-:func:`pyro_vae.pairs.pair_modules` (``named_parameters()`` that require a gradient), names
-them by the param sites the programs trace, replaces a traced module-parameter site whose
-store tensor is not the module's own by the module's tensor (noted as a stale entry), and
-adds the plain ``pyro.param`` sites, which the programs really do read from the store.
+Pyro's global param store (:mod:`pyro_vae.analysis.parameters`); the draws and their
+statistics are :mod:`pyro_vae.analysis.gradient_draws`.
 
 References:
     Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh (2018), Tighter Variational Bounds
@@ -41,17 +28,26 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.params import user_param_name
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_vae.analysis.gradient_draws import (
+    gradient_draws,
+    gradient_statistics,
+    warm_up_baseline,
+)
+from pyro_vae.analysis.parameters import (
+    PARTS,
+    _pair_modules_by_name,
+    _stale_notes,
+    pair_parameters,
+)
 from pyro_vae.analysis.results import Result, figure_path
 from pyro_vae.analysis.subjects import Subject, subject
 from pyro_vae.infer.gradients import (
@@ -61,7 +57,7 @@ from pyro_vae.infer.gradients import (
     score_function_blocker,
 )
 from pyro_vae.infer.handlers import unscaled
-from pyro_vae.pairs import FunctionPair, pair_modules
+from pyro_vae.pairs import FunctionPair
 from pyro_vae.pairs.labels import with_labels
 from pyro_vae.runs.checkpoints import BEST
 from pyro_vae.runs.config import ConfigError, TrainConfig
@@ -70,227 +66,10 @@ from pyro_vae.runs.files import atomic_write_bytes, json_bytes
 #: Files written into the output folder.
 GRADVAR_JSON = "gradvar.json"
 GRADVAR_PNG = "gradvar.png"
-#: The role of a parameter: read by the guide (encoder) or only by the model (decoder).
-PARTS = ("encoder", "decoder")
 #: The baseline learning rate for a pair held in memory: NVIL's 10 x the training default.
 DEFAULT_BASELINE_LR = 10 * TrainConfig().lr
 #: How many names a note lists.
 NAMES_IN_A_NOTE = 5
-
-
-def _zero_grads(params: Iterable[Tensor]) -> None:
-    for param in params:
-        param.grad = None
-
-
-def gradient_draws(
-    model: Callable,
-    guide: Callable,
-    x: Tensor,
-    elbo: pyro.infer.ELBO,
-    params: Sequence[Tensor],
-    num_draws: int,
-    *,
-    on_draw: Callable[[], None] | None = None,
-) -> Tensor:
-    """``num_draws`` independent estimates of grad_theta loss, flattened: shape (N, P).
-
-    Each draw zeroes the gradients, runs ``elbo.loss_and_grads(model, guide, x)`` (the
-    surrogate loss whose gradient is the estimator; baselines included) and reads
-    ``.grad`` of ``params`` (zeros where a parameter got none). The parameters are not
-    changed; a decaying-average baseline does move, as it does in training.
-
-        g_n = grad_theta surrogate(theta; z_n),  z_n ~ q(z|x)
-
-    References:
-        Schulman, Heess, Weber & Abbeel (2015), Gradient Estimation Using Stochastic
-        Computation Graphs.
-    """
-    if num_draws < 1:
-        raise ConfigError(f"--num-draws must be >= 1, got {num_draws}")
-    draws = []
-    for _ in range(num_draws):
-        _zero_grads(params)
-        elbo.loss_and_grads(model, guide, x)
-        draws.append(
-            torch.cat(
-                [
-                    (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
-                    for p in params
-                ]
-            )
-        )
-        if on_draw is not None:
-            on_draw()
-    _zero_grads(params)
-    return torch.stack(draws)
-
-
-def gradient_statistics(draws: Tensor) -> dict[str, float]:
-    """Per-coordinate variance and SNR of gradient draws (N, P), averaged over coordinates.
-
-        variance = (1/P) sum_j Var_n(g_nj),   snr = mean_j |mean_n g_nj| / std_n g_nj,
-        mean_norm = || mean_n g_n ||_2
-
-    Coordinates whose draws are all equal (std 0: a deterministic or unused coordinate) are
-    left out of ``snr``; ``snr`` is ``None`` if no coordinate is left. Needs N >= 2.
-
-    References:
-        Rainforth et al. (2018), Tighter Variational Bounds are Not Necessarily Better.
-    """
-    if draws.dim() != 2 or draws.shape[0] < 2:
-        raise ConfigError(
-            f"gradient statistics need at least 2 draws of shape (N, P), got {tuple(draws.shape)}"
-            " (--num-draws)"
-        )
-    draws = draws.double()
-    mean = draws.mean(0)
-    variance = draws.var(0, unbiased=True)
-    std = variance.sqrt()
-    noisy = std > 0
-    snr = (mean[noisy].abs() / std[noisy]).mean().item() if bool(noisy.any()) else None
-    return {
-        "variance": variance.mean().item(),
-        "snr": snr,
-        "mean_norm": mean.norm().item(),
-        "size": draws.shape[1],
-    }
-
-
-def pair_parameters(
-    model: Callable,
-    guide: Callable,
-    x: Tensor,
-    modules: Sequence[nn.Module] | Mapping[str, nn.Module] | None = None,
-) -> dict[str, dict]:
-    """The tensors the guide and the model compute with on ``x``, by name, each
-    ``{"param": unconstrained tensor, "part": "encoder" | "decoder", "stale": bool}``.
-
-    ``modules`` are the pair's networks (:func:`pyro_vae.pairs.pair_modules`; a mapping
-    names them). Their parameters that require a gradient are the pair's, named by the
-    param site that registers them (``pyro.module``'s ``name$$$param``, a ``PyroModule``'s
-    dotted name) or, where no program traces them, ``module.param``. A traced site is used
-    as the param store holds it when it is a plain ``pyro.param`` (the programs read those
-    from the store); a module-parameter site whose store tensor is not the network's own
-    (a stale same-named entry: ``pyro.module`` kept the network's tensor) gives the
-    network's tensor instead, with ``stale`` set. Without ``modules`` only the sites'
-    names tell module parameters apart (``name$$$param``).
-
-    ``part``: ``encoder`` for what the guide reads (traced by the guide, or, untraced,
-    reached by its computation), ``decoder`` for the rest. Baselines are not among them
-    (the plain guide never reads them).
-    """
-    with torch.no_grad(), poutine.trace(param_only=True) as guide_params:
-        guide(x)
-    with torch.no_grad(), poutine.trace(param_only=True) as model_params:
-        model(x)
-    named = _named_parameters(modules)
-    own = {id(tensor) for _, tensor in named}
-    found: dict[str, dict] = {}
-    taken: set[int] = set()
-    for part, trace in (("encoder", guide_params.trace), ("decoder", model_params.trace)):
-        for name, site in trace.nodes.items():
-            if name in found:
-                continue
-            stored = site["value"].unconstrained()
-            given = site["args"][1] if len(site["args"]) > 1 else None
-            stale = (
-                isinstance(given, Tensor)
-                and given is not stored
-                and id(stored) not in own
-                and (id(given) in own or user_param_name(name) != name)
-            )
-            tensor = given if stale else stored
-            if id(tensor) not in taken:  # one tensor under two names: counted once
-                found[name] = {"param": tensor, "part": part, "stale": stale}
-                taken.add(id(tensor))
-    untraced = [(name, tensor) for name, tensor in named if id(tensor) not in taken]
-    if untraced:
-        reached = _reached_by(guide, x, [tensor for _, tensor in untraced])
-        for (name, tensor), in_guide in zip(untraced, reached, strict=True):
-            while name in found:
-                name = f"{name}'"
-            part = "encoder" if in_guide else "decoder"
-            found[name] = {"param": tensor, "part": part, "stale": False}
-    return found
-
-
-def _named_parameters(
-    modules: Sequence[nn.Module] | Mapping[str, nn.Module] | None,
-) -> list[tuple[str, Tensor]]:
-    """Every parameter of ``modules`` that requires a gradient, once, with a dotted name."""
-    if modules is None:
-        return []
-    if not isinstance(modules, Mapping):
-        modules = {f"{type(m).__name__.lower()}{i}": m for i, m in enumerate(modules)}
-    named, seen = [], set()
-    for prefix, module in modules.items():
-        for name, tensor in module.named_parameters():
-            if tensor.requires_grad and id(tensor) not in seen:
-                seen.add(id(tensor))
-                named.append((f"{prefix}.{name}" if prefix else name, tensor))
-    return named
-
-
-def _reached_by(program: Callable, x: Tensor, params: Sequence[Tensor]) -> list[bool]:
-    """Whether each of ``params`` is reached by ``program(x)``'s sampled values or their
-    log-densities: whether the program computes with it."""
-    with poutine.trace() as traced:
-        program(x)
-    terms = []
-    for site in traced.trace.nodes.values():
-        if site["type"] != "sample":
-            continue
-        value = site["value"]
-        if isinstance(value, Tensor) and value.is_floating_point() and value.requires_grad:
-            terms.append(value.sum())
-        try:
-            terms.append(site["fn"].log_prob(value).sum())
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    total = sum(terms, torch.zeros(()))
-    if not total.requires_grad:
-        return [False] * len(params)
-    grads = torch.autograd.grad(total, list(params), allow_unused=True)
-    return [grad is not None for grad in grads]
-
-
-def warm_up_baseline(
-    model: Callable,
-    guide: Callable,
-    x: Tensor,
-    elbo: pyro.infer.ELBO,
-    steps: int,
-    *,
-    module: nn.Module | None = None,
-    lr: float = 1e-2,
-    params: Iterable[Tensor] = (),
-    on_step: Callable[[], None] | None = None,
-) -> None:
-    """Let a baseline learn on ``x`` for ``steps`` draws, with the pair's parameters frozen.
-
-    Every step runs ``elbo.loss_and_grads``: a decaying average moves towards the learning
-    signal, b <- beta b + (1 - beta) signal; a neural baseline ``module`` takes an Adam step
-    on sum_i (signal_i - b_psi(x_i))^2. Only the baseline changes; the gradients the step
-    leaves are cleared: on the traced param sites and on ``params`` (the pair's own tensors,
-    see :func:`pair_parameters`).
-
-    References:
-        Mnih & Gregor (2014), Neural Variational Inference and Learning in Belief Networks.
-    """
-    params = list(params)
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr) if module is not None else None
-    for _ in range(steps):
-        with poutine.trace(param_only=True) as captured:
-            elbo.loss_and_grads(model, guide, x)
-        if optimizer is not None:
-            optimizer.step()
-        _zero_grads(site["value"].unconstrained() for site in captured.trace.nodes.values())
-        _zero_grads(params)
-        if module is not None:
-            _zero_grads(module.parameters())
-        if on_step is not None:
-            on_step()
 
 
 class GradientVariance(Result):
@@ -515,21 +294,6 @@ def _gradient_variance(held: Subject, names: list[str], num_draws: int, baseline
     )
 
 
-def _pair_modules_by_name(pair: Any) -> dict[str, nn.Module]:
-    """The pair's networks (:func:`pyro_vae.pairs.pair_modules`), each named by the
-    attribute that holds it where there is one (the pair itself, a module, by "")."""
-    modules = pair_modules(pair)
-    if isinstance(pair, nn.Module):
-        return {"": pair}
-    attributes = vars(pair) if hasattr(pair, "__dict__") else {}
-    by_id = {id(value): name for name, value in attributes.items()}
-    named: dict[str, nn.Module] = {}
-    for index, module in enumerate(modules):
-        name = by_id.get(id(module), f"{type(module).__name__.lower()}{index}")
-        named[name if name not in named else f"{name}{index}"] = module
-    return named
-
-
 def _all_zero_message(name: str, found: dict[str, dict], num_draws: int) -> str:
     shown = ", ".join(repr(n) for n in list(found)[:NAMES_IN_A_NOTE])
     return (
@@ -546,35 +310,6 @@ def _all_zero_message(name: str, found: dict[str, dict], num_draws: int) -> str:
         "file's own training under a main guard (or call pyro.clear_param_store() before "
         "building the pair)"
     )
-
-
-def _stale_notes(found: dict[str, dict], held: Subject) -> list[str]:
-    """A note on stale same-named store entries, and, for a reopened run, whether the
-    pair's own tensors hold the checkpoint's values."""
-    stale = [name for name, entry in found.items() if entry["stale"]]
-    if not stale:
-        return []
-    notes = [
-        f"Pyro's param store held a stale same-named tensor for {len(stale)} of the pair's "
-        f"parameters (e.g. {stale[0]!r}: another instance's, such as one a pair file without "
-        'an `if __name__ == "__main__":` guard built when imported); the programs compute '
-        "with the pair's own module tensors, so those are differentiated here"
-    ]
-    saved = (held.run.state.get("params") or {}).get("params", {}) if held.run else {}
-    differ = [
-        name
-        for name in stale
-        if name in saved
-        and not torch.equal(saved[name].to(found[name]["param"]), found[name]["param"].detach())
-    ]
-    if differ:
-        notes.append(
-            f"the pair's own tensor {differ[0]!r} (and {len(differ) - 1} more) does not hold "
-            "the checkpoint's values, which went into the stale store entry: these numbers "
-            "are for the pair's parameters as they are in memory, not as trained; guard the "
-            'pair file\'s top-level code with `if __name__ == "__main__":`'
-        )
-    return notes
 
 
 def _zero_notes(zero_names: list[str], num_estimators: int) -> list[str]:

@@ -140,7 +140,8 @@ class LatentMap(Result):
 
     def title(self) -> str:
         """The figure's title: site, split, projection and dimension."""
-        where = "x" if self.get("split") is None else f"{self['split']} split"
+        where = (f"{self['num_points']} points" if self.get("split") is None
+                 else f"{self['split']} split")  # fmt: skip
         return (
             f"E_q[{self['site']}|x], {where}, {self['method'].upper()} ({self['latent_dims']} dims)"
         )

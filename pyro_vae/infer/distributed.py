@@ -6,7 +6,7 @@ launcher) is one process per rank. :func:`current_world` reads torchrun's enviro
 on CUDA with one GPU per rank (``cuda:LOCAL_RANK``). Without that environment the world is
 one process and nothing here communicates.
 
-How a step is shared (``pyro_vae.train``):
+How a step is shared (``pyro_vae.training.train``):
 
 - Every rank builds the pair from the same seed, so the parameters start equal; after that
   each rank draws from its own random stream (:func:`rank_seed`): dynamic binarization, the

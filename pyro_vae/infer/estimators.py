@@ -161,7 +161,7 @@ def particle_traces(
 ) -> tuple[Any, Any]:
     """A guide trace of ``num_samples`` draws z ~ q(z|x) in one vectorized particle plate
     (dim ``-max_plate_nesting - 1``; None: one draw, no plate), and the model replayed on it.
-    ``y``: labels passed to both programs (a pair that needs them, :mod:`pyro_vae.labels`)."""
+    ``y``: labels passed to both programs (a pair that needs them, :mod:`pyro_vae.pairs.labels`)."""
     args = program_args(x, y)
     # == not is: two accesses of a bound method (pair.model) are equal, not identical
     from_prior = isinstance(guide, PriorProposal) and guide.model == model

@@ -103,7 +103,7 @@ class TrainingScales(Messenger):
     def _process_message(self, msg) -> None:
         if msg["type"] != "sample" or site_is_subsample(msg):
             return
-        # a tensor scale is an input of a traced graph (pyro_vae.compiled): never compared
+        # a tensor scale is an input of a traced graph (pyro_vae.infer.compiled): never compared
         scale = 1.0
         if _not_one(self.beta) and not msg["is_observed"]:
             scale = scale * self.beta

@@ -55,7 +55,7 @@ class TrainConfig:
     # all of them, best.pt is then the last epoch).
     valid_size: int | None = None
     drop_last: bool = False
-    # Score-function training (pyro_vae.gradients): baselines need --objective tracegraph.
+    # Score-function training (pyro_vae.infer.gradients): baselines need --objective tracegraph.
     baseline: str = "none"
     baseline_beta: float = 0.9
     baseline_lr: float | None = None  # None: 10 x lr (NVIL's faster baseline)
@@ -70,7 +70,7 @@ class TrainConfig:
     pixel_scale: str = "auto"
     # Mid-epoch checkpoints every N SVI steps (0: at the end of each epoch only).
     checkpoint_every: int = 0
-    # Labels (pyro_vae.labels), for pairs whose programs take them: y as class indices or
+    # Labels (pyro_vae.pairs.labels), for pairs whose programs take them: y as class indices or
     # one-hot rows; how many training points keep theirs (None: all; balanced and seeded);
     # labelled batches per epoch (None: one pass over the labelled points).
     label_encoding: str = "index"
@@ -78,10 +78,10 @@ class TrainConfig:
     labelled_batches: int | None = None
     # --objective enum: how the guide's discrete sites are enumerated.
     enumerate: str = "parallel"
-    # --compile (pyro_vae.compiled): off; on (an untraceable pair trains eagerly, with a
+    # --compile (pyro_vae.infer.compiled): off; on (an untraceable pair trains eagerly, with a
     # note); strict (an untraceable pair is an error).
     compile: str = "off"
-    # The optimizer and its learning-rate schedule (pyro_vae.optimizers).
+    # The optimizer and its learning-rate schedule (pyro_vae.infer.optimizers).
     optimizer: str = "adam"
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
@@ -143,8 +143,8 @@ class TrainConfig:
                 f"--pixel-scale {self.pixel_scale!r}: choose from {', '.join(PIXEL_SCALE_CHOICES)}"
             )
         from pyro_vae.infer.compiled import COMPILE_MODES
-        from pyro_vae.pairs.labels import LABEL_ENCODINGS
         from pyro_vae.infer.objectives import ENUMERATE_STRATEGIES
+        from pyro_vae.pairs.labels import LABEL_ENCODINGS
 
         choices = (
             ("--label-encoding", self.label_encoding, LABEL_ENCODINGS),

@@ -17,11 +17,11 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 
+from pyro_vae.data import Dataset, binarize_static, load_dataset
+from pyro_vae.pairs import PairError, PairInfo, build_pair, check_pair, pair_to
+from pyro_vae.pairs.labels import LabelError, encode_labels, label_arguments
 from pyro_vae.runs.checkpoints import BEST, CHECKPOINT, load_checkpoint, restore_params
 from pyro_vae.runs.config import ConfigError, TrainConfig, load_toml
-from pyro_vae.data import Dataset, binarize_static, load_dataset
-from pyro_vae.pairs.labels import LabelError, encode_labels, label_arguments
-from pyro_vae.pairs import PairError, PairInfo, build_pair, check_pair, pair_to
 
 #: The resolved configuration of a run, written by training.
 CONFIG = "config.toml"

@@ -1,0 +1,328 @@
+"""The commands that read a trained run: evaluate, convergence, gradvar, diagnose, sample,
+latents, and the flags they share (which run, split, checkpoint and device; ``--json``).
+
+Each parses its flags, calls the library function of :mod:`pyro_vae.analysis` and prints the
+result: ``result.to_dict()`` as JSON with ``--json``, else ``result.summary()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pyro_vae.cli.options import _add_launch_options, _comma_list
+from pyro_vae.infer.distributed import world
+from pyro_vae.infer.estimators import ESTIMATORS
+from pyro_vae.infer.gradients import GRADIENT_ESTIMATORS
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.runs.files import jsonable
+from pyro_vae.training.train import prepare_run_dir
+
+
+def _add_run_options(p, *, split: str = "test", out_help: str | None = None) -> None:
+    """The flags every command that reads a trained run shares (evaluate, convergence, ...)."""
+    p.add_argument("--split", choices=("test", "valid", "train"), default=split)
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
+    p.add_argument("--device", help="default: the run's device")
+    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
+    if out_help is not None:
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", metavar="DIR", help=out_help)
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
+def _run_options(args) -> dict:
+    """The values of :func:`_add_run_options`' flags, as keyword arguments.
+
+    An ``--out`` folder that is given is made and checked writable first (a file there, or a
+    place that cannot be written, is a message, not a traceback after the work is done).
+    """
+    if getattr(args, "out", None) is not None:
+        prepare_run_dir(args.out)
+    names = ["split", "checkpoint", "device", "data_dir", "progress", "out", "seed"]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="importance-sampled log p(x) and ELBO of a run",
+        description="Estimate log p(x) per data point by importance sampling with the guide "
+        "(log-mean-exp of K weights p(x,z)/q(z|x)) and the ELBO; print the means.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--num-samples", type=int, default=1000, metavar="K")
+    p.add_argument("--limit", type=int, metavar="N", help="first N points of the split")
+    p.add_argument("--batch-size", type=int, default=100, help="data points per chunk")
+    p.add_argument(
+        "--estimator",
+        choices=list(ESTIMATORS),
+        default="is",
+        help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compute the log weights with a compiled graph of the pair's programs (the same "
+        "numbers as without, with the same seed)",
+    )
+    _add_run_options(p)
+    _add_launch_options(p)
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from pyro_vae.analysis.evaluate import evaluate
+
+    summary = evaluate(
+        args.run_dir,
+        num_samples=args.num_samples,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        estimator=args.estimator,
+        compile=args.compile,
+        **_run_options(args),
+    )
+    if not world().is_main:  # rank 0 of a sharded evaluation prints
+        return 0
+    print(json.dumps(summary.to_dict()) if args.json else summary.summary())
+    return 0
+
+
+def _add_convergence(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convergence",
+        help="log p(x) estimates against the number of samples K, per estimator",
+        description="For the first points of a split, draw --repeats independent estimates "
+        "of log p(x) per point for each estimator and K; write convergence.json, .csv and "
+        ".png (estimate +- the spread of one estimate against K, with a reference).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--ks",
+        type=_comma_list(int),
+        default=[1, 10, 100, 1000, 5000],
+        metavar="K1,K2,...",
+        help="sample counts (default 1,10,100,1000,5000)",
+    )
+    p.add_argument(
+        "--estimators",
+        type=_comma_list(str),
+        default=["is", "prior"],
+        metavar="E1,E2",
+        help=f"from {', '.join(ESTIMATORS)} (default is,prior)",
+    )
+    p.add_argument("--points", type=int, default=10, metavar="N", help="first N points")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        metavar="R",
+        help="independent estimates per point and K (at least 2)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="log weights from compiled graphs, one per estimator and K (the same numbers)",
+    )
+    _add_run_options(p, out_help="folder for the files (default: RUN_DIR)")
+    _add_launch_options(p)
+    p.set_defaults(run=_run_convergence)
+
+
+def _run_convergence(args) -> int:
+    from pyro_vae.analysis.convergence import convergence_study
+
+    summary = convergence_study(
+        args.run_dir,
+        ks=args.ks,
+        estimators=args.estimators,
+        num_points=args.points,
+        repeats=args.repeats,
+        compile=args.compile,
+        **_run_options(args),
+    )
+    if not world().is_main:  # rank 0 of a sharded study prints
+        return 0
+    print(json.dumps(summary.to_dict()) if args.json else summary.summary())
+    return 0
+
+
+def _add_gradvar(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gradvar",
+        help="variance and SNR of gradient estimators (reparameterized, score function, baselines)",
+        description="On one fixed minibatch of a trained run, draw --num-draws gradients of "
+        "the loss per estimator and report the per-coordinate variance and signal-to-noise "
+        "ratio, averaged over the pair's parameters; write gradvar.json and gradvar.png.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--estimators",
+        type=_comma_list(str),
+        default=list(GRADIENT_ESTIMATORS),
+        metavar="E1,E2",
+        help=f"from {', '.join(GRADIENT_ESTIMATORS)} (default: all)",
+    )
+    p.add_argument("--num-draws", type=int, default=100, metavar="N")
+    p.add_argument("--batch-size", type=int, default=100, help="first B points of the split")
+    p.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=200,
+        metavar="S",
+        help="draws that warm a baseline up before it is measured",
+    )
+    _add_run_options(p, split="train", out_help="folder for the files (default: RUN_DIR)")
+    p.set_defaults(run=_run_gradvar)
+
+
+def _run_gradvar(args) -> int:
+    from pyro_vae.analysis.gradvar import gradient_variance, without_groups
+
+    result = gradient_variance(
+        args.run_dir,
+        estimators=args.estimators,
+        num_draws=args.num_draws,
+        batch_size=args.batch_size,
+        baseline_steps=args.baseline_steps,
+        **_run_options(args),
+    )
+    if args.json:
+        print(json.dumps(jsonable(without_groups(result))))
+    else:
+        print(result.summary())
+    return 0
+
+
+def _add_diagnose(subparsers) -> None:
+    p = subparsers.add_parser(
+        "diagnose",
+        help="per-point posterior diagnostics: PSIS k-hat, gaps, NUTS reference, active units",
+        description="Can the amortized q(z|x) be trusted at each selected point? PSIS k-hat of "
+        "q as an importance proposal, log p(x) and the ELBO, amortization and approximation "
+        "gaps, active units and KL per latent dimension, and with --nuts a NUTS reference "
+        "posterior. Writes diagnose.json, ArviZ netcdf files and PNGs into --out.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--points", type=int, metavar="N", help="the first N points (default 20)")
+    which.add_argument(
+        "--indices", type=_comma_list(int), metavar="I,J,...", help="these indices of the split"
+    )
+    p.add_argument("--num-samples", type=int, default=1000, metavar="S", help="draws from q(z|x)")
+    p.add_argument("--nuts", action="store_true", help="also run NUTS for a reference p(z|x)")
+    p.add_argument("--nuts-chains", type=int, default=4, metavar="C")
+    p.add_argument("--nuts-warmup", type=int, default=200, metavar="W")
+    p.add_argument("--nuts-samples", type=int, default=200, metavar="M", help="draws per chain")
+    p.add_argument("--gap-steps", type=int, default=200, metavar="T", help="Adam steps for q*")
+    p.add_argument("--gap-lr", type=float, default=1e-2, metavar="LR", help="Adam step size")
+    p.add_argument("--gap-particles", type=int, default=8, metavar="P", help="draws per step")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="draw from q(z|x) and compute the importance weights (q's and q*'s) with "
+        "compiled graphs of the pair's programs (the same numbers)",
+    )
+    _add_run_options(p, out_help="folder for the files (default RUN_DIR/diagnose)")
+    _add_launch_options(p)
+    p.set_defaults(run=_run_diagnose)
+
+
+def _run_diagnose(args) -> int:
+    from pyro_vae.analysis.diagnose import diagnose
+
+    summary = diagnose(
+        args.run_dir,
+        points=args.points,
+        indices=args.indices,
+        num_samples=args.num_samples,
+        nuts=args.nuts,
+        nuts_chains=args.nuts_chains,
+        nuts_warmup=args.nuts_warmup,
+        nuts_samples=args.nuts_samples,
+        gap_steps=args.gap_steps,
+        gap_lr=args.gap_lr,
+        gap_particles=args.gap_particles,
+        compile=args.compile,
+        **_run_options(args),
+    )
+    if world().is_main:  # rank 0 of a sharded diagnosis prints
+        print(json.dumps(summary.to_dict()) if args.json else summary.summary())
+    # rank 0 goes on alone after the shared draws (gaps, NUTS): the others leave now
+    world().close(wait=False)
+    return 0
+
+
+def _add_sample(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="PNG grid of data, reconstructions, prior samples")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--num", type=int, default=10, help="images per row")
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
+    p.add_argument("--device")
+    p.add_argument(
+        "--label",
+        type=int,
+        metavar="K",
+        help="a conditional pair: samples of class K only (default: one row per class)",
+    )
+    p.set_defaults(run=_run_sample)
+
+
+def _run_sample(args) -> int:
+    from pyro_vae.analysis.sampling import sample_figure
+
+    if args.num < 1:
+        raise ConfigError(f"--num must be >= 1, got {args.num}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {args.out!r} is a folder; name the PNG file to write, e.g. "
+            f"{str(out / 'samples.png')!r}"
+        )
+    prepare_run_dir(out.parent)
+    path = sample_figure(args.run_dir, out, num=args.num, split=args.split, seed=args.seed,
+                         device=args.device, checkpoint=args.checkpoint,
+                         label=args.label)  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_latents(subparsers) -> None:
+    p = subparsers.add_parser(
+        "latents",
+        help="2-D map of E_q[z|x] over a split, coloured by label (PNG and CSV)",
+        description="Project the guide's mean E_q[z|x] of every point of a split to two "
+        "dimensions (PCA or t-SNE) and draw it, one colour per class label; writes "
+        "latents_<split>_<method>.png, .csv (coordinates and the means) and .json.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_run_options(p, out_help="folder to write into (default RUN_DIR/latents)")
+    p.add_argument("--method", choices=("pca", "tsne"), default="pca")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N points")
+    p.add_argument("--site", help="the guide's latent site to map (default: the first "
+                   "continuous per-point one)")  # fmt: skip
+    p.add_argument("--draws", type=int, default=10,
+                   help="guide draws averaged where z depends on a sampled discrete latent "
+                   "(default 10)")  # fmt: skip
+    p.set_defaults(run=_run_latents)
+
+
+def _run_latents(args) -> int:
+    from pyro_vae.analysis.latents import latent_map
+
+    options = _run_options(args)
+    options.pop("progress", None)
+    summary = latent_map(args.run_dir, method=args.method, limit=args.limit, site=args.site,
+                         draws=args.draws, **options)  # fmt: skip
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(f"wrote {summary['png']} and {summary['csv']} ({summary['num_points']} points, "
+              f"site {summary['site']!r}, {summary['latent_dims']} dims)")  # fmt: skip
+    return 0

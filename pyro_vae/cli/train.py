@@ -1,0 +1,250 @@
+"""``pyro-vae train``: its flags (the keys of a run's config) and the command that resolves
+them with ``--config`` and trains."""
+
+from __future__ import annotations
+
+import argparse
+
+from pyro_vae.cli.options import _add_launch_options, _comma_list, _json_object
+from pyro_vae.data import BINARIZATIONS, DATASETS
+from pyro_vae.infer.compiled import COMPILE_MODES
+from pyro_vae.infer.distributed import world
+from pyro_vae.infer.gradients import BASELINES
+from pyro_vae.infer.objectives import ENUMERATE_STRATEGIES, OBJECTIVES
+from pyro_vae.infer.optimizers import IWAE_EPOCHS, OPTIMIZERS, SCHEDULES
+from pyro_vae.pairs import PAIRS
+from pyro_vae.pairs.labels import LABEL_ENCODINGS
+from pyro_vae.runs.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a VAE by SVI and write a run directory",
+        description="Train a model/guide pair by SVI. Flags override --config; unset flags "
+        "take the config file's value, then the data set's default.",
+    )
+    p.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file with the same keys as the flags"
+    )
+    p.add_argument("--dataset", help=f"data set name ({', '.join(DATASETS)}) or a .npy/.npz path")
+    p.add_argument(
+        "--data-dir", help="root holding the data files (else $PYRO_VAE_DATA_DIR, cache)"
+    )
+    p.add_argument(
+        "--download",
+        action="store_const",
+        const=True,
+        default=None,
+        help="download missing data files (checksum-verified) into the cache",
+    )
+    p.add_argument(
+        "--base-url", metavar="URL", help="with --download: fetch the files from this mirror"
+    )
+    p.add_argument("--binarize", choices=BINARIZATIONS, help="default: the data set's")
+    p.add_argument("--pair", help=f"built-in ({', '.join(PAIRS)}), FILE.py:NAME or module:NAME")
+    p.add_argument(
+        "--pair-kwargs",
+        type=_json_object,
+        metavar="JSON",
+        help="keyword arguments for the pair, e.g. '{\"z_dim\": 50}'",
+    )
+    p.add_argument("--model", metavar="SPEC", help="model function, FILE.py:NAME or module:NAME")
+    p.add_argument("--guide", metavar="SPEC", help="guide function, FILE.py:NAME or module:NAME")
+    p.add_argument("--objective", choices=list(OBJECTIVES))
+    p.add_argument("--num-particles", type=int, metavar="K")
+    p.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0.5)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adam, adamw, sgd (torch.optim) or clipped-adam (Pyro's) (default adam)",
+    )
+    p.add_argument(
+        "--adam-betas",
+        type=float,
+        nargs=2,
+        metavar=("BETA1", "BETA2"),
+        help="Adam's betas (default 0.9 0.999)",
+    )
+    p.add_argument("--adam-eps", type=float, help="Adam's eps (default 1e-8; Burda et al. 1e-4)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        help="L2 (adam, sgd) or decoupled (adamw) weight decay (default 0)",
+    )
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
+    p.add_argument(
+        "--clip-norm",
+        type=float,
+        help="clip each parameter tensor's gradient to this norm (default: no clip)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        help="learning rate per epoch: none, step, exponential, cosine, or iwae "
+        "(Burda et al. 2016: 3^i epochs at lr x 10^(-i/7), i=0..7; sets --epochs to "
+        f"{IWAE_EPOCHS} unless given) (default none)",
+    )
+    p.add_argument(
+        "--lr-gamma", type=float, help="factor of the step and exponential schedules (default 0.5)"
+    )
+    p.add_argument(
+        "--lr-step-size", type=int, help="epochs between steps of the step schedule (default 10)"
+    )
+    p.add_argument("--lr-min", type=float, help="last rate of the cosine schedule (default 0)")
+    p.add_argument(
+        "--valid-size",
+        type=int,
+        metavar="N",
+        help="validation rows, taken from the end of train + valid (default: the "
+        "data set's split, 10000 for MNIST); 0 trains on all of them and best.pt is "
+        "the last epoch",
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N points only")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="also checkpoint every N SVI steps inside an epoch (default 0: at epoch ends); "
+        "a resumed run continues from the step, bit for bit",
+    )
+    p.add_argument(
+        "--drop-last",
+        action="store_const",
+        const=True,
+        default=None,
+        help="drop the last short batch of each epoch",
+    )
+    p.add_argument(
+        "--score-function",
+        action="store_const",
+        const=True,
+        default=None,
+        help="train by the score-function estimator: the guide's latent sites are made "
+        "non-reparameterized (any pair)",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=list(BASELINES),
+        help="baseline for score-function terms (needs --objective tracegraph): "
+        + "; ".join(f"{name}: {spec.description}" for name, spec in BASELINES.items()),
+    )
+    p.add_argument(
+        "--baseline-beta", type=float, metavar="BETA", help="decay of --baseline avg (default 0.9)"
+    )
+    p.add_argument(
+        "--baseline-lr",
+        type=float,
+        metavar="LR",
+        help="learning rate of --baseline nn (default 10 x --lr)",
+    )
+    p.add_argument(
+        "--baseline-hidden",
+        type=_comma_list(int),
+        metavar="H1,H2",
+        help="hidden widths of --baseline nn (default 100)",
+    )
+    p.add_argument(
+        "--beta",
+        type=float,
+        metavar="B",
+        help="weight of every latent site in training (a beta-VAE's beta * KL; default 1); "
+        "validation and evaluation always report the true ELBO",
+    )
+    p.add_argument(
+        "--kl-warmup",
+        type=int,
+        metavar="N",
+        help="KL warm-up: the latent weight rises linearly from --kl-warmup-start to --beta "
+        "over N SVI steps (default 0: no warm-up)",
+    )
+    p.add_argument(
+        "--kl-warmup-start",
+        type=float,
+        metavar="B0",
+        help="latent weight at the first step of --kl-warmup (default 0)",
+    )
+    p.add_argument(
+        "--label-encoding",
+        choices=LABEL_ENCODINGS,
+        help="labels as the pair's programs receive them: class indices (B,) or one-hot rows "
+        "(B, C) (default index)",
+    )
+    p.add_argument(
+        "--num-labelled",
+        type=int,
+        metavar="N",
+        help="keep the labels of N training points, the same number per class, chosen with "
+        "--seed (default: all, for a pair whose programs take labels)",
+    )
+    p.add_argument(
+        "--labelled-batches",
+        type=int,
+        metavar="L",
+        help="labelled batches per epoch, spread evenly among the unlabelled ones (default: "
+        "one pass over the labelled points)",
+    )
+    p.add_argument(
+        "--enumerate",
+        choices=ENUMERATE_STRATEGIES,
+        help="with --objective enum: parallel (one vectorized pass over each discrete "
+        "site's values) or sequential (one pass per value) (default parallel)",
+    )
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        choices=COMPILE_MODES,
+        help="trace the training loss once per batch shape from the pair's Pyro programs "
+        "into a graph and compile it (torch.compile); an untraceable pair trains eagerly "
+        "with a note naming why, or stops with --compile strict (default off)",
+    )
+    p.add_argument(
+        "--pixel-scale",
+        choices=PIXEL_SCALE_CHOICES,
+        help="scaling of .npy/.npz values: auto (uint8 arrays of image shape /255, counts "
+        "kept), none, 255 (default auto)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    _add_launch_options(p)
+    p.set_defaults(run=_run_train)  # fmt: skip
+
+
+def _run_train(args) -> int:
+    from pyro_vae.training.train import read_config, train
+
+    file_values = load_toml(args.config) if args.config else {}
+    flags = {name: getattr(args, name, None) for name in FIELDS}
+    if args.resume and args.out and not args.config:
+        # resuming takes the run's own resolved config; flags may still raise --epochs
+        try:
+            file_values = read_config(args.out).to_dict()
+        except ConfigError:
+            file_values = {}
+    if (flags.get("lr_schedule") or file_values.get("lr_schedule")) == "iwae" and (
+        flags.get("epochs") is None and "epochs" not in file_values
+    ):
+        flags["epochs"] = IWAE_EPOCHS  # the schedule's own length
+    config = resolve(file_values, flags)
+    result = train(config, resume=args.resume, progress=args.progress)
+    last = result.history[-1] if result.history else None
+    if last and world().is_main:
+        best = result.best_valid_elbo
+        print(
+            f"done: {result.run_dir}  epoch {last['epoch']}  "
+            + (f"best valid ELBO {best:.3f}" if best == best else "no validation split: "
+               "best.pt is the last epoch")
+        )  # fmt: skip
+    return 0
