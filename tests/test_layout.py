@@ -189,3 +189,24 @@ def test_no_module_of_the_package_is_ignored_by_git():
     result = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True,
                             text=True)  # fmt: skip
     assert result.stdout.split() == [], f"git ignores {result.stdout.split()}"
+
+
+def test_old_module_paths_forward_with_a_deprecation_warning():
+    import importlib
+
+    import pytest
+
+    import pyro_vae
+    from pyro_vae.infer.estimators import iwae_bound
+    from pyro_vae.training.train import train
+
+    old = importlib.import_module("pyro_vae.estimators")
+    with pytest.warns(DeprecationWarning, match="pyro_vae.infer.estimators"):
+        assert old.iwae_bound is iwae_bound
+    with pytest.warns(DeprecationWarning, match="pyro_vae.training.train"):
+        from pyro_vae.train import read_config  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        importlib.import_module("pyro_vae.gradvar").nothing  # noqa: B018
+    # the functions the package exports keep their names after an old path is imported
+    assert pyro_vae.train is train and callable(pyro_vae.evaluate)
+    assert callable(pyro_vae.diagnose) and callable(pyro_vae.convergence)
