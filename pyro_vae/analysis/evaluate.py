@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.analysis.results import Result
-from pyro_vae.analysis.subjects import Subject, is_run_source, subject
+from pyro_vae.analysis.subjects import Subject, subject, world_for
 from pyro_vae.infer.compiled import CompiledLogWeights
-from pyro_vae.infer.distributed import World, current_world, world
+from pyro_vae.infer.distributed import World
 from pyro_vae.infer.estimators import (
     check_estimator,
     estimate_log_px_in_batches,
@@ -189,11 +189,7 @@ def evaluate(
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
     _check_arguments(estimator, num_samples, limit, batch_size)
-    ranks = world()
-    if is_run_source(source):
-        ranks, rank_device = current_world(device or "auto")
-        if ranks.distributed:
-            device = rank_device
+    ranks, device = world_for(source, device)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(limit)  # fmt: skip
     if save is None:

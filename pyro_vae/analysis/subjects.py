@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pyro_vae.infer.distributed import World, current_world, world
 from pyro_vae.pairs import FunctionPair, PairError, PairInfo, check_pair
 from pyro_vae.runs.checkpoints import BEST
 from pyro_vae.runs.config import ConfigError
@@ -61,6 +62,16 @@ class Subject:
 def is_run_source(source: Any) -> bool:
     """Whether ``source`` names a run (a :class:`Run` or a run directory path)."""
     return isinstance(source, Run | str | os.PathLike)
+
+
+def world_for(source: Any, device: str | None) -> tuple[World, str | None]:
+    """The ranks an analysis of ``source`` runs on, and the device: a run reopened under
+    torchrun is shared among the ranks, each on its own device (:mod:`pyro_vae.infer.distributed`);
+    a pair held in memory runs in this process's world as it is."""
+    if not is_run_source(source):
+        return world(), device
+    ranks, rank_device = current_world(device or "auto")
+    return ranks, (rank_device if ranks.distributed else device)
 
 
 def as_pair(source: Any, guide: Any = None) -> Any:
@@ -173,4 +184,4 @@ def _run_context(run: Run, split: str | None) -> dict[str, Any]:
     }
 
 
-__all__ = ["Subject", "as_pair", "is_run_source", "subject"]
+__all__ = ["Subject", "as_pair", "is_run_source", "subject", "world_for"]

@@ -21,8 +21,8 @@ from pyro_vae.analysis.diagnose.errors import DiagnoseError
 from pyro_vae.analysis.diagnose.report import FIGURES, format_summary, write_figures, write_outputs
 from pyro_vae.analysis.evaluate import refuse_conditional_pair
 from pyro_vae.analysis.results import Result
-from pyro_vae.analysis.subjects import Subject, is_run_source, subject
-from pyro_vae.infer.distributed import World, current_world, world
+from pyro_vae.analysis.subjects import Subject, subject, world_for
+from pyro_vae.infer.distributed import World
 from pyro_vae.runs.checkpoints import BEST
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.runs.files import atomic_write_bytes, json_bytes, jsonable
@@ -187,11 +187,7 @@ def diagnose(
     """
     _check_settings(num_samples, nuts_chains, nuts_warmup, nuts_samples, gap_steps, gap_lr,
                     gap_particles)  # fmt: skip
-    ranks = world()
-    if is_run_source(source):
-        ranks, rank_device = current_world(device or "auto")
-        if ranks.distributed:
-            device = rank_device
+    ranks, device = world_for(source, device)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair)  # fmt: skip
     refuse_conditional_pair(held, "diagnose")
