@@ -194,9 +194,9 @@ def test_samples_of_a_tutorial_vae_trained_by_svi(digits_points, tmp_path):
     assert "3 rows of images of 1x8x8" in drawn.summary()
 
 
-def test_samples_of_plain_functions_need_an_image_shape_to_be_drawn(tmp_path):
+def test_samples_of_plain_functions_are_vectors_without_an_image_shape(tmp_path):
     """A model and a guide written as functions with pyro.param: points of 6 values are no
-    square image, so plot asks for image_shape."""
+    square image, so they are drawn as vectors, or as images of a given image_shape."""
 
     def model(x):
         weight = pyro.param("weight", torch.ones(2, 6))
@@ -215,8 +215,11 @@ def test_samples_of_plain_functions_need_an_image_shape_to_be_drawn(tmp_path):
                                                            "prior sample"]  # fmt: skip
     # the prior sample is E[x|z] = z @ weight with z ~ N(0, I)
     assert drawn.rows[2][1].shape == (3, 6)
-    with pytest.raises(ConfigError, match=r"pass image_shape=\(channels, height, width\)"):
-        drawn.plot(tmp_path / "x.png")
+    # vectors of 6 values: a heatmap, and the values in a CSV beside it
+    assert drawn["layout"] == "vectors" and drawn.plot(tmp_path / "v.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "v.csv").read_text().splitlines()[0] == "row,point," + ",".join(
+        f"x_{j}" for j in range(6)
+    )
     shaped = sample((model, guide), x, num=3, image_shape=(1, 2, 3))
     assert shaped.plot(tmp_path / "x.png").read_bytes()[:8] == PNG
 

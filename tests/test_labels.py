@@ -378,6 +378,10 @@ def test_m2_semi_supervised_trains_evaluates_samples_and_maps(capsys, monkeypatc
                      "50", "--epochs", "2", "--out", str(run)]) == 0  # fmt: skip
     metrics = (run / "metrics.csv").read_text().splitlines()
     assert metrics[0].endswith("valid_accuracy,classify_loss") and len(metrics) == 3
+    from pyro_vae.runs.reopen import read_config
+
+    recorded = read_config(run)  # --label-encoding auto: the built-in M2 takes class indices
+    assert (recorded.label_encoding, recorded.classify_loss) == ("index", "on")
     capsys.readouterr()
     assert cli.main(["evaluate", str(run), "--num-samples", "20", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -450,9 +454,10 @@ def test_a_pair_in_the_style_of_pyros_m2_example_runs_unchanged(run_cli, tmp_pat
     kwargs = '{"hidden_layers": [32], "z_dim": 4, "aux_loss_multiplier": 20}'
     run = tmp_path / "ssvae"
     result = run_cli("train", *TINY, "--pair", spec, "--pair-kwargs", kwargs, "--objective",
-                     "enum", "--label-encoding", "onehot", "--num-labelled", "50",
-                     "--epochs", "1", "--out", run, cwd=tmp_path)  # fmt: skip
+                     "enum", "--num-labelled", "50", "--epochs", "1", "--out", run,
+                     cwd=tmp_path)  # fmt: skip
     assert "Traceback" not in result.stderr and "valid accuracy" in result.stderr
+    assert "--label-encoding auto chose onehot" in result.stderr  # as the example observes y
     import json
 
     summary = json.loads(run_cli("evaluate", run, "--num-samples", "10", "--json",
@@ -512,6 +517,21 @@ LABEL_ERRORS = [
      [*TINY, "--pair", "cvae", "--num-labelled", "50"], "needs labels on every batch"),
     ("labelled-batches zero", [*TINY, "--pair", "ss-m2", "--labelled-batches", "0"],
      "--labelled-batches 0: must be at least 1"),
+    ("num-labelled negative", [*TINY, "--pair", "ss-m2", "--num-labelled", "-1"],
+     "--num-labelled -1: must be at least 0 (0: no labels)"),
+    ("num-labelled 0 for a pair that needs labels",
+     [*TINY, "--pair", "cvae", "--num-labelled", "0"], "needs labels on every batch"),
+    ("labelled-batches with num-labelled 0",
+     [*TINY, "--pair", "ss-m2", "--num-labelled", "0", "--labelled-batches", "2"],
+     "--labelled-batches 2 has no effect with --num-labelled 0"),
+    ("classify-loss on with num-labelled 0",
+     [*TINY, "--pair", "ss-m2", "--num-labelled", "0", "--classify-loss", "on"],
+     "--num-labelled 0 leaves no labelled batch"),
+    ("classify-loss on for a pair without one", [*TINY, "--pair", "mlp", "--classify-loss", "on"],
+     "the pair defines no classification loss"),
+    ("classify-loss on for a set without labels",
+     ["--dataset", "{npz_plain}", "--pair", "ss-m2", "--classify-loss", "on"],
+     "the run has no labels to train it on"),
     ("sample --label without labels", None, "takes no labels"),
 ]  # fmt: skip
 

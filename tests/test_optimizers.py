@@ -43,11 +43,40 @@ def test_step_exponential_and_cosine_factors():
     assert [lr_factor(step, e) for e in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
     exponential = _config(lr_schedule="exponential", lr_gamma=0.9)
     assert lr_factor(exponential, 4) == pytest.approx(0.9**4)
-    cosine = _config(lr_schedule="cosine", epochs=5, lr=1e-3, lr_min=1e-4)
-    factors = [lr_factor(cosine, e) for e in range(5)]
-    assert factors[0] == 1 and factors[-1] == pytest.approx(0.1)
-    assert factors[2] == pytest.approx(0.55)  # halfway: the mean of the two ends
+    cosine = _config(lr_schedule="cosine", epochs=4, lr=1e-3, lr_min=1e-4)
+    factors = [lr_factor(cosine, e) for e in range(4)]
+    assert factors[0] == 1 and factors[2] == pytest.approx(0.55)  # e = E/2: the ends' mean
+    assert factors[3] == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.5)) / 2)  # last: > lr_min
+    assert lr_factor(cosine, 4) == pytest.approx(0.1)  # lr_min once the last epoch is over
     assert lr_factor(_config(), 100) == 1
+
+
+def test_the_cosine_schedule_is_torchs_cosine_annealing_stepped_per_epoch():
+    """What a PyTorch user expects from CosineAnnealingLR(T_max=epochs, eta_min=lr_min)
+    stepped after each epoch: the last epoch still trains; lr_min is the rate after it."""
+    for epochs, lr_min in ((1, 0.0), (2, 0.0), (5, 1e-4), (7, 2e-4)):
+        config = _config(lr_schedule="cosine", epochs=epochs, lr=1e-3, lr_min=lr_min)
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        torch_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, lr_min)
+        for epoch in range(epochs):
+            assert 1e-3 * lr_factor(config, epoch) == pytest.approx(
+                optimizer.param_groups[0]["lr"], rel=1e-12, abs=1e-15
+            ), (epochs, epoch)
+            assert 1e-3 * lr_factor(config, epoch) > lr_min
+            optimizer.step()
+            torch_schedule.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_min, abs=1e-15)
+
+
+def test_a_two_epoch_cosine_run_trains_its_last_epoch(tmp_path):
+    """Notebook 07 in smoke mode: two epochs of cosine down to lr_min = 0. The second epoch
+    trains at half the rate (it used to get 0 and leave the parameters as they were)."""
+    after_epoch = []
+    result = train(_config(epochs=2, lr_schedule="cosine", out=str(tmp_path / "run")),
+                   progress=False, on_epoch=lambda row: after_epoch.append(_store()))  # fmt: skip
+    assert [row["lr"] for row in result.history] == pytest.approx([1e-3, 5e-4])
+    first, second = after_epoch
+    assert any(not torch.equal(first[name], second[name]) for name in first)
 
 
 def _store():

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.analysis.results import Result, figure_path
-from pyro_vae.analysis.subjects import Subject, subject, world_for
+from pyro_vae.analysis.subjects import Subject, amortized, subject, world_for
 from pyro_vae.infer.compiled import CompiledLogWeights
 from pyro_vae.infer.distributed import World
 from pyro_vae.infer.estimators import (
@@ -233,6 +233,7 @@ def convergence(
     ranks, device = world_for(source, device)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(num_points)  # fmt: skip
+    held = amortized(held, "convergence")
     if save is None:
         save = isinstance(source, str | os.PathLike) or out is not None
     folder = Path(out) if out is not None else None if held.run is None else held.run.path

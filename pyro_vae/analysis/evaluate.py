@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
@@ -36,12 +37,19 @@ from pyro_vae.infer.estimators import (
     evaluation_view,
     low_ess_warnings,
 )
+from pyro_vae.infer.local_fit import (
+    LOCAL_FIT_LR,
+    LOCAL_FIT_STEPS,
+    fit_local_params,
+    fresh_local_params,
+)
 from pyro_vae.pairs import PairInfo, evaluation_mode
 from pyro_vae.pairs.labels import (
     accuracy,
     cluster_accuracy,
     guide_class_probabilities,
 )
+from pyro_vae.pairs.local_params import LocalParams
 from pyro_vae.runs.checkpoints import BEST
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.runs.files import atomic_write_bytes, json_bytes
@@ -121,12 +129,26 @@ class Evaluation(Result):
                 "  log p(x_i | globals), global site(s) held at the guide's mean: "
                 + ", ".join(self["conditioned_on"]["sites"])
             )
+        if self.get("local_fit"):
+            fit = self["local_fit"]
+            lines.append(
+                f"  per-point guide params fitted on these points: {fit['steps']} SVI steps "
+                f"(lr {fit['lr']:g}), final ELBO {fit['final_elbo']:.3f} nats, "
+                f"{fit['seconds']:.1f}s"
+            )
         lines += [f"  warning: {warning}" for warning in self.get("warnings", [])]
         return "\n".join(lines)
 
 
-def _check_arguments(estimator: str, num_samples: int, limit: int | None, batch_size: int):
+def _check_arguments(estimator: str, num_samples: int, limit: int | None, batch_size: int,
+                     local_fit_steps: int = 1, local_fit_lr: float = 1.0) -> None:  # fmt: skip
     check_estimator(estimator)
+    if isinstance(local_fit_steps, bool) or not isinstance(local_fit_steps, int):
+        raise ConfigError(f"--local-fit-steps must be an integer, got {local_fit_steps!r}")
+    if local_fit_steps < 1:
+        raise ConfigError(f"--local-fit-steps must be >= 1, got {local_fit_steps}")
+    if not (isinstance(local_fit_lr, int | float) and 0 < local_fit_lr < math.inf):
+        raise ConfigError(f"--local-fit-lr must be a number > 0, got {local_fit_lr!r}")
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
     if limit is not None and limit < 1:
@@ -154,6 +176,8 @@ def evaluate(
     progress: bool | None = None,
     save: bool | None = None,
     compile: bool = False,
+    local_fit_steps: int = LOCAL_FIT_STEPS,
+    local_fit_lr: float = LOCAL_FIT_LR,
 ) -> Evaluation:
     """Estimate log p(x) by importance sampling, and the mean log weight, per data point.
 
@@ -181,6 +205,13 @@ def evaluate(
     below 10. ``seed`` seeds the draws: the same seed gives the same numbers, for a pair in
     memory and for its run directory alike.
 
+    A guide that is not amortized (its ``pyro.param``s hold a row per training point,
+    :attr:`~pyro_vae.pairs.PairInfo.local_params`) has no parameters for the evaluated
+    points: they are fitted first, ``local_fit_steps`` Adam steps at ``local_fit_lr`` on the
+    ELBO of all the points with the model and every other parameter frozen
+    (:mod:`pyro_vae.infer.local_fit`), and the fitted guide is the proposal; ``local_fit``
+    in the summary records it. The trained parameters are put back afterwards.
+
     ``compile``: the log weights come from a compiled graph of the same computation
     (:class:`pyro_vae.infer.compiled.CompiledLogWeights`; ``compiled`` in the summary says how
     many graphs, or why it ran eagerly); with the same seed the numbers are the eager ones.
@@ -188,7 +219,7 @@ def evaluate(
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
-    _check_arguments(estimator, num_samples, limit, batch_size)
+    _check_arguments(estimator, num_samples, limit, batch_size, local_fit_steps, local_fit_lr)
     ranks, device = world_for(source, device)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(limit)  # fmt: skip
@@ -202,7 +233,8 @@ def evaluate(
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and ranks.is_main
-    result = _evaluate(held, num_samples, estimator, batch_size, seed, progress, compile, ranks)
+    result = _evaluate(held, num_samples, estimator, batch_size, seed, progress, compile, ranks,
+                       (local_fit_steps, local_fit_lr))  # fmt: skip
     if not ranks.is_main:  # rank 0 alone prints and writes
         return result
     for warning in result["warnings"]:
@@ -219,17 +251,31 @@ def evaluate(
 
 
 def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, seed: int,
-              progress: bool, compile: bool, ranks: World) -> Evaluation:  # fmt: skip
-    """The estimates on ``held``'s points (see :func:`evaluate`)."""
+              progress: bool, compile: bool, ranks: World,
+              local_fit: tuple[int, float] = (LOCAL_FIT_STEPS, LOCAL_FIT_LR),
+              ) -> Evaluation:  # fmt: skip
+    """The estimates on ``held``'s points (see :func:`evaluate`); ``local_fit``: the steps
+    and learning rate of the fit of a guide's per-point params."""
     pair, info, x_all, y_all, classes = held.pair, held.info, held.x, held.y, held.classes
+    local = LocalParams(info.local_params) if info.local_params else None
     compiled = None
-    if compile:
+    if compile and local is not None:
+        print("note: --compile: evaluated eagerly: the guide's per-point params are selected "
+              "by each batch's points", file=sys.stderr)  # fmt: skip
+    elif compile:
         compiled = CompiledLogWeights(on_note=lambda line: print(line, file=sys.stderr))
     where = held.context["split"] or "x"
     pyro.set_rng_seed(seed)
     started = time.perf_counter()
-    with evaluation_mode(pair):
-        view = evaluation_view(pair, info, x_all[:2], None if y_all is None else y_all[:2])
+    fit = None
+    with evaluation_mode(pair), ExitStack() as fitted:
+        view = evaluation_view(pair, info, x_all[:2], None if y_all is None else y_all[:2],
+                               local)  # fmt: skip
+        if local is not None and estimator == "is":  # the points' own params, fitted first
+            params = fitted.enter_context(fresh_local_params(local.names, x_all.shape[0]))
+            fit = fit_local_params(view.model, view.guide, x_all, params, steps=local_fit[0],
+                                   lr=local_fit[1], max_plate_nesting=info.max_plate_nesting,
+                                   y=y_all)  # fmt: skip
         out = estimate_log_px_in_batches(
             view,
             x_all,
@@ -244,7 +290,7 @@ def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, 
             batch_seed=seed,
             ranks=ranks,
         )
-        classification = _classification(pair, info, x_all, classes, batch_size)
+        classification = {} if local else _classification(pair, info, x_all, classes, batch_size)
     seconds = time.perf_counter() - started
     log_px_t, elbo_t, ess_t = out["log_px"], out["elbo"], out["ess"]
     n = log_px_t.shape[0]
@@ -270,6 +316,7 @@ def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, 
         "seconds": seconds,
         "seed": seed,
         **evaluation_notes(view),
+        "local_fit": fit,
         **classification,
         "warnings": low_ess_warnings(float(ess_t.mean()), num_samples),
     }

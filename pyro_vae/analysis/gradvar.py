@@ -49,7 +49,7 @@ from pyro_vae.analysis.parameters import (
     pair_parameters,
 )
 from pyro_vae.analysis.results import Result, figure_path
-from pyro_vae.analysis.subjects import Subject, subject
+from pyro_vae.analysis.subjects import Subject, amortized, subject
 from pyro_vae.infer.gradients import (
     GRADIENT_ESTIMATORS,
     forget_baselines,
@@ -175,6 +175,7 @@ def gradient_variance(
     names = _check_arguments(estimators, num_draws, batch_size, baseline_steps)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(batch_size)  # fmt: skip
+    held = amortized(held, "gradvar")
     if save is None:
         save = isinstance(source, str | os.PathLike)
     if save and out is None and held.run is None:

@@ -26,7 +26,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae.analysis.results import Result, figure_path
-from pyro_vae.analysis.subjects import Subject, subject
+from pyro_vae.analysis.subjects import Subject, amortized, subject
 from pyro_vae.pairs import PairInfo, evaluation_mode, is_sample_site
 from pyro_vae.pairs.labels import program_args
 from pyro_vae.runs.checkpoints import BEST
@@ -219,6 +219,7 @@ def latents(
         raise ConfigError(f"--draws {draws}: must be at least 1")
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(limit)  # fmt: skip
+    held = amortized(held, "latents")
     if held.x.shape[0] < 3:
         raise ConfigError(f"a map needs at least 3 points, got {held.x.shape[0]}")
     if save is None:

@@ -1,6 +1,6 @@
-"""Figures of the analyses: image grids, latent maps, k-hat and KL per dimension, forest and
-pair plots of posterior draws, convergence in K and gradient variance. Each draws given numbers
-into a file; the analyses compute them."""
+"""Figures of the analyses: image grids, heatmaps of vectors, latent maps, k-hat and KL per
+dimension, forest and pair plots of posterior draws, convergence in K and gradient variance.
+Each draws given numbers into a file; the analyses compute them."""
 
 from __future__ import annotations
 
@@ -23,9 +23,16 @@ import torch  # noqa: E402
 from pyro_vae.runs.figures import save_figure  # noqa: E402
 
 
-def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...], path: Path):
-    """Save labelled rows of flattened images as one PNG."""
+def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...], path: Path,
+               drawn: torch.Tensor | None = None) -> Path:  # fmt: skip
+    """Save labelled rows of flattened images as one PNG.
+
+    ``drawn`` (a bool mask over the C*H*W values of an image) marks the part a model draws
+    given the rest: every image then has that part outlined, and an ``input`` row after the
+    data shows what the model was given, the drawn part blanked out."""
     channels, height, width = image_shape
+    if drawn is not None and rows and rows[0][0] == "data":
+        rows = [rows[0], ("input", rows[0][1]), *rows[1:]]
     num_cols = max(r.shape[0] for _, r in rows)
     fig, axes = plt.subplots(
         len(rows), num_cols, figsize=(num_cols * 0.9, len(rows) * 0.9 + 0.3), squeeze=False
@@ -40,11 +47,96 @@ def image_grid(rows: list[tuple[str, torch.Tensor]], image_shape: tuple[int, ...
                 spine.set_visible(False)
             if j < images.shape[0]:
                 image = images[j].permute(1, 2, 0).clamp(0, 1).numpy()
-                ax.imshow(
-                    image.squeeze(-1) if channels == 1 else image, cmap="gray", vmin=0, vmax=1
-                )
+                if drawn is None:
+                    ax.imshow(
+                        image.squeeze(-1) if channels == 1 else image, cmap="gray", vmin=0, vmax=1
+                    )
+                else:
+                    _show_part(ax, image, drawn.reshape(image_shape), blank=label == "input")
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    save_figure(fig, path)
+    if drawn is not None:
+        fig.suptitle("outlined in red: the part the model draws; the rest is its input",
+                     fontsize=8)  # fmt: skip
+    return save_figure(fig, path)
+
+
+#: The colour of the part of an image a model was not given, in the ``input`` row.
+_BLANK = (0.95, 0.8, 0.8)
+
+
+def _show_part(ax: Any, image: Any, drawn: torch.Tensor, blank: bool) -> None:
+    """Show one (H, W, C) image with the pixels ``drawn`` (C, H, W) outlined in red, or, for
+    ``blank``, painted a flat colour."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+
+    mask = drawn.any(0).numpy()  # (H, W): a pixel any of whose channels is drawn
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image.copy()
+    if blank:
+        rgb[mask] = _BLANK
+    ax.imshow(rgb, vmin=0, vmax=1)
+    # the boundary between drawn and given pixels, along pixel edges
+    segments = []
+    rows, cols = np.nonzero(mask[1:] != mask[:-1])
+    segments += [[(c - 0.5, r + 0.5), (c + 0.5, r + 0.5)] for r, c in zip(rows, cols, strict=True)]
+    rows, cols = np.nonzero(mask[:, 1:] != mask[:, :-1])
+    segments += [[(c + 0.5, r - 0.5), (c + 0.5, r + 0.5)] for r, c in zip(rows, cols, strict=True)]
+    ax.add_collection(LineCollection(segments, colors="red", linewidths=1.2))
+
+
+def vector_heatmap(rows: list[tuple[str, torch.Tensor]], columns: Any, path: Path, *,
+                   max_columns: int = 200) -> Path:  # fmt: skip
+    """Save labelled rows of vectors as stacked heatmaps, one block per row (data,
+    reconstruction, prior sample, class K), one line per point, on one colour scale.
+
+    x is the index of a value within a point (``columns`` names them); past ``max_columns``
+    values, only the ``max_columns`` with the largest mean absolute value over all rows are
+    shown, in index order, and the axis says so. Values that are all >= 0 (counts) get a
+    square-root colour scale."""
+    import numpy as np
+    from matplotlib.colors import Normalize, PowerNorm
+    from matplotlib.gridspec import GridSpec
+
+    blocks = [(label, values.detach().float().cpu().reshape(values.shape[0], -1).numpy())
+              for label, values in rows]  # fmt: skip
+    every = np.concatenate([values for _, values in blocks])
+    width = every.shape[1]
+    keep = np.arange(width)
+    if width > max_columns:
+        strength = np.nan_to_num(np.abs(every)).mean(0)
+        keep = np.sort(np.argsort(-strength, kind="stable")[:max_columns])
+    finite = every[:, keep][np.isfinite(every[:, keep])]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    high = high if high > low else low + 1.0
+    # counts are skewed (a few large ones among many zeros): a square-root colour scale keeps
+    # the small values of reconstructions and samples visible beside them
+    norm = PowerNorm(0.5, vmin=low, vmax=high) if low >= 0 else Normalize(low, high)
+    heights = [values.shape[0] for _, values in blocks]
+    fig = plt.figure(figsize=(min(14.0, max(6.0, 0.06 * len(keep) + 3.0)),
+                              1.0 + 0.2 * sum(heights) + 0.35 * len(blocks)))  # fmt: skip
+    grid = GridSpec(len(blocks), 2, figure=fig, height_ratios=heights, width_ratios=[40, 1])
+    axes = [fig.add_subplot(grid[i, 0]) for i in range(len(blocks))]
+    for ax, (label, values) in zip(axes, blocks, strict=True):
+        image = ax.imshow(values[:, keep], aspect="auto", interpolation="nearest",
+                          cmap="viridis", norm=norm)  # fmt: skip
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+        step = max(1, math.ceil(values.shape[0] / 5))
+        ax.set_yticks(range(0, values.shape[0], step))
+        ax.tick_params(labelsize=7, labelbottom=False)
+    step = max(1, math.ceil(len(keep) / 20))
+    axes[-1].set_xticks(range(0, len(keep), step))
+    axes[-1].set_xticklabels([str(k) for k in keep[::step]], rotation=90)
+    axes[-1].tick_params(labelbottom=True)
+    sites = sorted({str(name).rsplit("_", 1)[0] for name in columns}) if columns else []
+    what = f" of {', '.join(map(repr, sites))}" if sites else ""
+    shown = f", the {len(keep)} of {width} with the largest mean" if len(keep) < width else ""
+    axes[-1].set_xlabel(f"feature index{what}{shown}", fontsize=9)
+    axes[0].set_title("rows: points (data, reconstructions E[x|z], z ~ q(z|x); samples E[x|z], "
+                      "z ~ p(z))", fontsize=8)  # fmt: skip
+    colorbar = fig.colorbar(image, cax=fig.add_subplot(grid[:, 1]))
+    scale = " (square-root colour scale)" if low >= 0 else ""
+    colorbar.set_label(f"value{scale}", fontsize=9)
+    return save_figure(fig, path)
 
 
 def latent_map_figure(coordinates: Any, labels: Any, path: str | os.PathLike, *,

@@ -1,8 +1,11 @@
-"""Draws from a trained pair as images: its data, reconstructions E[x|z] with z ~ q(z|x), and
-samples E[x|z] with z ~ p(z), one row per class for a pair conditioned on labels.
+"""Draws from a trained pair: its data, reconstructions E[x|z] with z ~ q(z|x), and samples
+E[x|z] with z ~ p(z), one row per class for a pair conditioned on labels.
 
-:func:`sample` returns the rows as tensors (a :class:`Samples`); ``Samples.plot`` draws them
-as one grid (:func:`pyro_vae.analysis.plots.image_grid`), as ``pyro-vae sample`` does.
+:func:`sample` returns the rows as tensors (a :class:`Samples`), laid out by what the pair
+observes (:mod:`pyro_vae.analysis.sample_kinds`): images, part of an image drawn given the
+rest, or vectors. ``Samples.plot`` draws them as ``pyro-vae sample`` does: a grid of images
+(:func:`pyro_vae.analysis.plots.image_grid`), or a heatmap and a CSV of vectors
+(:func:`pyro_vae.analysis.plots.vector_heatmap`).
 
 References:
     Kingma & Welling (2014), Auto-Encoding Variational Bayes.
@@ -24,9 +27,19 @@ import torch
 from pyro import poutine
 
 from pyro_vae.analysis.results import Result, figure_path
-from pyro_vae.analysis.subjects import Subject, as_pair, is_run_source, subject
+from pyro_vae.analysis.sample_kinds import (
+    Layout,
+    NothingToDraw,
+    choose_layout,
+    complete,
+    drawn_mask,
+    observed_positions,
+    observed_values,
+    per_point,
+)
+from pyro_vae.analysis.subjects import Subject, amortized, as_pair, is_run_source, subject
 from pyro_vae.infer.estimators import evaluation_view
-from pyro_vae.pairs import PairError, data_plate_dim, evaluation_mode, pair_modules
+from pyro_vae.pairs import PairError, evaluation_mode, pair_modules
 from pyro_vae.pairs.labels import (
     LABEL_ENCODINGS,
     LabelError,
@@ -36,27 +49,26 @@ from pyro_vae.pairs.labels import (
 )
 from pyro_vae.runs.checkpoints import BEST, CHECKPOINT
 from pyro_vae.runs.config import ConfigError
+from pyro_vae.runs.files import atomic_write_bytes
 
 
 def _observed_means(trace, observed_sites: tuple[str, ...], num_points: int,
                     data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Per observed site, the mean of its distribution (its value where it has no mean), as
-    ``(num_points, values per point)`` in the order of the data plate."""
+    """Per observed site, the mean of its distribution (a draw from it where it has no mean),
+    as ``(num_points, values per point)`` in the order of the data plate."""
     means = {}
     for name in observed_sites:
         site = trace.nodes[name]
         try:
             mean = site["fn"].mean
-        except NotImplementedError:
-            mean = site["value"]
-        found = data_plate_dim(site, num_points, data_plate)
-        if found is None:
-            continue
-        event_dims = len(site["fn"].event_shape)
-        batch_dims = mean.dim() - event_dims
-        axis = batch_dims + found[1]
-        mean = mean.movedim(axis, 0) if axis >= 0 else mean.unsqueeze(0)
-        means[name] = mean.expand(num_points, *mean.shape[1:]).reshape(num_points, -1)
+        except NotImplementedError:  # a draw, not the observed value a replayed trace holds
+            try:
+                mean = site["fn"].sample() if site["is_observed"] else site["value"]
+            except NotImplementedError:
+                raise PairError(_cannot_draw(name, site["fn"])) from None
+        mean = per_point(site, mean, num_points, data_plate)
+        if mean is not None:
+            means[name] = mean
     return means
 
 
@@ -139,44 +151,88 @@ def sampled_classes(
 
 
 class Samples(Result):
-    """What :func:`sample` drew: ``rows``, a list of ``(name, images)`` with ``images`` a
-    tensor (n, values per image): ``data``, ``reconstruction``, then ``prior sample`` or one
-    ``class K`` row per class; ``image_shape`` (C, H, W), or None where it is not known. The
-    mapping holds the JSON keys (``rows``: the names, ``num``, ``image_shape``, ``skipped``:
-    the rows that could not be drawn and why, ``seed``, where the pair came from)."""
+    """What :func:`sample` drew: ``rows``, a list of ``(name, values)`` with ``values`` a
+    tensor (n, values per point): ``data``, ``reconstruction``, then ``prior sample`` or one
+    ``class K`` row per class; ``image_shape`` (C, H, W), or None where it is not known;
+    ``layout`` (:class:`~pyro_vae.analysis.sample_kinds.Layout`): ``images``, ``image parts``
+    (each row whole images, the drawn part beside the observed part of the data; ``drawn``
+    the mask of drawn entries) or ``vectors`` (a heatmap and a CSV, ``columns`` naming the
+    values). The mapping holds the JSON keys (``rows``: the names, ``num``, ``layout``,
+    ``image_shape``, ``skipped``: the rows that could not be drawn and why, ``seed``, where
+    the pair came from; ``png`` and ``csv`` once plotted)."""
 
     kind = "samples"
 
     def __init__(self, summary: dict[str, Any], rows: list[tuple[str, torch.Tensor]],
-                 image_shape: tuple[int, ...] | None):  # fmt: skip
+                 image_shape: tuple[int, ...] | None,
+                 layout: Layout | None = None) -> None:  # fmt: skip
         super().__init__(summary)
         self.rows = rows
         self.image_shape = image_shape
+        self.layout = layout or Layout("images")
+        positions = self.layout.positions
+        self.drawn = None
+        if positions is not None and image_shape is not None:
+            self.drawn = drawn_mask(positions, math.prod(image_shape))
+        self.columns = self.layout.columns
 
     def summary(self) -> str:
-        shape = "" if self.image_shape is None else " of " + "x".join(map(str, self.image_shape))
-        names = ", ".join(f"{name} ({images.shape[0]})" for name, images in self.rows)
+        names = ", ".join(f"{name} ({values.shape[0]})" for name, values in self.rows)
         plural = "" if len(self.rows) == 1 else "s"
-        lines = [f"{len(self.rows)} row{plural} of images{shape}: {names}"]
+        kind = self.layout.kind
+        if kind == "vectors":
+            width = self.rows[0][1].shape[1] if self.rows else 0
+            what = f"vectors of {width} values"
+        else:
+            shape = self.image_shape
+            what = "images" + ("" if shape is None else " of " + "x".join(map(str, shape)))
+            if self.drawn is not None:
+                what += f", {int(self.drawn.sum())} of {self.drawn.numel()} values drawn"
+        lines = [f"{len(self.rows)} row{plural} of {what}: {names}"]
         lines += [f"  skipped {message}" for message in self["skipped"]]
+        lines += [f"  wrote {self[key]}" for key in ("png", "csv") if key in self]
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike) -> Path:
-        """Draw the rows as one grid of images (``samples.png`` in a folder ``path``, or the
-        file ``path``); return the path written."""
-        from pyro_vae.analysis.plots import image_grid  # matplotlib only when drawing
+        """Draw the rows (``samples.png`` in a folder ``path``, or the file ``path``): a grid
+        of images, whole images with the drawn part outlined, or a heatmap of vectors whose
+        values also go to a CSV of the same name (``samples.csv``); return the PNG's path."""
+        return self.draw(figure_path(path, "samples.png"))
 
-        if self.image_shape is None:
-            size = self.rows[0][1].shape[1] if self.rows else "?"
+    def draw(self, path: str | os.PathLike) -> Path:
+        """Draw the rows into the file ``path`` whatever its suffix (see :meth:`plot`)."""
+        from pyro_vae.analysis import plots  # matplotlib only when drawing
+
+        path = Path(path)
+        if not self.rows:
+            raise NothingToDraw("no rows to draw: " + "; ".join(self["skipped"]))
+        kind = self.layout.kind
+        if kind == "vectors":
+            table = path.with_suffix(".csv")
+            atomic_write_bytes(table, self.table().encode())
+            plots.vector_heatmap(self.rows, self.columns, path)
+            self["csv"] = str(table)
+        elif self.image_shape is None:
+            size = self.rows[0][1].shape[1]
             raise ConfigError(
                 f"cannot draw images of {size} values without their shape: pass "
                 "image_shape=(channels, height, width) to sample()"
             )
-        if not self.rows:
-            raise ConfigError("no rows to draw: " + "; ".join(self["skipped"]))
-        path = figure_path(path, "samples.png")
-        image_grid(self.rows, self.image_shape, path)
+        else:
+            plots.image_grid(self.rows, self.image_shape, path, drawn=self.drawn)
+        self["png"] = str(path)
         return path
+
+    def table(self) -> str:
+        """The rows as CSV text: a header ``row,point,<one column per value>``, then one line
+        per point of each row (``row`` its name: data, reconstruction, prior sample, ...)."""
+        width = self.rows[0][1].shape[1] if self.rows else 0
+        columns = self.columns or tuple(f"x_{j}" for j in range(width))
+        lines = [",".join(("row", "point", *columns))]
+        for name, values in self.rows:
+            for point, row in enumerate(values.detach().reshape(values.shape[0], -1).tolist()):
+                lines.append(",".join((name, str(point), *(f"{v:.6g}" for v in row))))
+        return "\n".join(lines) + "\n"
 
 
 def sample(
@@ -212,7 +268,14 @@ def sample(
 
     ``image_shape`` (C, H, W), for drawing: a run's is its data set's; for a pair, this
     argument, else ``x.shape[1:]`` for ``x`` with more than 2 dims, else (1, s, s) when a
-    point has s*s values; otherwise ``plot`` asks for it.
+    point has s*s values; otherwise None.
+
+    Layout (``result["layout"]``, :mod:`~pyro_vae.analysis.sample_kinds`): ``images`` where
+    the observed sites together make an image of that shape; ``image parts`` where they are
+    part of one (the lower half, the upper half given), every row then whole images, the
+    given part from the data; else ``vectors`` (no image shape, such as (1, 1, D), or sites
+    that are no part of one), whose data row is what the model observes. Where no row can
+    be drawn, :class:`NothingToDraw` says why.
 
     Labels: a run whose pair takes labels, on a data set that has them, gets one row of
     samples per class, or only class ``label`` (``--label K``). A pair in memory whose
@@ -230,6 +293,7 @@ def sample(
     if is_run_source(source):
         held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                        device=device, data_dir=data_dir, pair=pair).first(count)  # fmt: skip
+        held = amortized(held, "sample")
         data = held.run.data
         shape = _image_shape(image_shape) if image_shape is not None else data.image_shape
         encoding, num_classes = held.run.config.label_encoding, data.num_classes
@@ -279,7 +343,8 @@ def sample(
         if image_shape is None:
             raise ConfigError(
                 "sample(pair) without x draws from the prior on a placeholder batch: pass "
-                "image_shape=(channels, height, width), the shape of one data point, or x"
+                "image_shape=(channels, height, width), the shape of one data point ((1, 1, D) "
+                "for vectors of D values), or x"
             )
         image_shape = _image_shape(image_shape)
         device_, dtype = _pair_device(held_pair)
@@ -301,13 +366,13 @@ def sample(
 def _sample(held: Subject, num: int, seed: int, image_shape: tuple[int, ...] | None,
             shown: bool, classes: list[int] | None, encoding: str,
             num_classes: int | None) -> Samples:  # fmt: skip
-    """The rows of :func:`sample` for ``held`` (its first ``max(num, 2)`` points)."""
+    """The rows of :func:`sample` for ``held`` (its first ``max(num, 2)`` points), laid out
+    by what the pair observes (:func:`~pyro_vae.analysis.sample_kinds.choose_layout`)."""
     pair, info, x = held.pair, held.info, held.x
     y = held.y
     pyro.set_rng_seed(seed)
     with evaluation_mode(pair):
         view = evaluation_view(pair, info, x, y)
-    rows = [("data", x[:num])] if shown else []
     draws = [("reconstruction", partial(reconstructions, y=y))] if shown else []
     if classes is None:
         draws.append(("prior sample", prior_samples))
@@ -315,29 +380,85 @@ def _sample(held: Subject, num: int, seed: int, image_shape: tuple[int, ...] | N
         class_y = encode_labels(torch.full((x.shape[0],), k, device=x.device), encoding,
                                 num_classes, x.dtype)  # fmt: skip
         draws.append((f"class {k}", partial(prior_samples, y=class_y, label_site=info.label_site)))
-    skipped = []
-    size_shape = image_shape if image_shape is not None else (x[0].numel(),)
+    skipped, drawn = [], []
     for row_label, draw in draws:
         try:
             means = draw(view, x, info.observed_sites, info.data_plate)
+        except NotImplementedError:  # pyro drew an observed site its distribution cannot draw
+            skipped.append(f"{row_label}s: {_cannot_draw()}")
+            continue
         except Exception as error:  # a pair whose model cannot run unconditioned, ...
             skipped.append(f"{row_label}s: {type(error).__name__}: {error}")
             continue
-        images, reason = as_images(means, size_shape)
-        if images is None:
-            skipped.append(f"{row_label}s: {reason}")
-        else:
-            rows.append((row_label, images[:num]))
+        if not means or not all(mean.shape[1] for mean in means.values()):
+            skipped.append(f"{row_label}s: an observed site holds no values per data point")
+            continue
+        drawn.append((row_label, means))
+    if not drawn:
+        raise NothingToDraw(
+            "sample: nothing to draw for this pair: " + "; ".join(skipped) + ". Samples need "
+            "likelihoods that can be drawn from (distributions with .mean or .sample(), at "
+            "pyro.sample(name, dist..., obs=x) inside the data plate) in a model that runs "
+            "with those sites unobserved."
+        )
+    sites = tuple(drawn[0][1])
+    layout = choose_layout(drawn[0][1], image_shape, partial(
+        observed_positions, view, x, sites, info.data_plate, y))  # fmt: skip
+    rows = _laid_out(layout, drawn, view, x, y, num, shown, image_shape, info.data_plate,
+                     skipped)  # fmt: skip
     summary = {
         "rows": [name for name, _ in rows],
         "num": num,
+        "layout": layout.kind,
         "image_shape": None if image_shape is None else list(image_shape),
         "classes": classes,
         "skipped": skipped,
         "seed": seed,
         **held.context,
     }
-    return Samples(summary, rows, image_shape)
+    if layout.kind == "image parts":
+        summary["drawn_values"] = sum(where.numel() for where in layout.positions.values())
+    return Samples(summary, rows, image_shape, layout)
+
+
+def _laid_out(layout: Layout, drawn: list[tuple[str, dict[str, torch.Tensor]]], view: Any,
+              x: torch.Tensor, y: torch.Tensor | None, num: int, shown: bool,
+              image_shape: tuple[int, ...] | None, data_plate: str | None,
+              skipped: list[str]) -> list[tuple[str, torch.Tensor]]:  # fmt: skip
+    """The rows of ``drawn`` (name, means by site) in ``layout``, after the data row."""
+    sites = tuple(drawn[0][1])
+    if layout.kind == "image parts":
+        rows = [("data", x[:num].reshape(min(num, x.shape[0]), -1))] if shown else []
+        return rows + [(name, complete(x[:num], layout.positions, means))
+                       for name, means in drawn]  # fmt: skip
+    if layout.kind == "vectors":
+        rows = []
+        if shown:
+            observed = observed_values(view, x, sites, data_plate, y)
+            rows.append(("data", torch.cat([observed[name] for name in sites], dim=1)[:num]))
+        return rows + [(name, torch.cat([means[name] for name in sites], dim=1)[:num])
+                       for name, means in drawn]  # fmt: skip
+    rows = [("data", x[:num])] if shown else []
+    for name, means in drawn:
+        images, reason = as_images(means, image_shape)
+        if images is None:
+            skipped.append(f"{name}s: {reason}")
+        else:
+            rows.append((name, images[:num]))
+    return rows
+
+
+def _cannot_draw(name: str | None = None, fn: Any = None) -> str:
+    """Why a likelihood that only scores x (a distribution with a log_prob, no mean and no
+    sample) gives nothing to draw."""
+    while hasattr(fn, "base_dist"):  # the user's distribution inside Independent, Expanded...
+        fn = fn.base_dist
+    where = "a distribution of the model" if fn is None else (
+        f"observed site {name!r}: {type(fn).__name__}")  # fmt: skip
+    return (
+        f"{where} has no .mean and no .sample() (NotImplementedError), so nothing can be "
+        "drawn from it"
+    )
 
 
 def _image_shape(shape: Any) -> tuple[int, int, int]:
@@ -372,23 +493,27 @@ def sample_figure(
     device: str | None = None,
     checkpoint: str = CHECKPOINT,
     label: int | None = None,
-) -> Path:
-    """Write a PNG grid: test points, their reconstructions, and samples from the prior
-    (:func:`sample` of the run, drawn by :func:`pyro_vae.analysis.plots.image_grid`).
+    with_result: bool = False,
+) -> Path | Samples:
+    """Write the PNG ``out``: test points, their reconstructions, and samples from the prior
+    (:func:`sample` of the run, drawn by :meth:`Samples.draw`); return its path, or with
+    ``with_result`` the :class:`Samples` (its ``png``, and ``csv`` for vectors).
 
-    A conditional pair (one whose programs take labels, with a data set that has them) gets
-    one row of samples per class instead, or only class ``label`` (``--label K``)."""
-    from pyro_vae.analysis.plots import image_grid  # matplotlib only when drawing
-
+    Images as a grid; a model that observes part of an image as whole images, the drawn part
+    outlined beside its input; vectors (counts, features) as a heatmap, their values also in
+    ``out`` with the suffix ``.csv``. A conditional pair (one whose programs take labels,
+    with a data set that has them) gets one row of samples per class instead, or only class
+    ``label`` (``--label K``). Where nothing can be drawn, :class:`NothingToDraw` says why
+    and no file is written; a row that could not be drawn is named on stderr."""
     drawn = sample(run_dir, num=num, split=split, seed=seed, device=device,
                    checkpoint=checkpoint, label=label)  # fmt: skip
     for message in drawn["skipped"]:
         print(f"pyro-vae sample: skipped {message}", file=sys.stderr)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(drawn.rows, drawn.image_shape, out)
-    return out
+    path = drawn.draw(out)
+    return drawn if with_result else path
 
 
-__all__ = ["Samples", "as_images", "prior_samples", "reconstructions", "sample", "sample_figure",
-           "sampled_classes"]  # fmt: skip
+__all__ = ["NothingToDraw", "Samples", "as_images", "prior_samples", "reconstructions", "sample",
+           "sample_figure", "sampled_classes"]  # fmt: skip

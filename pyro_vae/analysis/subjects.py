@@ -174,6 +174,27 @@ def subject(
     return Subject(held, info, x, given, classes, None, context)
 
 
+def amortized(held: Subject, analysis: str) -> Subject:
+    """``held``, when its guide is amortized; else a :class:`PairError` saying why
+    ``analysis`` cannot run on it and what can.
+
+    A guide whose ``pyro.param``s hold a row per training point
+    (:attr:`~pyro_vae.pairs.PairInfo.local_params`) has no q(z|x) for other points, and its
+    rows for the training points are not indexed by the points an analysis is given; only
+    :func:`~pyro_vae.analysis.evaluate.evaluate` fits fresh per-point parameters first."""
+    names = held.info.local_params
+    if names:
+        raise PairError(
+            f"{analysis}: the pair's guide is not amortized: its pyro.param(s) "
+            f"{', '.join(repr(n) for n in names)} hold one row per training point, so it has "
+            "no q(z|x) for the points analysed here. `pyro-vae evaluate` (pyro_vae.evaluate) "
+            "fits per-point parameters for the evaluated points first and estimates log p(x); "
+            f"{analysis} does not fit them. Use evaluate, or an amortized guide (an encoder "
+            "network) for this analysis"
+        )
+    return held
+
+
 def _run_context(run: Run, split: str | None) -> dict[str, Any]:
     return {
         "split": split,
@@ -184,4 +205,4 @@ def _run_context(run: Run, split: str | None) -> dict[str, Any]:
     }
 
 
-__all__ = ["Subject", "as_pair", "is_run_source", "subject", "world_for"]
+__all__ = ["Subject", "amortized", "as_pair", "is_run_source", "subject", "world_for"]

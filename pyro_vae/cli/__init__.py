@@ -78,6 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_launch_flags(args) -> None:
+    """The launch flags that have no effect: --nnodes, --node-rank, --master-addr and
+    --master-port without --nproc-per-node (no launcher starts), the rendezvous address of
+    a single machine; and a port outside 1-65535."""
+    if not hasattr(args, "nnodes") or launched_by_torchrun():
+        return
+    given = [flag for flag, value, default in (
+        ("--nnodes", args.nnodes, 1), ("--node-rank", args.node_rank, 0),
+        ("--master-addr", args.master_addr, None), ("--master-port", args.master_port, None),
+    ) if value != default]  # fmt: skip
+    if given and args.nproc_per_node is None:
+        raise DistributedError(
+            f"{' '.join(given)} {'has' if len(given) == 1 else 'have'} no effect without "
+            "--nproc-per-node N, which starts the ranks; add it, or drop "
+            f"{'it' if len(given) == 1 else 'them'}"
+        )
+    port = args.master_port
+    if port is not None and not 1 <= port <= 65535:
+        raise DistributedError(f"--master-port {port}: must be a port number in 1-65535")
+    rendezvous = [flag for flag in given if flag.startswith("--master")]
+    if rendezvous and args.nnodes == 1:
+        raise DistributedError(
+            f"{' '.join(rendezvous)}: one machine (--nnodes 1) rendezvouses on a free port of "
+            "its own, so these have no effect; drop them, or pass --nnodes M for M machines"
+        )
+
+
 def _check_launch(args) -> None:
     """What the launcher can refuse before it starts any rank."""
     size = args.nproc_per_node * max(args.nnodes, 1)
@@ -106,6 +133,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
+        _check_launch_flags(args)
         if getattr(args, "nproc_per_node", None) is not None and not launched_by_torchrun():
             _check_launch(args)
             return launch(argv, nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,

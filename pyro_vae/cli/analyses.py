@@ -15,22 +15,36 @@ from pyro_vae.cli.options import _add_launch_options, _comma_list
 from pyro_vae.infer.distributed import world
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.gradients import GRADIENT_ESTIMATORS
+from pyro_vae.infer.local_fit import LOCAL_FIT_LR, LOCAL_FIT_STEPS
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.runs.files import jsonable
 from pyro_vae.training.train import prepare_run_dir
 
+_RUN_DIR_HELP = "a run directory written by pyro-vae train (required)"
+
 
 def _add_run_options(p, *, split: str = "test", out_help: str | None = None) -> None:
     """The flags every command that reads a trained run shares (evaluate, convergence, ...)."""
-    p.add_argument("--split", choices=("test", "valid", "train"), default=split)
-    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
-    p.add_argument("--device", help="default: the run's device")
-    p.add_argument("--data-dir", help="where the data files are, if not where training found them")
+    p.add_argument("--split", choices=("test", "valid", "train"), default=split,
+                   help="the split of the data set to read (default %(default)s)")  # fmt: skip
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt",
+                   help="the weights: best validation ELBO, or the last saved (default "
+                   "%(default)s)")  # fmt: skip
+    p.add_argument("--device", help="auto, cpu or cuda[:N] (default: the run's device)")
+    p.add_argument("--data-dir", help="where the data files are, if not where training found "
+                   "them (default: where training found them)")  # fmt: skip
     if out_help is not None:
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            metavar="S",
+            help="seed of the draws: same seed, same numbers (default %(default)s)",
+        )
         p.add_argument("--out", metavar="DIR", help=out_help)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")  # fmt: skip
 
 
 def _run_options(args) -> dict:
@@ -39,10 +53,25 @@ def _run_options(args) -> dict:
     An ``--out`` folder that is given is made and checked writable first (a file there, or a
     place that cannot be written, is a message, not a traceback after the work is done).
     """
+    _check_run_options(args)
     if getattr(args, "out", None) is not None:
         prepare_run_dir(args.out)
     names = ["split", "checkpoint", "device", "data_dir", "progress", "out", "seed"]
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def _check_run_options(args) -> None:
+    """What :func:`_add_run_options`' flags cannot be: an empty --out or --device (which would
+    mean the current folder, the run's device), a seed NumPy cannot take."""
+    out, device, seed = (getattr(args, name, None) for name in ("out", "device", "seed"))
+    if out is not None and not out.strip():
+        raise ConfigError("--out '' is empty: name a folder for the files, or leave the flag out")
+    if device is not None and not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise ConfigError(
+            f"--device {device!r}: must be auto, cpu or cuda[:N], or left out for the run's device"
+        )
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: must be in [0, 2**32 - 1] (NumPy's range)")
 
 
 def _add_evaluate(subparsers) -> None:
@@ -52,21 +81,40 @@ def _add_evaluate(subparsers) -> None:
         description="Estimate log p(x) per data point by importance sampling with the guide "
         "(log-mean-exp of K weights p(x,z)/q(z|x)) and the ELBO; print the means.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--num-samples", type=int, default=1000, metavar="K")
-    p.add_argument("--limit", type=int, metavar="N", help="first N points of the split")
-    p.add_argument("--batch-size", type=int, default=100, help="data points per chunk")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    p.add_argument("--num-samples", type=int, default=1000, metavar="K",
+                   help="importance samples per data point (default %(default)s)")  # fmt: skip
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="first N points of the split (default: all)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="data points per chunk (default %(default)s)")  # fmt: skip
     p.add_argument(
         "--estimator",
         choices=list(ESTIMATORS),
         default="is",
-        help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo)",
+        help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo) "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--compile",
         action="store_true",
         help="compute the log weights with a compiled graph of the pair's programs (the same "
-        "numbers as without, with the same seed)",
+        "numbers as without, with the same seed) (default: eager)",
+    )
+    p.add_argument(
+        "--local-fit-steps",
+        type=int,
+        default=LOCAL_FIT_STEPS,
+        metavar="S",
+        help="a guide that is not amortized (per-point pyro.params) gets its params for the "
+        "evaluated points by S steps of SVI, the model frozen (default: %(default)s)",
+    )
+    p.add_argument(
+        "--local-fit-lr",
+        type=float,
+        default=LOCAL_FIT_LR,
+        metavar="LR",
+        help="Adam's learning rate of that fit (default: %(default)s)",
     )
     _add_run_options(p)
     _add_launch_options(p)
@@ -83,6 +131,8 @@ def _run_evaluate(args) -> int:
         batch_size=args.batch_size,
         estimator=args.estimator,
         compile=args.compile,
+        local_fit_steps=args.local_fit_steps,
+        local_fit_lr=args.local_fit_lr,
         **_run_options(args),
     )
     if not world().is_main:  # rank 0 of a sharded evaluation prints
@@ -99,7 +149,7 @@ def _add_convergence(subparsers) -> None:
         "of log p(x) per point for each estimator and K; write convergence.json, .csv and "
         ".png (estimate +- the spread of one estimate against K, with a reference).",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     p.add_argument(
         "--ks",
         type=_comma_list(int),
@@ -114,18 +164,20 @@ def _add_convergence(subparsers) -> None:
         metavar="E1,E2",
         help=f"from {', '.join(ESTIMATORS)} (default is,prior)",
     )
-    p.add_argument("--points", type=int, default=10, metavar="N", help="first N points")
+    p.add_argument("--points", type=int, default=10, metavar="N",
+                   help="first N points of the split (default %(default)s)")  # fmt: skip
     p.add_argument(
         "--repeats",
         type=int,
         default=10,
         metavar="R",
-        help="independent estimates per point and K (at least 2)",
+        help="independent estimates per point and K, at least 2 (default %(default)s)",
     )
     p.add_argument(
         "--compile",
         action="store_true",
-        help="log weights from compiled graphs, one per estimator and K (the same numbers)",
+        help="log weights from compiled graphs, one per estimator and K (the same numbers) "
+        "(default: eager)",
     )
     _add_run_options(p, out_help="folder for the files (default: RUN_DIR)")
     _add_launch_options(p)
@@ -158,7 +210,7 @@ def _add_gradvar(subparsers) -> None:
         "the loss per estimator and report the per-coordinate variance and signal-to-noise "
         "ratio, averaged over the pair's parameters; write gradvar.json and gradvar.png.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     p.add_argument(
         "--estimators",
         type=_comma_list(str),
@@ -166,14 +218,22 @@ def _add_gradvar(subparsers) -> None:
         metavar="E1,E2",
         help=f"from {', '.join(GRADIENT_ESTIMATORS)} (default: all)",
     )
-    p.add_argument("--num-draws", type=int, default=100, metavar="N")
-    p.add_argument("--batch-size", type=int, default=100, help="first B points of the split")
+    p.add_argument(
+        "--num-draws",
+        type=int,
+        default=100,
+        metavar="N",
+        help="gradient draws per estimator, at least 2 (default %(default)s)",
+    )
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="the first B points of the split form the minibatch (default "
+                   "%(default)s)")  # fmt: skip
     p.add_argument(
         "--baseline-steps",
         type=int,
         default=200,
         metavar="S",
-        help="draws that warm a baseline up before it is measured",
+        help="draws that warm a baseline up before it is measured (default %(default)s)",
     )
     _add_run_options(p, split="train", out_help="folder for the files (default: RUN_DIR)")
     p.set_defaults(run=_run_gradvar)
@@ -206,25 +266,33 @@ def _add_diagnose(subparsers) -> None:
         "gaps, active units and KL per latent dimension, and with --nuts a NUTS reference "
         "posterior. Writes diagnose.json, ArviZ netcdf files and PNGs into --out.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--points", type=int, metavar="N", help="the first N points (default 20)")
     which.add_argument(
-        "--indices", type=_comma_list(int), metavar="I,J,...", help="these indices of the split"
-    )
-    p.add_argument("--num-samples", type=int, default=1000, metavar="S", help="draws from q(z|x)")
+        "--indices", type=_comma_list(int), metavar="I,J,...",
+        help="these indices of the split instead of --points (default: the first --points)",
+    )  # fmt: skip
+    p.add_argument("--num-samples", type=int, default=1000, metavar="S",
+                   help="draws from q(z|x) per point (default %(default)s)")  # fmt: skip
     p.add_argument("--nuts", action="store_true", help="also run NUTS for a reference p(z|x)")
-    p.add_argument("--nuts-chains", type=int, default=4, metavar="C")
-    p.add_argument("--nuts-warmup", type=int, default=200, metavar="W")
-    p.add_argument("--nuts-samples", type=int, default=200, metavar="M", help="draws per chain")
-    p.add_argument("--gap-steps", type=int, default=200, metavar="T", help="Adam steps for q*")
-    p.add_argument("--gap-lr", type=float, default=1e-2, metavar="LR", help="Adam step size")
-    p.add_argument("--gap-particles", type=int, default=8, metavar="P", help="draws per step")
+    p.add_argument("--nuts-chains", type=int, default=4, metavar="C",
+                   help="NUTS chains per point, at least 2 (default %(default)s)")  # fmt: skip
+    p.add_argument("--nuts-warmup", type=int, default=200, metavar="W",
+                   help="NUTS warm-up steps per chain (default %(default)s)")  # fmt: skip
+    p.add_argument("--nuts-samples", type=int, default=200, metavar="M",
+                   help="NUTS draws per chain (default %(default)s)")  # fmt: skip
+    p.add_argument("--gap-steps", type=int, default=200, metavar="T",
+                   help="Adam steps fitting q* per point (default %(default)s)")  # fmt: skip
+    p.add_argument("--gap-lr", type=float, default=1e-2, metavar="LR",
+                   help="Adam step size of that fit (default %(default)s)")  # fmt: skip
+    p.add_argument("--gap-particles", type=int, default=8, metavar="P",
+                   help="draws per step of that fit (default %(default)s)")  # fmt: skip
     p.add_argument(
         "--compile",
         action="store_true",
         help="draw from q(z|x) and compute the importance weights (q's and q*'s) with "
-        "compiled graphs of the pair's programs (the same numbers)",
+        "compiled graphs of the pair's programs (the same numbers) (default: eager)",
     )
     _add_run_options(p, out_help="folder for the files (default RUN_DIR/diagnose)")
     _add_launch_options(p)
@@ -257,25 +325,42 @@ def _run_diagnose(args) -> int:
 
 
 def _add_sample(subparsers) -> None:
-    p = subparsers.add_parser("sample", help="PNG grid of data, reconstructions, prior samples")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", required=True, metavar="FILE.png")
-    p.add_argument("--num", type=int, default=10, help="images per row")
-    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt")
-    p.add_argument("--device")
+    p = subparsers.add_parser(
+        "sample",
+        help="PNG of data, reconstructions and prior samples (images, or a heatmap and CSV)",
+        description="Draw test points, their reconstructions E[x|z] with z ~ q(z|x) and "
+        "samples E[x|z] with z ~ p(z). Images come as a grid; a model that observes part of "
+        "an image (the lower half given the upper) as whole images, the drawn part outlined "
+        "beside its input; vectors (counts, features) as a heatmap, their values also in a "
+        "CSV beside the PNG (FILE.csv).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by pyro-vae train")
+    p.add_argument("--out", required=True, metavar="FILE.png",
+                   help="the PNG to write (required); vectors also get FILE.csv")  # fmt: skip
+    p.add_argument("--num", type=int, default=10,
+                   help="points per row: data, reconstructions, samples (default 10)")  # fmt: skip
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test",
+                   help="the split the data rows come from (default test)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the draws: same seed, same figure (default 0)")  # fmt: skip
+    p.add_argument("--checkpoint", choices=("best.pt", "checkpoint.pt"), default="best.pt",
+                   help="the weights: best validation ELBO, or the last saved (default "
+                   "best.pt)")  # fmt: skip
+    p.add_argument("--device", help="where to run, e.g. cpu or cuda (default: the run's device)")
     p.add_argument(
         "--label",
         type=int,
         metavar="K",
         help="a conditional pair: samples of class K only (default: one row per class)",
     )
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON object: the rows, layout and files written "
+                   "(default: a line naming the files)")  # fmt: skip
     p.set_defaults(run=_run_sample)
 
 
 def _run_sample(args) -> int:
-    from pyro_vae.analysis.sampling import sample_figure
+    from pyro_vae.analysis import sampling
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
@@ -286,10 +371,16 @@ def _run_sample(args) -> int:
             f"{str(out / 'samples.png')!r}"
         )
     prepare_run_dir(out.parent)
-    path = sample_figure(args.run_dir, out, num=args.num, split=args.split, seed=args.seed,
-                         device=args.device, checkpoint=args.checkpoint,
-                         label=args.label)  # fmt: skip
-    print(f"wrote {path}")
+    drawn = sampling.sample_figure(args.run_dir, out, num=args.num, split=args.split,
+                                   seed=args.seed, device=args.device,
+                                   checkpoint=args.checkpoint, label=args.label,
+                                   with_result=True)  # fmt: skip
+    # the Samples, with the files it wrote: png, and csv for vectors
+    files = drawn if isinstance(drawn, sampling.Samples) else {"png": str(drawn)}
+    if args.json:
+        print(json.dumps(jsonable(dict(files))))
+    else:
+        print("wrote " + " and ".join(files[key] for key in ("png", "csv") if key in files))
     return 0
 
 
@@ -301,10 +392,12 @@ def _add_latents(subparsers) -> None:
         "dimensions (PCA or t-SNE) and draw it, one colour per class label; writes "
         "latents_<split>_<method>.png, .csv (coordinates and the means) and .json.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     _add_run_options(p, out_help="folder to write into (default RUN_DIR/latents)")
-    p.add_argument("--method", choices=("pca", "tsne"), default="pca")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N points")
+    p.add_argument("--method", choices=("pca", "tsne"), default="pca",
+                   help="the projection to 2-D (default %(default)s)")  # fmt: skip
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="only the first N points (default: all)")  # fmt: skip
     p.add_argument("--site", help="the guide's latent site to map (default: the first "
                    "continuous per-point one)")  # fmt: skip
     p.add_argument("--draws", type=int, default=10,

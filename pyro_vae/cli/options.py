@@ -45,7 +45,8 @@ def _add_launch_options(p) -> None:
         "--nproc-per-node",
         type=int,
         metavar="N",
-        help="ranks on this machine (one per GPU on CUDA)",
+        help="ranks on this machine (one per GPU on CUDA) (default: none, one process "
+        "without torchrun)",
     )
     group.add_argument(
         "--nnodes",
@@ -61,6 +62,9 @@ def _add_launch_options(p) -> None:
         metavar="K",
         help="this machine's number, 0..M-1 (default 0)",
     )
-    group.add_argument("--master-addr", metavar="HOST", help="node 0's address (M > 1)")
+    group.add_argument("--master-addr", metavar="HOST",
+                       help="node 0's address, for M > 1 (default: none; one machine needs "
+                       "none)")  # fmt: skip
     group.add_argument("--master-port", type=int, metavar="PORT",
-                       help="a free port on node 0 (M > 1)")  # fmt: skip
+                       help="a free port on node 0, 1-65535, for M > 1 (default: none; one "
+                       "machine picks its own)")  # fmt: skip

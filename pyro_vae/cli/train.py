@@ -13,8 +13,18 @@ from pyro_vae.infer.gradients import BASELINES
 from pyro_vae.infer.objectives import ENUMERATE_STRATEGIES, OBJECTIVES
 from pyro_vae.infer.optimizers import IWAE_EPOCHS, OPTIMIZERS, SCHEDULES
 from pyro_vae.pairs import PAIRS
-from pyro_vae.pairs.labels import LABEL_ENCODINGS
-from pyro_vae.runs.config import FIELDS, PIXEL_SCALE_CHOICES, ConfigError, load_toml, resolve
+from pyro_vae.pairs.label_encoding import CLASSIFY_LOSS_CHOICES, LABEL_ENCODING_CHOICES
+from pyro_vae.runs.config import (
+    FIELDS,
+    PIXEL_SCALE_CHOICES,
+    ConfigError,
+    TrainConfig,
+    load_toml,
+    resolve,
+)
+
+#: The defaults the help texts show (flags default to None, so that --config can set them).
+_DEFAULT = TrainConfig()
 
 
 def _add_train(subparsers) -> None:
@@ -25,11 +35,19 @@ def _add_train(subparsers) -> None:
         "take the config file's value, then the data set's default.",
     )
     p.add_argument(
-        "--config", metavar="FILE.toml", help="TOML file with the same keys as the flags"
+        "--config",
+        metavar="FILE.toml",
+        help="TOML file with the same keys as the flags, e.g. a run's config.toml (default: "
+        "none, the flags and their defaults)",
     )
-    p.add_argument("--dataset", help=f"data set name ({', '.join(DATASETS)}) or a .npy/.npz path")
     p.add_argument(
-        "--data-dir", help="root holding the data files (else $PYRO_VAE_DATA_DIR, cache)"
+        "--dataset",
+        help=f"data set name ({', '.join(DATASETS)}) or a .npy/.npz path (default "
+        f"{_DEFAULT.dataset})",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="root holding the data files (default: $PYRO_VAE_DATA_DIR, then the cache)",
     )
     p.add_argument(
         "--download",
@@ -39,24 +57,69 @@ def _add_train(subparsers) -> None:
         help="download missing data files (checksum-verified) into the cache",
     )
     p.add_argument(
-        "--base-url", metavar="URL", help="with --download: fetch the files from this mirror"
+        "--base-url",
+        metavar="URL",
+        help="with --download: fetch the files from this mirror (default: each data set's "
+        "own address)",
     )
     p.add_argument("--binarize", choices=BINARIZATIONS, help="default: the data set's")
-    p.add_argument("--pair", help=f"built-in ({', '.join(PAIRS)}), FILE.py:NAME or module:NAME")
+    p.add_argument(
+        "--pair",
+        help=f"built-in ({', '.join(PAIRS)}), FILE.py:NAME or module:NAME (default: the data "
+        "set's, mlp for most)",
+    )
     p.add_argument(
         "--pair-kwargs",
         type=_json_object,
         metavar="JSON",
-        help="keyword arguments for the pair, e.g. '{\"z_dim\": 50}'",
+        help="keyword arguments for the pair, e.g. '{\"z_dim\": 50}'; input sizes (x_dim, "
+        "input_dim, ...) are filled from the data (default: {}, the pair's own defaults)",
     )
-    p.add_argument("--model", metavar="SPEC", help="model function, FILE.py:NAME or module:NAME")
-    p.add_argument("--guide", metavar="SPEC", help="guide function, FILE.py:NAME or module:NAME")
-    p.add_argument("--objective", choices=list(OBJECTIVES))
-    p.add_argument("--num-particles", type=int, metavar="K")
-    p.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0.5)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="model function, FILE.py:NAME or module:NAME, with --guide (default: --pair)",
+    )
+    p.add_argument(
+        "--guide",
+        metavar="SPEC",
+        help="guide function, FILE.py:NAME or module:NAME, with --model (default: --pair)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        help="the loss SVI minimizes; `pyro-vae list` describes each (default "
+        f"{_DEFAULT.objective})",
+    )
+    p.add_argument(
+        "--num-particles",
+        type=int,
+        metavar="K",
+        help=f"samples of z per data point and step (default {_DEFAULT.num_particles})",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        help=f"Renyi alpha for --objective renyi (default {_DEFAULT.alpha})",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="passes over the training set "
+        + (
+            f"(default {_DEFAULT.epochs})"
+            if _DEFAULT.epochs is not None
+            else "(default: the data set's own for its default pair, else 10)"
+        ),
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"data points per SVI step (default {_DEFAULT.batch_size})",
+    )
+    p.add_argument(
+        "--lr", type=float, help=f"learning rate of the optimizer (default {_DEFAULT.lr:g})"
+    )
     p.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
@@ -94,7 +157,12 @@ def _add_train(subparsers) -> None:
     p.add_argument(
         "--lr-step-size", type=int, help="epochs between steps of the step schedule (default 10)"
     )
-    p.add_argument("--lr-min", type=float, help="last rate of the cosine schedule (default 0)")
+    p.add_argument(
+        "--lr-min",
+        type=float,
+        help="rate the cosine schedule reaches after the last epoch, as torch's "
+        "CosineAnnealingLR(eta_min) (default 0)",
+    )
     p.add_argument(
         "--valid-size",
         type=int,
@@ -103,11 +171,24 @@ def _add_train(subparsers) -> None:
         "data set's split, 10000 for MNIST); 0 trains on all of them and best.pt is "
         "the last epoch",
     )
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--seed",
+        type=int,
+        help=f"seed of every random draw, 0 to 2**32-1 (default {_DEFAULT.seed})",
+    )
     p.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
+    p.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        help="run directory to write (required: here, or as out in --config)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N points only")
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        metavar="N",
+        help="train on the first N points only (default: all)",
+    )
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -134,7 +215,8 @@ def _add_train(subparsers) -> None:
         "--baseline",
         choices=list(BASELINES),
         help="baseline for score-function terms (needs --objective tracegraph): "
-        + "; ".join(f"{name}: {spec.description}" for name, spec in BASELINES.items()),
+        + "; ".join(f"{name}: {spec.description}" for name, spec in BASELINES.items())
+        + f" (default {_DEFAULT.baseline})",
     )
     p.add_argument(
         "--baseline-beta", type=float, metavar="BETA", help="decay of --baseline avg (default 0.9)"
@@ -163,7 +245,8 @@ def _add_train(subparsers) -> None:
         type=int,
         metavar="N",
         help="KL warm-up: the latent weight rises linearly from --kl-warmup-start to --beta "
-        "over N SVI steps (default 0: no warm-up)",
+        "over N SVI steps (default: the data set's recipe when no pair is named, 2000 on digits; "
+        "otherwise 0, no warm-up)",
     )
     p.add_argument(
         "--kl-warmup-start",
@@ -173,16 +256,18 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument(
         "--label-encoding",
-        choices=LABEL_ENCODINGS,
-        help="labels as the pair's programs receive them: class indices (B,) or one-hot rows "
-        "(B, C) (default index)",
+        choices=LABEL_ENCODING_CHOICES,
+        help="labels as the pair's programs receive them: class indices (B,), one-hot rows "
+        "(B, C), or auto: index, else onehot, whichever the programs take on a probe batch; "
+        "the choice is noted and recorded in config.toml (default auto)",
     )
     p.add_argument(
         "--num-labelled",
         type=int,
         metavar="N",
         help="keep the labels of N training points, the same number per class, chosen with "
-        "--seed (default: all, for a pair whose programs take labels)",
+        "--seed; 0 trains a pair whose labels are optional (model(x, y=None)) without any "
+        "(default: all, for a pair whose programs take labels)",
     )
     p.add_argument(
         "--labelled-batches",
@@ -190,6 +275,13 @@ def _add_train(subparsers) -> None:
         metavar="L",
         help="labelled batches per epoch, spread evenly among the unlabelled ones (default: "
         "one pass over the labelled points)",
+    )
+    p.add_argument(
+        "--classify-loss",
+        choices=CLASSIFY_LOSS_CHOICES,
+        help="train the pair's classification loss (model_classify/guide_classify, as in "
+        "Pyro's semi-supervised example) on labelled batches, or not (default: on for a pair "
+        "that defines them and trains with labels)",
     )
     p.add_argument(
         "--enumerate",
@@ -225,9 +317,9 @@ def _add_train(subparsers) -> None:
 def _run_train(args) -> int:
     from pyro_vae.training.train import read_config, train
 
-    file_values = load_toml(args.config) if args.config else {}
+    file_values = load_toml(args.config) if args.config is not None else {}
     flags = {name: getattr(args, name, None) for name in FIELDS}
-    if args.resume and args.out and not args.config:
+    if args.resume and args.out and args.config is None:
         # resuming takes the run's own resolved config; flags may still raise --epochs
         try:
             file_values = read_config(args.out).to_dict()

@@ -17,8 +17,22 @@ from pyro_vae.data.splits import SPLITS, SplitLabels, Splits, _split_tail
 ARRAY_SUFFIXES = (".npy", ".npz")
 
 
+def _check_rows(array: np.ndarray, source: str) -> None:
+    """An array of examples has a leading axis of rows (points) and at least one more."""
+    if array.ndim >= 2:
+        return
+    what = "a single number" if array.ndim == 0 else "one axis only"
+    raise DataError(
+        f"{source} has shape {array.shape}: {what}, but pyro_vae reads the rows of an array "
+        "as the data points, so it needs (N, D) (or (N, H, W), (N, C, H, W)). Reshape it "
+        "and save it again: x.reshape(N, D) for N points of D values each, e.g. "
+        "x.reshape(-1, 1) if every value is a point of its own"
+    )
+
+
 def _array_splits(array: np.ndarray, source: str) -> Splits:
     """One array split in order: last 10% test, the 10% before it valid, the rest train."""
+    _check_rows(array, source)
     num_held_out = len(array) // 10
     if num_held_out == 0:
         raise DataError(
@@ -225,10 +239,7 @@ def _load_array_file(
     else:
         named, labels = _npz_splits(_read_npz(path), path)
     for split, array in named.items():
-        if array.ndim < 2:
-            raise DataError(
-                f"{path} array {split!r} has shape {array.shape}; expected (N, ...) examples"
-            )
+        _check_rows(array, f"{path} array {split!r}")
     trailing = {split: array.shape[1:] for split, array in named.items()}
     if len(set(trailing.values())) != 1:
         raise DataError(f"{path}: the splits disagree on the example shape: {trailing}")

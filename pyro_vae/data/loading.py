@@ -47,12 +47,31 @@ def _check_named_pixel_scale(spec: DatasetSpec, pixel_scale: str) -> None:
 
 
 def _unknown_dataset_error(name: str) -> DataError:
-    """The error for a name that is neither registered nor an array file."""
+    """The error for a name that is neither registered nor an array file: what it is (a
+    folder, a file of another kind, nothing) and what --dataset takes."""
     known = "\n".join(f"  {key:<16} {spec.description}" for key, spec in DATASETS.items())
-    return DataError(
-        f"unknown data set {name!r}. Known data sets:\n{known}\n"
+    takes = (
+        f"--dataset takes a data set name:\n{known}\n"
         f"or a path to your own {' / '.join(ARRAY_SUFFIXES)} file."
     )
+    path = Path(name).expanduser()
+    if not name.strip():
+        return DataError(f"--dataset '' is empty. {takes}")
+    if path.is_dir():
+        arrays = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in ARRAY_SUFFIXES)
+        inside = f" It holds {', '.join(arrays[:5])}: pass one of those files." if arrays else ""
+        return DataError(
+            f"--dataset {name!r} is a folder, not a data set.{inside} {takes} (A folder that "
+            "holds the named data sets' files is --data-dir.)"
+        )
+    if path.is_file():
+        return DataError(
+            f"--dataset {name!r} is a {path.suffix or 'suffix-less'} file, which pyro_vae does "
+            "not read: save the data as a NumPy array, rows as points (numpy.save('x.npy', x) "
+            f"or numpy.savez('x.npz', train=..., test=...)). {takes}"
+        )
+    return DataError(f"unknown data set {name!r}. Known data sets:\n{known}\n"
+                     f"or a path to your own {' / '.join(ARRAY_SUFFIXES)} file.")  # fmt: skip
 
 
 def load_dataset(
@@ -84,6 +103,11 @@ def load_dataset(
     """
     _check_binarization(binarize)
     _check_pixel_scale(pixel_scale)
+    if data_dir is not None and not str(data_dir).strip():
+        raise DataError(
+            "--data-dir '' is empty: give the folder that holds the data sets, or leave the "
+            "flag out (then $PYRO_VAE_DATA_DIR and the cache are searched)"
+        )
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise DataError(
             f"--data-dir {str(data_dir)!r} is not a folder; give the folder that holds the "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ from pyro_vae.pairs import (
     is_sample_site,
 )
 from pyro_vae.pairs.labels import program_args
+from pyro_vae.pairs.local_params import LocalParams
 
 _PARTICLE_PLATE = PARTICLE_PLATE
 
@@ -421,19 +423,23 @@ def estimate_log_px_in_batches(
     if progress is not None:
         starts = progress(starts)
     parts: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": []}
+    local = getattr(pair, "local", None)  # per-point params: a batch reads its own rows
     for start in starts:
         if batch_seed is not None:
             torch.manual_seed(batch_seed + start // batch_size)
-        out = estimate_log_px(
-            pair,
-            x[start : start + batch_size],
-            num_samples,
-            max_plate_nesting=max_plate_nesting,
-            vectorize=vectorize,
-            estimator=estimator,
-            y=None if y is None else y[start : start + batch_size],
-            trace_fn=trace_fn,
-        )
+        batch = x[start : start + batch_size]
+        rows = torch.arange(start, start + batch.shape[0], device=x.device)
+        with nullcontext() if local is None else local.at(rows):
+            out = estimate_log_px(
+                pair,
+                batch,
+                num_samples,
+                max_plate_nesting=max_plate_nesting,
+                vectorize=vectorize,
+                estimator=estimator,
+                y=None if y is None else y[start : start + batch_size],
+                trace_fn=trace_fn,
+            )
         for key, values in parts.items():
             values.append(out[key].cpu())
     if ranks is not None and ranks.distributed:
@@ -458,6 +464,8 @@ class EvaluationPair:
     ``conditioned_on`` says which global sites were fixed and at what (None: the pair has
     none); ``scaled_sites`` names the sites whose scale was removed; ``base_pair`` is the pair
     itself (its modules are what :func:`~pyro_vae.pairs.evaluation_mode` switches).
+    ``local``: for a guide that is not amortized, the handler that gives each batch the rows
+    of its points of the per-point params (set by :func:`estimate_log_px_in_batches`).
     """
 
     base_pair: Any
@@ -467,6 +475,7 @@ class EvaluationPair:
     conditioned_on: dict[str, Any] | None
     vectorizable: bool
     fixed_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    local: LocalParams | None = None
 
     @property
     def scaled_sites(self) -> list[str]:
@@ -479,15 +488,21 @@ class EvaluationPair:
 
 
 def global_values(
-    pair: Any, x: torch.Tensor, info: PairInfo, y: torch.Tensor | None = None
+    pair: Any,
+    x: torch.Tensor,
+    info: PairInfo,
+    y: torch.Tensor | None = None,
+    local: LocalParams | None = None,
 ) -> dict[str, Any]:
     """The guide's mean of each global latent site (a draw where the distribution has no
-    closed-form mean), from one guide trace on ``x`` in eval mode; the global RNG is left as
-    it was. Returns ``{"values": {site: tensor}, "at": {site: "guide mean" | "guide draw"}}``."""
+    closed-form mean), from one guide trace on ``x`` in eval mode (``local``: its per-point
+    params at the rows it holds); the global RNG is left as it was. Returns
+    ``{"values": {site: tensor}, "at": {site: "guide mean" | "guide draw"}}``."""
     devices = [x.device] if x.device.type == "cuda" else []
     values, at = {}, {}
+    guide = pair.guide if local is None else local(pair.guide)
     with torch.random.fork_rng(devices=devices), evaluation_mode(pair), torch.no_grad():
-        trace = poutine.trace(pair.guide).get_trace(*program_args(x, y))
+        trace = poutine.trace(guide).get_trace(*program_args(x, y))
     for name in info.global_sites:
         site = trace.nodes[name]
         try:
@@ -500,17 +515,30 @@ def global_values(
 
 
 def evaluation_view(
-    pair: Any, info: PairInfo, x: torch.Tensor, y: torch.Tensor | None = None
+    pair: Any,
+    info: PairInfo,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    local: LocalParams | None = None,
 ) -> EvaluationPair:
     """The :class:`EvaluationPair` of ``pair``: unscaled, with its global latents (if any)
     fixed at the guide's mean found on the points ``x`` (with labels ``y``, for a pair that
-    needs them)."""
+    needs them). ``local``: the handler of a guide's per-point params (``x`` holds the
+    first points, whose rows it reads here)."""
     if isinstance(pair, EvaluationPair):
         return pair
+    if local is None:
+        return _evaluation_view(pair, info, x, y, None)
+    with local.at(torch.arange(x.shape[0], device=x.device)):
+        return _evaluation_view(pair, info, x, y, local)
+
+
+def _evaluation_view(pair: Any, info: PairInfo, x: torch.Tensor, y: torch.Tensor | None,
+                     local: LocalParams | None) -> EvaluationPair:  # fmt: skip
     conditioned_on = None
     values: dict[str, torch.Tensor] = {}
     if info.global_sites:
-        found = global_values(pair, x, info, y)
+        found = global_values(pair, x, info, y, local)
         values = found["values"]
         conditioned_on = {
             "sites": found["at"],
@@ -519,10 +547,12 @@ def evaluation_view(
         }
     model = unscaled(fix_sites(pair.model, values))
     guide = unscaled(fix_sites(pair.guide, values))
+    if local is not None:
+        model, guide = local(model), local(guide)
     vectorizable = info.vectorizable
     if values:
         vectorizable = _runs_vectorized(model, guide, x[:2], info, None if y is None else y[:2])
-    return EvaluationPair(pair, model, guide, info, conditioned_on, vectorizable, values)
+    return EvaluationPair(pair, model, guide, info, conditioned_on, vectorizable, values, local)
 
 
 def _runs_vectorized(

@@ -16,7 +16,10 @@ continues the schedule exactly; the rate of each epoch is the ``lr`` column of t
 - ``none``: factor 1.
 - ``step``: ``gamma ** floor(e / step_size)`` (``--lr-gamma``, ``--lr-step-size``).
 - ``exponential``: ``gamma ** e``.
-- ``cosine``: from 1 down to ``lr_min / lr`` over the run's epochs, half a cosine period.
+- ``cosine``: ``f + (1 - f) (1 + cos(pi e / E)) / 2`` with ``f = lr_min / lr`` over the
+  run's ``E`` epochs, half a cosine period: PyTorch's ``CosineAnnealingLR`` with
+  ``T_max = E`` stepped once per epoch. The last epoch (``e = E - 1``) still trains above
+  ``lr_min``; ``lr_min`` is where the schedule ends, after it.
 - ``iwae``: Burda et al. (2016): stage i = 0..7 lasts 3^i epochs at ``10 ** (-i / 7)``
   (3280 epochs in all; with ``--lr 1e-3``, 1e-3 down to 1e-4). Past the last stage the
   rate stays at the last stage's.
@@ -83,9 +86,9 @@ def _iwae_factor(epoch: int) -> float:
 
 
 def _cosine_factor(epoch: int, epochs: int, floor: float) -> float:
-    if epochs <= 1:
-        return 1.0
-    return floor + (1 - floor) * (1 + math.cos(math.pi * epoch / (epochs - 1))) / 2
+    """Half a cosine from 1 at epoch 0 to ``floor`` at epoch ``epochs``, the end of the run
+    (``CosineAnnealingLR``'s rate with ``T_max = epochs``): every epoch trains above it."""
+    return floor + (1 - floor) * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)) / 2
 
 
 #: ``--lr-schedule`` names and descriptions (the factors: :func:`lr_factor`).
@@ -93,7 +96,7 @@ SCHEDULES: dict[str, str] = {
     "none": "constant --lr",
     "step": "x --lr-gamma every --lr-step-size epochs",
     "exponential": "x --lr-gamma every epoch",
-    "cosine": "half a cosine from --lr to --lr-min over the epochs",
+    "cosine": "half a cosine from --lr down to --lr-min, reached when the last epoch ends",
     "iwae": "Burda et al. (2016): 3^i epochs at --lr x 10^(-i/7), i = 0..7 (3280 epochs)",
 }
 
@@ -147,6 +150,39 @@ def check_optimizer_settings(config: Any) -> None:
         raise OptimizerError(
             f"--momentum is for --optimizer sgd; --optimizer {config.optimizer} does not take it"
         )
+
+
+#: The schedules that read each schedule setting (see :func:`lr_factor`).
+_SCHEDULE_SETTINGS = {
+    "lr_gamma": ("step", "exponential"),
+    "lr_step_size": ("step",),
+    "lr_min": ("cosine",),
+}
+
+
+def unused_optimizer_settings(config: Any) -> dict[str, tuple[str, str]]:
+    """The optimizer and schedule settings of ``config`` that the others leave without
+    effect, as ``{field: (why, what would use it)}``: a schedule setting the schedule does not
+    read (``--lr-gamma`` under ``--lr-schedule none``), Adam's ``--adam-betas``/``--adam-eps``
+    under ``--optimizer sgd``. The caller decides which ones differ from their defaults."""
+    unused = {}
+    for name, schedules in _SCHEDULE_SETTINGS.items():
+        if config.lr_schedule not in schedules:
+            wanted = " or ".join(schedules)
+            unused[name] = (
+                f"it is for --lr-schedule {wanted}; --lr-schedule {config.lr_schedule} does "
+                "not read it",
+                f"pass --lr-schedule {schedules[0]}",
+            )
+    if config.optimizer in OPTIMIZERS and not OPTIMIZERS[config.optimizer].adam_like:
+        adam = ", ".join(name for name, spec in OPTIMIZERS.items() if spec.adam_like)
+        for name in ("adam_betas", "adam_eps"):
+            unused[name] = (
+                f"it is for the Adam optimizers ({adam}); --optimizer {config.optimizer} does "
+                "not take it",
+                "pass --optimizer adam",
+            )
+    return unused
 
 
 def optimizer_kwargs(config: Any, lr: float) -> dict[str, Any]:

@@ -48,6 +48,45 @@ def _check_guide_and_prior_kwargs(pair: str, factory: Callable, pair_kwargs: dic
             )
 
 
+#: --pair-kwargs of the built-in pairs whose default is None but that take a size when given.
+_OPTIONAL_SIZES = {"prior_components": int, "flow_hidden": tuple}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_sizes(pair: str, factory: Callable, pair_kwargs: dict) -> None:
+    """The sizes among a built-in pair's --pair-kwargs: an argument whose default is an
+    integer (``z_dim``, ``num_classes``) takes an integer >= 1, one whose default is a tuple
+    of widths (``hidden``, ``channels``) a list of integers >= 1. Else torch's message from
+    deep in a layer (a negative dimension), or a model with no latent dimensions."""
+    parameters = inspect.signature(factory).parameters
+    for name, value in pair_kwargs.items():
+        if name not in parameters:
+            continue
+        default = parameters[name].default
+        kind = _OPTIONAL_SIZES.get(name) if default is None else type(default)
+        if value is None and default is None:
+            continue
+        if kind is int and not isinstance(default, bool) and not _is_count(value):
+            what = ("the number of latent dimensions" if name.endswith("_dim")
+                    else "a layer width" if name.startswith("hidden") else "a count")  # fmt: skip
+            raise PairError(
+                f"--pair {pair} --pair-kwargs: {name} must be an integer >= 1 ({what}), got "
+                f'{value!r}; e.g. {{"{name}": {default if default is not None else 10}}}'
+            )
+        if kind is tuple and not (
+            isinstance(value, list | tuple) and all(_is_count(width) for width in value)
+        ):
+            example = list(default) if default else [200]
+            raise PairError(
+                f"--pair {pair} --pair-kwargs: {name} must be a list of layer widths, each an "
+                f'integer >= 1, got {value!r}; e.g. {{"{name}": {example}}}'
+                + (" ([] for none)" if default == () else "")
+            )
+
+
 def build_pair(
     image_shape: tuple[int, ...],
     pair: str | None = None,
@@ -79,6 +118,7 @@ def build_pair(
         pair_kwargs = {**{k: v for k, v in filled.items() if k in NUM_CLASSES_NAMES},
                        **pair_kwargs}  # fmt: skip
         _check_guide_and_prior_kwargs(pair, factory, pair_kwargs)
+        _check_sizes(pair, factory, pair_kwargs)
         try:
             return factory(tuple(image_shape), **pair_kwargs)
         except ValueError as error:

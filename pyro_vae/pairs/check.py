@@ -14,7 +14,14 @@ from pyro import poutine
 
 from pyro_vae.pairs.errors import PairError
 from pyro_vae.pairs.labels import LabelError, find_label_site, label_arguments, program_args
+from pyro_vae.pairs.local_params import (
+    MODULE_SEPARATOR,
+    LocalParams,
+    per_point_params,
+    rows_of_points,
+)
 from pyro_vae.pairs.networks import evaluation_mode
+from pyro_vae.pairs.shape_errors import plate_mismatch_message, width_mismatch_message
 from pyro_vae.pairs.sites import (
     _enumerable,
     _is_scaled,
@@ -55,6 +62,9 @@ class PairInfo:
     has_classifier: bool = False
     #: Guide sites with a finite discrete support that TraceEnum_ELBO can sum out exactly.
     enumerable_sites: tuple[str, ...] = ()
+    #: ``pyro.param``s with one row per training point (a guide that is not amortized, as
+    #: the sparse gamma DEF's): see :mod:`pyro_vae.pairs.local_params`.
+    local_params: tuple[str, ...] = ()
 
     @property
     def local_latent_sites(self) -> tuple[str, ...]:
@@ -100,7 +110,11 @@ def _run(fn: Callable, label: str, x: torch.Tensor):
     except PairError:
         raise
     except Exception as error:
-        message = _support_message(label, error, x)
+        message = (
+            _support_message(label, error, x)
+            or plate_mismatch_message(label, error)
+            or width_mismatch_message(label, error, x)
+        )
         if message is not None:
             raise PairError(message) from error
         raise PairError(
@@ -109,7 +123,14 @@ def _run(fn: Callable, label: str, x: torch.Tensor):
         ) from error
 
 
-def check_pair(pair: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> PairInfo:
+def check_pair(
+    pair: Any,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    points: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+    point_labels: torch.Tensor | None = None,
+) -> PairInfo:
     """Trace ``guide(x)`` and ``model(x)`` once and report what does not fit, by site name.
 
     Checks: every latent of the model is sampled by the guide and vice versa; the guide does
@@ -123,6 +144,14 @@ def check_pair(pair: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> Pai
     A pair whose programs take labels (``model(x, y=None)``, see :mod:`pyro_vae.pairs.labels`) is
     checked with the labels ``y`` and without them (only with them when it needs them), and
     its label site is found.
+
+    ``points``: all the training points (``point_labels`` their labels), or a function that
+    returns them (called only where needed), for a guide that is not amortized. Its
+    ``pyro.param``s hold one row per training point, so it traces only on all of them: where
+    the check on ``x`` fails, or the guide's params follow the size of ``x``, the pair is
+    checked again on ``points`` and its per-point params are named in
+    :attr:`PairInfo.local_params` (the trace on one point fewer then selects their rows,
+    :class:`~pyro_vae.pairs.local_params.LocalParams`).
     """
     if x.dim() < 2 or x.shape[0] < 2:
         raise PairError(f"check_pair needs a batch of at least 2 points, got {tuple(x.shape)}")
@@ -138,17 +167,36 @@ def check_pair(pair: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> Pai
             "and sample it where it is missing"
         )
     if not arguments.takes:
-        y = None
+        y = point_labels = None
+    if callable(points):
+        points = points()
+    store = pyro.get_param_store()
+    before = set(store.keys())
+    try:
+        info = _check_labelled(pair, x, y, arguments)
+    except PairError as error:
+        if points is None or not _may_be_per_point(points.shape[0], x, before):
+            raise
+        return _check_per_point(pair, points, point_labels, arguments, before, error)
+    if info.local_params and points is not None and not _traces_on_fewer(pair, x, y):
+        return _check_per_point(pair, points, point_labels, arguments, before, None)
+    return replace(info, local_params=())
+
+
+def _check_labelled(
+    pair: Any, x: torch.Tensor, y: torch.Tensor | None, arguments, per_point: bool = False
+) -> PairInfo:
+    """The check of :func:`check_pair` on ``x`` (with the labels ``y`` and without them)."""
     with evaluation_mode(pair), torch.no_grad():
         if arguments.needs:
-            info = _check_pair(pair, x, y)
+            info = _check_pair(pair, x, y, per_point=per_point)
             return replace(info, takes_labels=True, needs_labels=True,
                            has_classifier=arguments.classifier)  # fmt: skip
-        info = _check_pair(pair, x)
+        info = _check_pair(pair, x, per_point=per_point)
         if y is None:
             return replace(info, takes_labels=arguments.takes,
                            has_classifier=arguments.classifier)  # fmt: skip
-        labelled = _check_pair(pair, x, y, "with labels")
+        labelled = _check_pair(pair, x, y, "with labels", per_point=per_point)
         label_site = find_label_site(pair.model, x, y)
     return replace(
         info,
@@ -160,8 +208,56 @@ def check_pair(pair: Any, x: torch.Tensor, y: torch.Tensor | None = None) -> Pai
     )
 
 
+def _may_be_per_point(num_points: int, x: torch.Tensor, before: set) -> bool:
+    """Whether a failed check may come from per-point params: a ``pyro.param`` (not a
+    module's) with one row per point of ``x`` made by the check (created at the first call's
+    batch size, as Pyro's sparse gamma DEF does), or one row per training point."""
+    for name, value in pyro.get_param_store().named_parameters():
+        if MODULE_SEPARATOR in name or value.dim() == 0:
+            continue
+        rows = value.shape[0]
+        if rows == num_points > 1 or (name not in before and rows == x.shape[0] > 1):
+            return True
+    return False
+
+
+def _traces_on_fewer(pair: Any, x: torch.Tensor, y: torch.Tensor | None) -> bool:
+    """Whether the guide traces on one point fewer than ``x`` (params that follow the
+    first batch's size do not)."""
+    args = program_args(x[:-1], None if y is None else y[:-1])
+    try:
+        with evaluation_mode(pair), torch.no_grad():
+            poutine.trace(pair.guide).get_trace(*args)
+    except Exception:
+        return False
+    return True
+
+
+def _check_per_point(pair: Any, points: torch.Tensor, labels: torch.Tensor | None, arguments,
+                     before: set, error: PairError | None) -> PairInfo:  # fmt: skip
+    """The check again on all the training ``points``, the params the first check made
+    forgotten (they are made again with a row per point); ``error`` (that check's) stands
+    where this finds no per-point params or fails too."""
+    store = pyro.get_param_store()
+    for name in set(store.keys()) - before:
+        del store[name]
+    try:
+        info = _check_labelled(pair, points, labels, arguments, per_point=True)
+    except PairError:
+        if error is None:
+            raise
+        raise error from None
+    if not info.local_params and error is not None:
+        raise error
+    return info
+
+
 def _check_pair(
-    pair: Any, x: torch.Tensor, y: torch.Tensor | None = None, called: str = ""
+    pair: Any,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    called: str = "",
+    per_point: bool = False,
 ) -> PairInfo:
     args = program_args(x, y)
     guide_label, model_label = (f"guide {called}".strip(), f"model {called}".strip())
@@ -209,11 +305,17 @@ def _check_pair(
                 f"{tuple(model_fn.batch_shape)} in the model"
             )
     batch_size = x.shape[0]
+    local = per_point_params(guide_trace, batch_size)
+    data_name = None
+    if per_point:  # on all N points, a global's plate may have N entries too: go by name
+        data_name = _observed_plate(model_sites, batch_size)
+        if local:  # only params whose rows are the points' (not a global's of N entries)
+            local = rows_of_points(pair.guide, args, local, batch_size, data_name)
     plates = set()
     outside: dict[str, tuple[str, dict]] = {}
     for label, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():
-            found = data_plate_dim(site, batch_size)
+            found = data_plate_dim(site, batch_size, data_name)
             if found is not None:
                 plates.add(found)
             elif label == "model" and site["is_observed"]:
@@ -224,7 +326,7 @@ def _check_pair(
                 )
             else:
                 outside.setdefault(name, (label, site))
-    problems += _forgotten_plates(pair, x, y, outside)
+    problems += _forgotten_plates(pair, x, y, outside, local if per_point else ())
     if problems:
         where = f" (called {called})" if called else ""
         raise PairError(
@@ -279,21 +381,39 @@ def _check_pair(
             for name, site in guide_sites.items()
             if not site["is_observed"] and _enumerable(site["fn"])
         ),
+        local_params=local,
     )
 
 
+def _observed_plate(model_sites: dict, batch_size: int) -> str | None:
+    """The name of the plate over the data points that the model's observations sit in."""
+    for site in model_sites.values():
+        found = data_plate_dim(site, batch_size) if site["is_observed"] else None
+        if found is not None:
+            return found[0]
+    return None
+
+
 def _forgotten_plates(
-    pair: Any, x: torch.Tensor, y: torch.Tensor | None, outside: dict[str, tuple[str, dict]]
+    pair: Any,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    outside: dict[str, tuple[str, dict]],
+    local: tuple[str, ...] = (),
 ) -> list:
     """Sites outside the data plate whose shape follows the batch size: a forgotten plate,
-    not a global latent. Found by tracing the guide and model again on one point fewer."""
+    not a global latent. Found by tracing the guide and model again on one point fewer
+    (the per-point params ``local`` at the rows of those points)."""
     if not outside:
         return []
     smaller = x[: x.shape[0] - 1]
     args = program_args(smaller, None if y is None else y[: x.shape[0] - 1])
-    guide_trace = _run(lambda: poutine.trace(pair.guide).get_trace(*args), "guide", smaller)
+    rows = LocalParams(local)
+    rows.indices = torch.arange(smaller.shape[0], device=x.device) if local else None
+    guide, model = rows(pair.guide), rows(pair.model)
+    guide_trace = _run(lambda: poutine.trace(guide).get_trace(*args), "guide", smaller)
     model_trace = _run(
-        lambda: poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args),
+        lambda: poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args),
         "model",
         smaller,
     )

@@ -25,7 +25,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -404,6 +404,17 @@ class TrainingLabels:
     def used(self) -> bool:
         return self.train is not None
 
+    def encoded(self, encoding: str, dtype: torch.dtype) -> TrainingLabels:
+        """These labels, made from class indices (``index``), as ``encoding`` gives them to
+        the pair (see :func:`encode_labels`)."""
+        if not self.used or encoding == "index":
+            return self
+        return replace(
+            self,
+            train=encode_labels(self.train, encoding, self.num_classes, dtype),
+            valid=encode_labels(self.valid_classes, encoding, self.num_classes, dtype),
+        )
+
 
 def training_labels(
     data: Any,
@@ -416,7 +427,9 @@ def training_labels(
     log: Callable[[str], None],
 ) -> TrainingLabels:
     """Which labels a run trains with: all of the first ``train_count`` training points'
-    (``num_labelled`` None), or ``num_labelled`` of them, balanced over the classes.
+    (``num_labelled`` None), or ``num_labelled`` of them, balanced over the classes; 0 trains
+    a pair whose labels are optional unsupervised (the validation labels then only measure
+    its q(y|x)).
 
     ``data`` is a :class:`~pyro_vae.data.Dataset`. Labels asked for where the pair takes
     none, or where the data set has none, are an error naming the flag; a pair whose labels
@@ -430,7 +443,7 @@ def training_labels(
                 "model(x, y=None) and guide(x, y=None), as in Pyro's semi-supervised VAE"
             )
         return TrainingLabels()
-    if data.labels is None and not arguments.needs and num_labelled is None:
+    if data.labels is None and not arguments.needs and num_labelled in (None, 0):
         log(
             f"note: data set {data.name!r} has no labels: the pair's programs are called "
             "without y, so it trains unsupervised"
@@ -451,6 +464,8 @@ def training_labels(
         )
     if count == train_count:
         labelled = torch.arange(train_count, device=classes.device)
+    elif count == 0:  # unsupervised: the labels only measure q(y|x) on the validation split
+        labelled = torch.arange(0, device=classes.device)
     else:
         labelled = select_labelled(classes, count, data.num_classes, seed).to(classes.device)
     dtype = data.train.dtype

@@ -44,7 +44,9 @@ class TrainConfig:
     objective: str = "elbo"
     num_particles: int = 1
     alpha: float = 0.5
-    epochs: int = 10
+    # None: the data set's default (DatasetSpec.default_pair_settings when the run names no
+    # pair, else 10); the resolved number is recorded in config.toml.
+    epochs: int | None = None
     batch_size: int = 100
     lr: float = 1e-3
     seed: int = 0
@@ -63,19 +65,23 @@ class TrainConfig:
     score_function: bool = False
     # β-VAE and KL warm-up (pyro_vae.infer.handlers.TrainingScales): the weight of every latent site
     # at step t is kl_warmup_start + (beta - kl_warmup_start) * min(1, t / kl_warmup).
+    # kl_warmup None: the data set's default, as for epochs (else 0, no warm-up).
     beta: float = 1.0
-    kl_warmup: int = 0
+    kl_warmup: int | None = None
     kl_warmup_start: float = 0.0
     # How .npy/.npz values are scaled: auto (uint8 images / 255, counts as they are), none, 255.
     pixel_scale: str = "auto"
     # Mid-epoch checkpoints every N SVI steps (0: at the end of each epoch only).
     checkpoint_every: int = 0
     # Labels (pyro_vae.pairs.labels), for pairs whose programs take them: y as class indices or
-    # one-hot rows; how many training points keep theirs (None: all; balanced and seeded);
-    # labelled batches per epoch (None: one pass over the labelled points).
-    label_encoding: str = "index"
+    # one-hot rows (auto: the first the pair's programs take; the run records its choice); how
+    # many training points keep theirs (None: all; 0: none; balanced and seeded); labelled
+    # batches per epoch (None: one pass over the labelled points); the pair's classification
+    # loss model_classify/guide_classify, on or off (None: on where the pair defines it).
+    label_encoding: str = "auto"
     num_labelled: int | None = None
     labelled_batches: int | None = None
+    classify_loss: str | None = None
     # --objective enum: how the guide's discrete sites are enumerated.
     enumerate: str = "parallel"
     # --compile (pyro_vae.infer.compiled): off; on (an untraceable pair trains eagerly, with a
@@ -107,7 +113,7 @@ class TrainConfig:
             if value is not values[name]:
                 setattr(self, name, value)
         checks = [
-            (self.epochs >= 1, "--epochs", self.epochs, "at least 1"),
+            (self.epochs is None or self.epochs >= 1, "--epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
             (self.num_particles >= 1, "--num-particles", self.num_particles, "at least 1"),
             (math.isfinite(self.lr) and self.lr > 0, "--lr", self.lr, "a positive number"),
@@ -117,6 +123,10 @@ class TrainConfig:
              self.train_limit, "at least 2"),
             (self.valid_size is None or self.valid_size >= 0, "--valid-size",
              self.valid_size, "a number of rows >= 0"),
+            (0 <= self.seed < 2**32, "--seed", self.seed, "in [0, 2**32 - 1] (NumPy's range)"),
+            (self.out is None or str(self.out).strip() != "", "--out", self.out,
+             "a folder to write the run into, e.g. --out runs/digits (an empty one would "
+             "write it into the current folder)"),
         ]  # fmt: skip
         for ok, flag, value, wanted in checks:
             if not ok:
@@ -131,7 +141,9 @@ class TrainConfig:
                 wanted = "a number > 0" if positive else "a number >= 0"
                 raise ConfigError(f"{flag} {value!r}: must be {wanted}")
         kl_warmup = self.kl_warmup
-        if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
+        if kl_warmup is not None and (
+            isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0
+        ):
             raise ConfigError(f"--kl-warmup {kl_warmup!r}: must be a number of steps >= 0")
         if self.checkpoint_every < 0:
             raise ConfigError(
@@ -144,10 +156,12 @@ class TrainConfig:
             )
         from pyro_vae.infer.compiled import COMPILE_MODES
         from pyro_vae.infer.objectives import ENUMERATE_STRATEGIES
-        from pyro_vae.pairs.labels import LABEL_ENCODINGS
+        from pyro_vae.pairs.label_encoding import CLASSIFY_LOSS_CHOICES, LABEL_ENCODING_CHOICES
 
+        classify_loss = "off" if self.classify_loss is None else self.classify_loss  # unset: valid
         choices = (
-            ("--label-encoding", self.label_encoding, LABEL_ENCODINGS),
+            ("--label-encoding", self.label_encoding, LABEL_ENCODING_CHOICES),
+            ("--classify-loss", classify_loss, CLASSIFY_LOSS_CHOICES),
             ("--enumerate", self.enumerate, ENUMERATE_STRATEGIES),
             ("--compile", self.compile, COMPILE_MODES),
         )
@@ -160,15 +174,30 @@ class TrainConfig:
             check_optimizer_settings(self)
         except OptimizerError as error:
             raise ConfigError(str(error)) from error
-        counts = (("--num-labelled", self.num_labelled), ("--labelled-batches",
-                  self.labelled_batches))  # fmt: skip
-        for flag, value in counts:
-            if value is not None and value < 1:
-                raise ConfigError(f"{flag} {value!r}: must be at least 1")
+        self._validate_labels()
         if not isinstance(self.pair_kwargs, dict):
             raise ConfigError(f"--pair-kwargs must be a JSON object, got {self.pair_kwargs!r}")
         self._validate_gradient_estimator()
         return self
+
+    def _validate_labels(self) -> None:
+        if self.num_labelled is not None and self.num_labelled < 0:
+            raise ConfigError(
+                f"--num-labelled {self.num_labelled!r}: must be at least 0 (0: no labels)"
+            )
+        if self.labelled_batches is not None and self.labelled_batches < 1:
+            raise ConfigError(f"--labelled-batches {self.labelled_batches!r}: must be at least 1")
+        if self.num_labelled == 0:
+            if self.labelled_batches is not None:
+                raise ConfigError(
+                    f"--labelled-batches {self.labelled_batches} has no effect with "
+                    "--num-labelled 0 (no labelled batches); drop one of them"
+                )
+            if self.classify_loss == "on":
+                raise ConfigError(
+                    "--classify-loss on: --num-labelled 0 leaves no labelled batch to train it "
+                    "on; drop one of them"
+                )
 
     def _validate_gradient_estimator(self) -> None:
         from pyro_vae.infer.gradients import BASELINES  # torch and pyro only when configuring
@@ -214,6 +243,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FIELD_TYPES = typing.get_type_hints(TrainConfig)
 #: The defaults, as the examples in type messages show them.
 _DEFAULTS = {name: getattr(TrainConfig(), name) for name in FIELDS}
+#: What a checkpoint that lacks a key (written before the setting existed) ran with: the
+#: defaults, but where a default is now None (the data set's), the value it had then.
+CHECKPOINT_DEFAULTS = {**_DEFAULTS, "kl_warmup": 0}
 
 
 class _Kind(NamedTuple):
@@ -350,12 +382,30 @@ def conform_types(values: Mapping[str, Any], source: str, *, toml: bool = False)
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config (top level or a ``[train]`` table) and check its keys."""
+    if not str(path).strip():
+        raise ConfigError("--config '' is empty: name a TOML file, e.g. --config run.toml")
     path = Path(path)
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError as error:
         raise ConfigError(f"--config {str(path)!r}: no such file") from error
+    except IsADirectoryError as error:
+        inside = path / "config.toml"
+        hint = (
+            f"; {str(inside)!r} is a run's config: pass that, or continue the run with "
+            f"--resume --out {str(path)!r}"
+            if inside.is_file()
+            else ""
+        )
+        raise ConfigError(
+            f"--config {str(path)!r} is a folder, not a TOML file: name the file (FILE.toml){hint}"
+        ) from error
+    except OSError as error:
+        raise ConfigError(
+            f"--config {str(path)!r}: cannot read it ({error.strerror}); check the path and "
+            "its permissions"
+        ) from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"--config {str(path)!r}: not valid TOML: {error}") from error
     data = data.get("train", data)
@@ -368,13 +418,112 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the file, then flags given on the command line (flags win)."""
-    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    """Defaults, then the file, then flags given on the command line (flags win).
+
+    A flag given with a value that the other settings leave without effect (``--alpha``
+    without ``--objective renyi``, see :func:`unused_settings`) is refused; the same value
+    from the file is only warned about when the run starts (a run's own config.toml holds
+    every key)."""
+    given = {k: v for k, v in flag_values.items() if v is not None}
+    merged = {**file_values, **given}
     try:
         config = TrainConfig(**merged)
     except TypeError as error:
         raise ConfigError(str(error)) from error
-    return config.validate()
+    config.validate()
+    for name, (why, remedy) in unused_settings(config).items():
+        if name in given:
+            flag = "--" + name.replace("_", "-")
+            value = getattr(config, name)
+            shown = flag if value is True else f"{flag} {_show_flag(value)}"
+            raise ConfigError(f"{shown} has no effect here: {why}. Drop {flag}, or {remedy}")
+    return config
+
+
+def _show_flag(value: Any) -> str:
+    """A value as it is typed after its flag: ``0.7``, ``0.9 0.999``, ``200,100``."""
+    if value == []:
+        return "''"
+    if isinstance(value, list):
+        return (
+            ",".join(map(str, value))
+            if all(isinstance(v, int) for v in value)
+            else " ".join(map(str, value))
+        )
+    return str(value)
+
+
+def unused_settings(config: TrainConfig) -> dict[str, tuple[str, str]]:
+    """The settings of ``config`` that differ from their defaults yet have no effect with the
+    others, as ``{field: (why, what would give it one)}``.
+
+    ``--alpha`` without a Renyi objective, ``--enumerate`` without ``--objective enum``,
+    the baseline settings without the baseline that reads them, ``--kl-warmup-start``
+    without ``--kl-warmup``, ``--pixel-scale 255`` on a named data set, ``--base-url``
+    without ``--download``, and the schedule and Adam settings that the schedule or
+    optimizer does not read (:func:`~pyro_vae.infer.optimizers.unused_optimizer_settings`).
+    A value equal to the default is never listed: a run's config.toml holds every key.
+    """
+    from pyro_vae.data import DATASETS
+    from pyro_vae.infer.gradients import BASELINES
+    from pyro_vae.infer.objectives import OBJECTIVES
+    from pyro_vae.infer.optimizers import unused_optimizer_settings
+
+    unused = dict(unused_optimizer_settings(config))
+    objective = OBJECTIVES.get(config.objective)
+    if objective is not None and not objective.uses_alpha:
+        fixed = f" (it fixes alpha at {objective.alpha:g})" if objective.alpha is not None else ""
+        unused["alpha"] = (
+            f"it is Renyi's alpha, for --objective renyi; --objective {config.objective} does "
+            f"not read it{fixed}",
+            "pass --objective renyi",
+        )
+    if objective is not None and not objective.enumerates:
+        unused["enumerate"] = (
+            f"it is for --objective enum; --objective {config.objective} enumerates nothing",
+            "pass --objective enum",
+        )
+    baseline = BASELINES.get(config.baseline)
+    if baseline is not None and not baseline.needs_module:
+        for name in ("baseline_lr", "baseline_hidden"):
+            unused[name] = (
+                f"it is for the neural baseline (--baseline nn); --baseline {config.baseline} "
+                "has no network",
+                "pass --objective tracegraph --baseline nn",
+            )
+    if config.baseline != "avg":
+        unused["baseline_beta"] = (
+            f"it is the decay of --baseline avg; --baseline {config.baseline} has no average",
+            "pass --objective tracegraph --baseline avg",
+        )
+    if config.kl_warmup == 0:  # None: the data set's default, which may warm up
+        unused["kl_warmup_start"] = (
+            "it is the first latent weight of a KL warm-up; without --kl-warmup N the weight "
+            "is --beta from the first step",
+            "pass --kl-warmup N (steps)",
+        )
+    if config.dataset in DATASETS and config.pixel_scale == "255":
+        divisor = DATASETS[config.dataset].pixel_scale
+        scaled = f" (here /{divisor:g})" if divisor else ""
+        unused["pixel_scale"] = (
+            f"it scales .npy/.npz files; the named data set {config.dataset!r} is always "
+            f"scaled to [0, 1]{scaled}",
+            "pass your own .npy/.npz file as --dataset",
+        )
+    if config.dataset.lower().endswith((".npy", ".npz")):
+        unused["download"] = (
+            f"it fetches the named data sets; --dataset {config.dataset} is a file of yours",
+            "name a data set (pyro-vae list)",
+        )
+    if not config.download:
+        unused["base_url"] = (
+            "it is where --download fetches missing files from; without --download nothing "
+            "is fetched",
+            "pass --download",
+        )
+    return {
+        name: reason for name, reason in unused.items() if getattr(config, name) != _DEFAULTS[name]
+    }
 
 
 def _toml_value(value: Any) -> str:

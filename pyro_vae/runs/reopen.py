@@ -21,7 +21,7 @@ from pyro_vae.data import Dataset, binarize_static, load_dataset
 from pyro_vae.pairs import PairError, PairInfo, build_pair, check_pair, pair_to
 from pyro_vae.pairs.labels import LabelError, encode_labels, label_arguments
 from pyro_vae.runs.checkpoints import BEST, CHECKPOINT, load_checkpoint, restore_params
-from pyro_vae.runs.config import ConfigError, TrainConfig, load_toml
+from pyro_vae.runs.config import CHECKPOINT_DEFAULTS, ConfigError, TrainConfig, load_toml
 
 #: The resolved configuration of a run, written by training.
 CONFIG = "config.toml"
@@ -134,14 +134,17 @@ def restore_pair(run_dir: Path, config: TrainConfig, device: torch.device, pair=
         path,
         device,
         config=config.to_dict(),
-        defaults=TrainConfig().to_dict(),
+        defaults=CHECKPOINT_DEFAULTS,
         may_differ=(*RESUMABLE_CHANGES, "device"),
     )
     data = load_data(config, device)
     pair = make_pair(config, data.image_shape, device, pair, data.num_classes)
     probe = probe_batch(data, config)
     labels = split_labels(data, "train", config, pair)
-    info = check_pair(pair, probe, None if labels is None else labels[0][: probe.shape[0]])
+    train_labels = None if labels is None else labels[0][: config.train_limit]
+    info = check_pair(pair, probe, None if labels is None else labels[0][: probe.shape[0]],
+                      points=lambda: train_points(data, config),
+                      point_labels=train_labels)  # fmt: skip
     restore_params(pair, state, device, path)
     return pair, info, data, state
 
@@ -170,6 +173,14 @@ def probe_batch(data: Dataset, config: TrainConfig) -> torch.Tensor:
     if config.binarize == "dynamic":
         x = torch.bernoulli(x)
     return x
+
+
+def train_points(data: Dataset, config: TrainConfig) -> torch.Tensor:
+    """All the training points (``--train-limit``) as the pair's check traces a guide that is
+    not amortized on them (:func:`~pyro_vae.pairs.check_pair`'s ``points``): one fixed
+    Bernoulli draw of dynamically binarized data."""
+    x = data.train if config.train_limit is None else data.train[: config.train_limit]
+    return binarize_static(x, EVAL_BINARIZE_SEED) if config.binarize == "dynamic" else x
 
 
 def read_config(run_dir: Path) -> TrainConfig:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pyro_vae.infer.distributed import world
 from pyro_vae.runs.checkpoints import BEST, CHECKPOINT
-from pyro_vae.runs.config import ConfigError, TrainConfig
+from pyro_vae.runs.config import ConfigError, TrainConfig, _toml_value, unused_settings
 from pyro_vae.runs.files import atomic_write_bytes
 from pyro_vae.runs.reopen import CONFIG
 
@@ -118,6 +118,60 @@ def _finish(run_dir: Path, history: list) -> None:
         from pyro_vae.runs.figures import training_curves  # matplotlib only when a run finishes
 
         training_curves(history, run_dir / CURVES)
+
+
+#: How many times its first value the mean training loss may grow to before a warning.
+LOSS_GROWTH = 100.0
+
+
+class LossGrowth:
+    """Watches a run's mean training loss per point: when it has grown to :data:`LOSS_GROWTH`
+    times its first value (by ``(LOSS_GROWTH - 1) * max(|first|, 1)``) while staying finite,
+    the steps overshoot; one ``warning:`` line says the numbers and what to try. A loss that
+    turns NaN or infinite is stopped by the loop instead (:mod:`.steps`).
+
+    The first value is the first epoch's train loss of the history (a resumed run), else the
+    first one :meth:`check` sees."""
+
+    def __init__(self, config: TrainConfig, history: list[dict[str, float]]) -> None:
+        self.config = config
+        self.first = (history[0]["train_loss"], "epoch 1") if history else None
+        self.warned = False
+
+    def check(self, loss: float, where: str) -> bool:
+        """Look at ``loss`` (the mean per point so far this epoch) at ``where``; True when
+        this call warned."""
+        if self.warned or not math.isfinite(loss):
+            return False
+        if self.first is None:
+            self.first = (loss, where)
+            return False
+        first, at = self.first
+        if loss - first < (LOSS_GROWTH - 1) * max(abs(first), 1.0):
+            return False
+        self.warned = True
+        lr = self.config.lr
+        times = f", {loss / first:.3g} times as large," if first > 0 else ""
+        _log(
+            f"warning: the mean training loss grew from {first:.4g} ({at}) to {loss:.4g} "
+            f"({where}){times} while staying finite: the steps overshoot. Lower --lr (now "
+            f"{lr:g}; try --lr {lr / 10:g}), bound the steps with --clip-norm (e.g. 10), and "
+            "check the data's scale (e.g. --pixel-scale 255 for a file of 0-255 pixels)"
+        )
+        return True
+
+
+def warn_unused_settings(config: TrainConfig) -> None:
+    """One ``warning:`` line per setting that differs from its default yet has no effect with
+    the others (:func:`~pyro_vae.runs.config.unused_settings`). On the command line such a
+    flag is refused; from a config file or from Python it is warned about, so that a run's
+    own config.toml, which holds every key, always reads back."""
+    for name, (why, remedy) in unused_settings(config).items():
+        value = _toml_value(getattr(config, name))
+        _log(
+            f"warning: {name} = {value} has no effect: {why}; it is ignored (remove it, or "
+            f"{remedy})"
+        )
 
 
 def _log(message: str) -> None:

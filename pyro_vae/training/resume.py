@@ -20,7 +20,7 @@ from pyro_vae.runs.checkpoints import (
     restore_params,
     set_rng_state,
 )
-from pyro_vae.runs.config import FIELDS, ConfigError, TrainConfig
+from pyro_vae.runs.config import CHECKPOINT_DEFAULTS, FIELDS, ConfigError, TrainConfig
 from pyro_vae.runs.files import atomic_write_bytes
 from pyro_vae.runs.reopen import RESUMABLE_CHANGES
 from pyro_vae.training.outputs import TrainingError, _log, best_epoch, write_metrics
@@ -49,7 +49,7 @@ def _resumed_checkpoint(
     """The checkpoint ``--resume`` continues and the configuration it was trained with;
     ``config`` takes the choices made when the run started, and nothing else may differ."""
     state = load_checkpoint(run_dir / CHECKPOINT, device)
-    trained = TrainConfig(**state["config"])
+    trained = TrainConfig(**{**CHECKPOINT_DEFAULTS, **state["config"]})  # keys older runs lack
     if record_object:  # the object's record is the run's own
         config.pair, config.pair_kwargs = trained.pair, trained.pair_kwargs
         config.pair_note = trained.pair_note

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae.data import DATASETS, Dataset
+from pyro_vae.data.registry import DEFAULT_EPOCHS
 from pyro_vae.infer.distributed import (
     World,
     check_batch_divides,
@@ -40,6 +42,7 @@ from pyro_vae.pairs import (
     evaluation_mode,
     resolve_spec,
 )
+from pyro_vae.pairs.label_encoding import choose_label_encoding, resolve_classify_loss
 from pyro_vae.pairs.labels import (
     EpochPlan,
     LabelError,
@@ -49,6 +52,7 @@ from pyro_vae.pairs.labels import (
     program_args,
     training_labels,
 )
+from pyro_vae.pairs.local_params import LocalParams
 from pyro_vae.runs.config import ConfigError, TrainConfig, dumps_toml
 from pyro_vae.runs.files import atomic_write_bytes
 from pyro_vae.runs.reopen import (
@@ -57,7 +61,9 @@ from pyro_vae.runs.reopen import (
     load_data,
     make_pair,
     probe_batch,
+    read_config,
     resolve_device,
+    train_points,
 )
 from pyro_vae.training.outputs import _log
 from pyro_vae.training.progress import _Progress
@@ -68,7 +74,9 @@ from pyro_vae.training.svi import (
     _compiled,
     _minibatch_scaling,
     _objective,
+    at_probe_rows,
     base_rates,
+    local_params,
     training_guide,
 )
 
@@ -94,6 +102,7 @@ class TrainingSetup:
     svi: Any  # pyro.infer.SVI, or CompiledSVI
     classify: pyro.infer.SVI | None  # model_classify/guide_classify on labelled batches
     progress: bool  # draw a progress bar
+    local: LocalParams | None = None  # a guide's per-point params at each batch's rows
 
 
 def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, resume: bool,
@@ -106,6 +115,7 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
     config.device = str(device)
     state, trained = None, None
     if resume:
+        _recorded_label_choices(config, run_dir)
         state, trained = _resumed_checkpoint(config, run_dir, device, record_object)
     ranks = world()
     check_same_config(ranks, config.to_dict(), ignore=("device",))
@@ -130,25 +140,32 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
         train_x, valid_x = train_x[rows], valid_x[ranks.rank :: ranks.size]
     plan = _epoch_plan(train_x, labels, batch_size, config)
     probe = probe_batch(data, config)
+    points = partial(train_points, data, config)  # for a guide that is not amortized
     del data  # a rank of a distributed run keeps its shard only (train_x, valid_x)
-    info = check_pair(pair, probe, _probe_labels(labels, probe))
+    labels, info = _checked_pair(config, pair, probe, labels, points)
     scales = TrainingScales(data_plate=info.data_plate)
     _check_own_subsample(info, ranks)
     points_per_step = _minibatch_scaling(info, num_train, scales)
+    local = local_params(info, num_train, batch_size, plan.labelled_batches, ranks.distributed)
+    if local is not None:  # the validation points have no per-point params of their own
+        valid_x, num_valid = valid_x[:0], 0
 
     elbo = _objective(config, info)
     # a pair whose labels are optional is probed unlabelled: its discrete sites show there
     probe_args = program_args(probe[:2], _probe_labels(labels, probe[:2]) if info.needs_labels
                               else None)  # fmt: skip
-    with evaluation_mode(pair):  # the probe trace must not move BatchNorm statistics
+    # the probe trace must not move BatchNorm statistics
+    with evaluation_mode(pair), at_probe_rows(local, probe_args[0].shape[0]):
         guide, _ = training_guide(pair, config, probe_args, device)
         if OBJECTIVES[config.objective].enumerates:
             _check_enumeration(elbo, pair.model, guide, probe_args, config)
     optimizer = make_optimizer(config, base_rates(config))
     scheduler = EpochScheduler(optimizer, config)
-    svi = pyro.infer.SVI(scales(pair.model), scales(guide), optimizer, loss=elbo)
+    model = pair.model if local is None else local(pair.model)
+    guide = guide if local is None else local(guide)
+    svi = pyro.infer.SVI(scales(model), scales(guide), optimizer, loss=elbo)
     classify = None
-    if info.has_classifier and labels.used:
+    if config.classify_loss == "on":
         classify = pyro.infer.SVI(pair.model_classify, pair.guide_classify, optimizer,
                                   loss=pyro.infer.Trace_ELBO(max_plate_nesting=1))  # fmt: skip
     if config.compile != "off":
@@ -169,7 +186,7 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
                          batch_size=batch_size, info=info, scales=scales,
                          points_per_step=points_per_step, optimizer=optimizer,
                          scheduler=scheduler, svi=svi, classify=classify,
-                         progress=progress)  # fmt: skip
+                         progress=progress, local=local)  # fmt: skip
     return setup, run
 
 
@@ -201,10 +218,20 @@ def _check_own_subsample(info: PairInfo, ranks: World) -> None:
 
 
 def defaults_for(config: TrainConfig) -> TrainConfig:
-    """Fill ``None`` choices (pair, binarization) from the data set's defaults."""
+    """Fill ``None`` choices (pair, binarization, epochs, KL warm-up) from the data set's
+    defaults. A run that names no pair also takes the data set's
+    :attr:`~pyro_vae.data.DatasetSpec.default_pair_settings` (the digits': 300 epochs, a KL
+    warm-up of 2000 steps, ``z_dim`` 16)."""
     spec = DATASETS.get(config.dataset)
+    settings = {}
     if config.pair is None and config.model is None:
         config.pair = spec.default_pair if spec else "mlp"
+        settings = dict(spec.default_pair_settings) if spec else {}
+        config.pair_kwargs = {**settings.get("pair_kwargs", {}), **config.pair_kwargs}
+    if config.epochs is None:
+        config.epochs = settings.get("epochs", DEFAULT_EPOCHS)
+    if config.kl_warmup is None:
+        config.kl_warmup = settings.get("kl_warmup", 0)
     if config.binarize is None:
         if spec is not None:
             config.binarize = spec.default_binarize
@@ -233,17 +260,70 @@ def _training_labels(config: TrainConfig, data: Dataset, pair: Any, train_count:
         arguments = label_arguments(pair)
     except LabelError as error:
         raise PairError(str(error)) from error
+    # class indices here; _checked_pair encodes them as the pair takes them
     labels = training_labels(data, arguments, num_labelled=config.num_labelled,
-                             encoding=config.label_encoding, train_count=train_count,
-                             seed=config.seed, log=_log)  # fmt: skip
+                             encoding="index", train_count=train_count, seed=config.seed,
+                             log=_log)  # fmt: skip
     if labels.used:
         config.num_labelled = labels.num_labelled
-        if labels.num_labelled < train_count:
+        if labels.num_labelled == 0:
+            _log(
+                f"note: --num-labelled 0: none of the {train_count} training points keeps its "
+                "label: the pair trains unsupervised, its programs called without y"
+            )
+        elif labels.num_labelled < train_count:
             _log(
                 f"note: {labels.num_labelled} of {train_count} training points keep their "
                 f"labels ({labels.num_labelled // labels.num_classes} per class)"
             )
     return labels
+
+
+def _checked_pair(config: TrainConfig, pair: Any, probe: torch.Tensor, labels: TrainingLabels,
+                  points: Any = None) -> tuple[TrainingLabels, PairInfo]:  # fmt: skip
+    """:func:`~pyro_vae.pairs.check_pair` on the probe batch, and for a run with labels (held
+    as class indices) the encoding its programs take (``--label-encoding``, chosen where
+    ``auto``) and its classification loss run once; records both choices in ``config`` and
+    returns the labels as the pair takes them. ``points``: check_pair's, all the training
+    points (for a guide that is not amortized), or None."""
+    classifier = callable(getattr(pair, "model_classify", None)) and callable(
+        getattr(pair, "guide_classify", None)
+    )
+    try:
+        config.classify_loss = resolve_classify_loss(config.classify_loss, classifier,
+                                                     labels.used, labels.num_labelled)  # fmt: skip
+    except LabelError as error:
+        raise ConfigError(str(error)) from error
+    if config.classify_loss == "off" and not classifier:
+        _log("note: --classify-loss off has no effect: the pair defines no model_classify and "
+             "guide_classify")  # fmt: skip
+    if not labels.used:
+        if config.label_encoding != "auto":  # a config file may carry it: noted, not refused
+            _log(f"note: --label-encoding {config.label_encoding} has no effect: this run gives "
+                 "the pair's programs no labels")  # fmt: skip
+        return labels, check_pair(pair, probe, **({} if points is None else {"points": points}))
+    classes = labels.train[: probe.shape[0]]
+    encoding, info = choose_label_encoding(pair, probe, classes, labels.num_classes,
+                                           requested=config.label_encoding,
+                                           classify=config.classify_loss == "on", log=_log,
+                                           points=points, point_classes=labels.train)  # fmt: skip
+    config.label_encoding = encoding
+    return labels.encoded(encoding, probe.dtype), info
+
+
+def _recorded_label_choices(config: TrainConfig, run_dir: Path) -> None:
+    """A resumed run keeps the label encoding and classification loss its start chose
+    (recorded in its config.toml) where ``config`` leaves them to their defaults."""
+    if config.label_encoding != "auto" and config.classify_loss is not None:
+        return
+    try:
+        recorded = read_config(run_dir)
+    except ConfigError:
+        return  # the checkpoint's own check says what is wrong
+    if config.label_encoding == "auto":
+        config.label_encoding = recorded.label_encoding
+    if config.classify_loss is None:
+        config.classify_loss = recorded.classify_loss
 
 
 def _probe_labels(labels, x: torch.Tensor) -> torch.Tensor | None:

@@ -26,7 +26,8 @@ def _batch(train_x, labels, plan, run, epoch: int, step: int, config: TrainConfi
            batch_size: int):  # fmt: skip
     """Step ``step`` of epoch ``epoch``: a labelled batch ``(x, y)`` or an unlabelled one
     ``(x, None)`` (see :class:`~pyro_vae.pairs.labels.EpochPlan`) of ``batch_size`` points (this
-    rank's share of ``--batch-size``), binarized afresh if dynamic."""
+    rank's share of ``--batch-size``), binarized afresh if dynamic, and its ``rows`` of
+    ``train_x`` (a guide's per-point params are selected by them)."""
     if plan.is_labelled(step):
         index = (epoch - 1) * plan.labelled_batches + plan.labelled_before(step)
         rows = plan.labelled_indices(index)
@@ -39,7 +40,7 @@ def _batch(train_x, labels, plan, run, epoch: int, step: int, config: TrainConfi
         x, y = train_x[rows], None
     if config.binarize == "dynamic":
         x = torch.bernoulli(x)
-    return x, y
+    return x, y, rows
 
 
 def _svi_step(svi, args: tuple, pair: Any, where: str, saved: str, run_dir, config,

@@ -5,7 +5,8 @@ scale, and the step compiled where the pair allows it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyro
@@ -24,6 +25,7 @@ from pyro_vae.infer.gradients import (
 from pyro_vae.infer.handlers import TrainingScales
 from pyro_vae.infer.objectives import OBJECTIVES, enumerated_guide, make_objective
 from pyro_vae.pairs import PairError, PairInfo, evaluation_mode, pair_modules
+from pyro_vae.pairs.local_params import LocalParams
 from pyro_vae.runs.config import ConfigError, TrainConfig
 from pyro_vae.training.outputs import _log
 
@@ -130,7 +132,11 @@ def _minibatch_scaling(info: PairInfo, num_train: int, scales: TrainingScales):
     data_sites = set(info.local_latent_sites) | set(info.observed_sites)
     if info.data_plate_size is not None:  # the pair subsamples its own data plate
         return lambda x: info.data_plate_size
-    if not info.global_sites or data_sites & set(info.scaled_sites):
+    if data_sites & set(info.scaled_sites):
+        return None
+    if info.local_params and not info.global_sites:
+        return lambda x: num_train  # per-point params: the loss is a sum over all N points
+    if not info.global_sites:
         return None
     _log(
         f"note: global latent site(s) {list(info.global_sites)}: each minibatch's local "
@@ -138,6 +144,48 @@ def _minibatch_scaling(info: PairInfo, num_train: int, scales: TrainingScales):
         "training set's"
     )
     return lambda x: num_train
+
+
+def local_params(info: PairInfo, num_train: int, batch_size: int, labelled_batches: int,
+                 distributed: bool) -> LocalParams | None:  # fmt: skip
+    """The handler that lines up a guide's per-point params with each batch (None for an
+    amortized guide), and the note on stderr of how the run trains them: on the full set
+    (one batch of all N points, in order) where ``--batch-size`` >= N, else by index
+    subsampling (each batch selects its rows of them; the loss is scaled N/B)."""
+    if not info.local_params:
+        return None
+    if distributed:
+        raise ConfigError(
+            f"the guide's parameters {list(info.local_params)} hold one row per training "
+            "point (it is not amortized), and a data-parallel run gives each rank a shard "
+            "of the points in another order; train it on one process"
+        )
+    names = ", ".join(info.local_params)
+    if batch_size >= num_train and labelled_batches == 0:
+        _log(
+            f"note: the guide is not amortized (per-point params {names}): training on the "
+            f"full set, one batch of all {num_train} points in order; no validation ELBO "
+            "per epoch (its points have no params of their own; `pyro-vae evaluate` fits them)"
+        )
+        return LocalParams(info.local_params, mode="full")
+    _log(
+        f"note: the guide is not amortized (per-point params {names}): training by index "
+        f"subsampling, each batch of {batch_size} points selects the same rows of them and "
+        f"the loss is scaled by N/B (N = {num_train}); no validation ELBO per epoch (its "
+        "points have no params of their own; `pyro-vae evaluate` fits them)"
+    )
+    return LocalParams(info.local_params, mode="subsample")
+
+
+@contextmanager
+def at_probe_rows(local: LocalParams | None, count: int) -> Iterator[None]:
+    """Inside: the per-point params (if any) at the rows of the probe batch, the first
+    ``count`` training points, for the traces made before training."""
+    if local is None:
+        yield
+        return
+    with local.at(torch.arange(count)), local:
+        yield
 
 
 def _compiled(svi, pair, guide, scales, optimizer, info, args, config):
@@ -148,6 +196,8 @@ def _compiled(svi, pair, guide, scales, optimizer, info, args, config):
     reason = None
     if config.num_particles > 1 and not info.vectorizable:
         reason = "the pair does not vectorize over particles"
+    if info.local_params:
+        reason = "its guide's per-point params are selected by each batch's indices"
     if reason is None:
         with evaluation_mode(pair):  # the check's trace must not move BatchNorm statistics
             reason = untraceable_reason(scales(pair.model), scales(guide), args, modules,

@@ -58,11 +58,13 @@ from pyro_vae.training.outputs import (  # noqa: F401 -- importable from here as
     METRIC_COLUMNS,
     METRICS,
     RUN_FILES,
+    LossGrowth,
     RunResult,
     TrainingError,
     _finish,
     best_epoch,
     prepare_run_dir,
+    warn_unused_settings,
     write_metrics,
 )
 from pyro_vae.training.progress import _Progress, _save_in_progress, _saved_at
@@ -106,6 +108,7 @@ def train(
     if record_object:
         config.pair = "<pair object>"  # replaced once the data set's shape is known
     config = defaults_for(config.validate())
+    warn_unused_settings(config)
     if config.out is None:
         raise ConfigError("--out RUN_DIR is required: the run directory to write")
     ranks, config.device = current_world(config.device)
@@ -125,13 +128,17 @@ def _train(config, run_dir, pair, record_object, resume, progress, callbacks, st
     setup, run = set_up(config, run_dir, pair, record_object, resume, progress)
     pair, plan, ranks = setup.pair, setup.plan, world()
     saved = _saved_at(run)
+    growth = LossGrowth(config, run.history)
 
     for epoch in range(run.epoch + 1, config.epochs + 1):
         setup.scheduler.step(epoch)
         set_training_mode(pair, True)
         started = time.perf_counter() - run.train_seconds
         if run.batches_done == 0 and plan.unlabelled.numel():
-            run.order = torch.randperm(plan.unlabelled.numel(), device=setup.train_x.device)
+            count, device = plan.unlabelled.numel(), setup.train_x.device
+            in_order = setup.local is not None and setup.local.mode == "full"  # per-point params
+            order = torch.arange if in_order else torch.randperm
+            run.order = order(count, device=device)
         bar = tqdm(range(run.batches_done, plan.steps), total=plan.steps,
                    initial=run.batches_done, desc=f"epoch {epoch}/{config.epochs}",
                    disable=not setup.progress, leave=False, unit="step")  # fmt: skip
@@ -139,6 +146,7 @@ def _train(config, run_dir, pair, record_object, resume, progress, callbacks, st
             where = f"epoch {epoch}, step {run.batches_done + 1}"
             loss = _step(setup, run, epoch, step_in_epoch, where, saved, run_dir, config, stop)
             run.train_seconds = time.perf_counter() - started
+            growth.check(run.total / run.seen, where)
             fault_point("step")
             if on_step is not None:
                 on_step({"epoch": epoch, "step": run.step, "loss": loss, "beta": run.beta})
@@ -171,8 +179,10 @@ def _step(setup: TrainingSetup, run: _Progress, epoch: int, step_in_epoch: int, 
           saved: str, run_dir: Path, config: TrainConfig, stop: StopSignals) -> float:  # fmt: skip
     """One step of the loop: the batch, its KL weight and minibatch scale, the SVI step (and
     the classifier's on a labelled batch), and the run's counts; returns the step's loss."""
-    x, y = _batch(setup.train_x, setup.labels, setup.plan, run, epoch, step_in_epoch, config,
-                  setup.batch_size)  # fmt: skip
+    x, y, rows = _batch(setup.train_x, setup.labels, setup.plan, run, epoch, step_in_epoch,
+                        config, setup.batch_size)  # fmt: skip
+    if setup.local is not None:  # the guide's per-point params at this batch's rows
+        setup.local.use_rows(rows, setup.num_train)
     run.beta = kl_weight(run.step, config.beta, config.kl_warmup, config.kl_warmup_start)
     setup.scales.beta = run.beta
     global_batch = x.shape[0] * world().size

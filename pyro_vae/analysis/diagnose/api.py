@@ -21,7 +21,7 @@ from pyro_vae.analysis.diagnose.errors import DiagnoseError
 from pyro_vae.analysis.diagnose.report import FIGURES, format_summary, write_figures, write_outputs
 from pyro_vae.analysis.evaluate import refuse_conditional_pair
 from pyro_vae.analysis.results import Result
-from pyro_vae.analysis.subjects import Subject, subject, world_for
+from pyro_vae.analysis.subjects import Subject, amortized, subject, world_for
 from pyro_vae.infer.distributed import World
 from pyro_vae.runs.checkpoints import BEST
 from pyro_vae.runs.config import ConfigError
@@ -190,6 +190,7 @@ def diagnose(
     ranks, device = world_for(source, device)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair)  # fmt: skip
+    held = amortized(held, "diagnose")
     refuse_conditional_pair(held, "diagnose")
     if save is None:
         save = isinstance(source, str | os.PathLike) or out is not None
