@@ -888,3 +888,19 @@ def test_catalogue_of_bad_inputs_every_one_a_message(run_cli, tmp_path):
     print(f"\n{len(results)} bad inputs: {len(results) - len(bad)} clear messages (exit 2, "
           f"no traceback), {len(bad)} not")  # fmt: skip
     assert not bad, "\n\n".join(bad)
+
+
+def test_settings_the_data_make_void_are_said(digits_run, tmp_path, monkeypatch, capsys):
+    # --checkpoint-every that only ever falls on an epoch's end, and a gradvar minibatch
+    # larger than the points there are: each runs, and says what it did instead
+    monkeypatch.setattr("pyro_vae.cli.signal.signal", lambda *args: None)  # pytest's SIGTERM
+    argv = ["train", "--out", str(tmp_path / "run"), "--epochs", "2", "--train-limit", "40",
+            "--batch-size", "20", "--device", "cpu", "--checkpoint-every", "4",
+            "--pair-kwargs", '{"hidden": [8], "z_dim": 2}']  # fmt: skip
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: --checkpoint-every 4 writes no checkpoint inside an epoch" in err, err
+    assert "an epoch here is 2 steps and the run 4" in err
+    assert cli.main(["gradvar", str(digits_run), "--split", "valid", "--batch-size", "100000",
+                     "--num-draws", "2", "--out", str(tmp_path / "gv")]) == 0  # fmt: skip
+    assert "note: --batch-size 100000: only 200 points to draw from" in capsys.readouterr().err

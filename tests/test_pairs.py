@@ -230,7 +230,9 @@ def test_plate_shape_error_inside_the_guide_names_the_site():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0))  # no .to_event(1)
 
-    with pytest.raises(PairError, match=r"the guide failed on a batch .*at site z"):
+    with pytest.raises(
+        PairError, match=r"the guide's site 'z' does not fit plate\('data'\).*add .to_event\(1\)"
+    ):
         check_pair(_pair(_normal_model, guide), torch.randn(5, 3))
 
 

@@ -176,6 +176,12 @@ def gradient_variance(
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(batch_size)  # fmt: skip
     held = amortized(held, "gradvar")
+    if held.x.shape[0] < batch_size:
+        print(
+            f"note: --batch-size {batch_size}: only {held.x.shape[0]} points to draw from, so "
+            f"the minibatch is all {held.x.shape[0]} of them",
+            file=sys.stderr,
+        )
     if save is None:
         save = isinstance(source, str | os.PathLike)
     if save and out is None and held.run is None:

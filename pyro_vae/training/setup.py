@@ -139,6 +139,7 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
         rows = shard_rows(num_train, ranks.rank, ranks.size, config.seed).to(train_x.device)
         train_x, valid_x = train_x[rows], valid_x[ranks.rank :: ranks.size]
     plan = _epoch_plan(train_x, labels, batch_size, config)
+    _check_checkpoint_every(config, plan)
     probe = probe_batch(data, config)
     points = partial(train_points, data, config)  # for a guide that is not amortized
     del data  # a rank of a distributed run keeps its shard only (train_x, valid_x)
@@ -203,6 +204,19 @@ def _epoch_plan(train_x: torch.Tensor, labels: TrainingLabels, batch_size: int,
             f"{train_x.shape[0]} training points; lower --batch-size"
         )
     return plan
+
+
+def _check_checkpoint_every(config: TrainConfig, plan: EpochPlan) -> None:
+    """A warning when ``--checkpoint-every`` never falls inside an epoch: every N steps is
+    an epoch's end (N a multiple of the steps per epoch), or N is past the run's last step."""
+    every, steps = config.checkpoint_every, plan.steps
+    if every and (every % steps == 0 or every >= steps * config.epochs):
+        _log(
+            f"warning: --checkpoint-every {every} writes no checkpoint inside an epoch: an "
+            f"epoch here is {steps} steps and the run {steps * config.epochs}, and the end of "
+            f"each epoch is checkpointed anyway; choose a number below {steps}, or drop the "
+            "flag"
+        )
 
 
 def _check_own_subsample(info: PairInfo, ranks: World) -> None:
