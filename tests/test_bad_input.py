@@ -311,9 +311,9 @@ def test_sample_takes_checkpoint_like_the_other_commands(run_cli, digits_run, mo
     refused(other, "--checkpoint", "invalid choice")
     seen = {}
 
-    def sample_figure(run_dir, out, **options):
+    def sample_figure(run_dir, out, **options):  # with_result=True: the files it wrote
         seen.update(options)
-        return out
+        return {"png": str(out)}
 
     monkeypatch.setattr("pyro_vae.analysis.sampling.sample_figure", sample_figure)
     monkeypatch.setattr("pyro_vae.cli.signal.signal", lambda *args: None)  # pytest's SIGTERM

@@ -371,12 +371,11 @@ def _run_sample(args) -> int:
             f"{str(out / 'samples.png')!r}"
         )
     prepare_run_dir(out.parent)
-    drawn = sampling.sample_figure(args.run_dir, out, num=args.num, split=args.split,
+    # the Samples, with the files it wrote: png, and csv for vectors
+    files = sampling.sample_figure(args.run_dir, out, num=args.num, split=args.split,
                                    seed=args.seed, device=args.device,
                                    checkpoint=args.checkpoint, label=args.label,
                                    with_result=True)  # fmt: skip
-    # the Samples, with the files it wrote: png, and csv for vectors
-    files = drawn if isinstance(drawn, sampling.Samples) else {"png": str(drawn)}
     if args.json:
         print(json.dumps(jsonable(dict(files))))
     else:
