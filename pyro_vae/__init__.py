@@ -61,6 +61,7 @@ _find_source_tree_packages()
 for _old_path in ("convergence", "diagnose", "evaluate", "latents", "train"):
     importlib.import_module(f"pyro_vae.{_old_path}")
 
+from pyro_vae.analysis.bdmc import BDMC, bdmc
 from pyro_vae.analysis.convergence import Convergence, convergence
 from pyro_vae.analysis.diagnose import PosteriorDiagnosis, diagnose
 from pyro_vae.analysis.evaluate import Evaluation, evaluate
@@ -68,6 +69,7 @@ from pyro_vae.analysis.gradvar import GradientVariance, gradient_variance
 from pyro_vae.analysis.latents import LatentMap, latents
 from pyro_vae.analysis.results import Result
 from pyro_vae.analysis.sampling import Samples, sample
+from pyro_vae.analysis.snr_k import SNRAgainstK, snr_against_k
 from pyro_vae.data import DATASETS, Dataset, load_dataset
 from pyro_vae.infer.estimators import (
     ESTIMATORS,
@@ -79,6 +81,7 @@ from pyro_vae.infer.estimators import (
 )
 from pyro_vae.infer.gradients import BASELINES, GRADIENT_ESTIMATORS, score_function, with_baseline
 from pyro_vae.infer.objectives import OBJECTIVES, make_objective
+from pyro_vae.infer.surrogate_elbos import STL_ELBO, VIMCO, IWAE_DReG
 from pyro_vae.pairs import PAIRS, VAE, build_pair, check_pair
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.reopen import Run, load_run
@@ -92,9 +95,13 @@ __all__ = [
     "DATASETS",
     "ESTIMATORS",
     "GRADIENT_ESTIMATORS",
+    "IWAE_DReG",
     "OBJECTIVES",
+    "STL_ELBO",
+    "VIMCO",
     "PAIRS",
     "VAE",
+    "BDMC",
     "Convergence",
     "Dataset",
     "Evaluation",
@@ -105,7 +112,9 @@ __all__ = [
     "Run",
     "RunResult",
     "Samples",
+    "SNRAgainstK",
     "TrainConfig",
+    "bdmc",
     "build_pair",
     "check_pair",
     "convergence",
@@ -124,6 +133,7 @@ __all__ = [
     "make_objective",
     "sample",
     "score_function",
+    "snr_against_k",
     "train",
     "with_baseline",
 ]

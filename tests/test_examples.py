@@ -22,6 +22,7 @@ NOTEBOOKS = [
     "05_gradient_estimators.md",
     "06_semi_supervised.md",
     "07_flows_and_priors.md",
+    "08_gradients_and_likelihoods.md",
 ]
 #: seconds one notebook cell may run in smoke mode before the test fails
 NOTEBOOK_CELL_TIMEOUT = 300
@@ -83,6 +84,27 @@ def test_step_speed_benchmark_runs_and_reports_every_way(tmp_path):
     evaluation = summary["evaluation"]
     assert evaluation["fallback"] is None and evaluation["graphs"] == 1
     assert evaluation["hand eager"]["ratio"] == 1.0 and evaluation["pyro_vae eager"]["seconds"] > 0
+
+
+def test_eval_gemm_benchmark_runs_in_smoke_mode(tmp_path):
+    """benchmarks/eval_gemm.py --smoke: the compiled evaluation's FLOP rate against torch.mm's,
+    with its profile, at the old chunk bound (2**24) and today's (2**22 on the CPU)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "eval_gemm.py"), "--smoke"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    configs = summary["configs"]
+    assert summary["fallback"] is None and set(configs) == {str(2**24), "default"}
+    assert configs["default"]["max_elements"] == 2**22
+    for row in configs.values():
+        assert row["chunk_samples"] == 64
+        # 20 points x 64 samples x the decoder's 2 * (50*200 + 200*200 + 200*784) FLOPs, and
+        # the encoder's 2 * (784*200 + 200*200 + 2 * 200*50) once per point and chunk
+        assert row["matmul_gflop"] == pytest.approx((20 * 64 * 413_600 + 20 * 433_600) / 1e9)
+        assert row["achieved_gflops"] > 0 and row["gemm_gflops_at_eval_shapes"] > 0
+        assert any("binary_cross_entropy" in name for name in row["profile_seconds"]["kernels"])
 
 
 def test_data_parallel_benchmark_runs_one_and_two_ranks(tmp_path):

@@ -16,6 +16,7 @@ from torch import nn
 import pyro_vae
 from pyro_vae.analysis.gradvar import (
     DEFAULT_BASELINE_LR,
+    DEFAULT_NUM_PARTICLES,
     GradientVariance,
     format_table,
     gradient_draws,
@@ -23,7 +24,9 @@ from pyro_vae.analysis.gradvar import (
     gradient_variance,
     pair_parameters,
 )
+from pyro_vae.analysis.snr_k import SNRAgainstK, snr_against_k
 from pyro_vae.infer.gradients import GRADIENT_ESTIMATORS
+from pyro_vae.pairs import PAIRS
 from pyro_vae.runs.config import ConfigError, TrainConfig
 from pyro_vae.runs.reopen import load_run
 from pyro_vae.training.train import train
@@ -93,7 +96,12 @@ def test_gradient_variance_of_a_run(run_dir, tmp_path):
     result = gradient_variance(
         run_dir, num_draws=30, batch_size=20, baseline_steps=60, out=out, progress=False
     )
-    assert list(result["estimators"]) == list(GRADIENT_ESTIMATORS)
+    # every row but vimco, which needs a guide site that is not reparameterized
+    assert list(result["estimators"]) == [name for name in GRADIENT_ESTIMATORS if name != "vimco"]
+    assert any(note.startswith("vimco skipped: every guide site") for note in result["notes"])
+    particles = {name: s["num_particles"] for name, s in result["estimators"].items()}
+    assert particles == {**dict.fromkeys(particles, 1), "iwae": DEFAULT_NUM_PARTICLES,
+                         "iwae-dreg": DEFAULT_NUM_PARTICLES}  # fmt: skip
     assert result["num_draws"] == 30 and result["batch_size"] == 20 and result["split"] == "train"
     # mlp hidden [16], z 2 on 64 pixels: encoder 64*16+16 + 16*4+4, decoder 2*16+16 + 16*64+64
     assert result["num_parameters"] == (64 * 16 + 16 + 16 * 4 + 4) + (2 * 16 + 16 + 16 * 64 + 64)
@@ -115,6 +123,9 @@ def test_gradient_variance_of_a_run(run_dir, tmp_path):
     # the decoder's gradient does not go through the sample: same law under both estimators
     decoder = {name: s["parts"]["decoder"]["variance"] for name, s in result["estimators"].items()}
     assert 0.5 < decoder["score"] / decoder["reparam"] < 2
+    # STL and DReG change only the guide's gradient: same z (same seed), same decoder draws
+    assert decoder["stl"] == pytest.approx(decoder["reparam"], rel=1e-6)
+    assert decoder["iwae-dreg"] == pytest.approx(decoder["iwae"], rel=1e-6)
     saved = json.loads((out / "gradvar.json").read_text())
     assert saved["estimators"]["score"]["groups"] == result["estimators"]["score"]["groups"]
     assert (out / "gradvar.png").read_bytes()[:4] == b"\x89PNG"
@@ -131,6 +142,11 @@ def test_unknown_estimators_and_bad_counts_are_refused(run_dir):
         gradient_variance(run_dir, estimators=["reinforce"], save=False)
     with pytest.raises(ConfigError, match="--num-draws"):
         gradient_variance(run_dir, num_draws=1, save=False)
+    with pytest.raises(ConfigError, match="--num-particles must be >= 1"):
+        gradient_variance(run_dir, num_particles=0, save=False)
+    # a row asked for alone that cannot run on the pair: the reason, not an empty table
+    with pytest.raises(ConfigError, match="vimco: every guide site is reparameterized"):
+        gradient_variance(run_dir, estimators=["vimco"], save=False)
 
 
 def test_pair_parameters_splits_encoder_and_decoder():
@@ -159,6 +175,15 @@ def test_cli_gradvar_json(run_cli, run_dir, tmp_path):
                    cwd=tmp_path, check=False)  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert "bogus" in done.stderr and "score+avg" in done.stderr
+    done = run_cli(
+        "gradvar", str(run_dir), "--snr-vs-k", "--ks", "1,3", "--num-draws", "5",
+        "--batch-size", "10", "--out", str(out), "--json", "--no-progress",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["ks"] == [1, 3] and list(result["estimators"]) == ["iwae", "iwae-dreg"]
+    assert (out / "gradvar_snr_k.json").is_file() and (out / "gradvar_snr_k.png").is_file()
 
 
 # ------------------------------------------------------------------------------------------
@@ -455,3 +480,100 @@ def test_a_pair_in_memory_gives_the_numbers_of_its_run_directory(run_dir, tmp_pa
                       **settings)  # fmt: skip
     assert (tmp_path / "out" / "gradvar.json").is_file()
     assert (tmp_path / "out" / "gradvar.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# STL, IWAE, DReG and VIMCO rows; SNR against K
+
+
+def test_stl_and_dreg_guide_gradients_vanish_at_the_exact_posterior():
+    """Linear-Gaussian pair, guide = p(z|x) exactly: log w = log p(x) whatever z is, so the
+    STL and DReG guide gradients are 0 on every draw (float64 round-off), while the
+    reparameterized ELBO gradient and the IWAE gradient keep the score term's noise."""
+    torch.manual_seed(1)
+    pair = PAIRS["linear-gaussian"].factory((1, 1, 4), z_dim=2, covariance="full").double()
+    with torch.no_grad():
+        pair.decoder.linear.weight.normal_(0, 1)
+        pair.decoder.linear.bias.normal_(0, 1)
+    pair.encoder.set_to_exact_posterior(pair.decoder)
+    x = torch.randn(16, 4, dtype=torch.float64) * 1.5
+    result = gradient_variance(pair, x, estimators=["reparam", "stl", "iwae", "iwae-dreg"],
+                               num_draws=20, num_particles=5, progress=False)  # fmt: skip
+    encoder = {name: s["parts"]["encoder"] for name, s in result["estimators"].items()}
+    decoder = {name: s["parts"]["decoder"] for name, s in result["estimators"].items()}
+    for name in ("stl", "iwae-dreg"):
+        assert encoder[name]["variance"] < 1e-20 and encoder[name]["mean_norm"] < 1e-9, name
+    for name in ("reparam", "iwae"):
+        assert encoder[name]["variance"] > 1e-3, name
+    for name in ("reparam", "stl", "iwae", "iwae-dreg"):
+        assert decoder[name]["variance"] > 1e-3, name
+
+
+def test_vimco_row_on_a_binary_guide_and_the_rows_that_skip_it(binary_points):
+    """The sigmoid belief net's guide samples Bernoulli sites: vimco runs (K >= 2), stl and
+    iwae-dreg are left out naming the site, iwae too (Pyro's RenyiELBO gives a score site's
+    parameters no gradient); each asked for alone is refused with its reason."""
+    sbn = PAIRS["sbn"].factory((1, 8, 8))
+    names = ["reparam", "stl", "iwae", "iwae-dreg", "vimco"]
+    result = gradient_variance(sbn, binary_points, estimators=names, num_draws=5,
+                               num_particles=4, progress=False)  # fmt: skip
+    assert list(result["estimators"]) == ["reparam", "vimco"]
+    vimco = result["estimators"]["vimco"]
+    assert vimco["num_particles"] == 4 and set(vimco["parts"]) == {"encoder", "decoder"}
+    assert vimco["parts"]["encoder"]["variance"] > 0 and vimco["parts"]["decoder"]["variance"] > 0
+    notes = "\n".join(result["notes"])
+    for name in ("stl", "iwae-dreg"):
+        assert f"{name} skipped: guide site(s) ['z'] have no rsample" in notes
+    assert "iwae skipped" in notes and "RenyiELBO" in notes
+    with pytest.raises(ConfigError, match="stl: guide site\\(s\\) \\['z'\\] have no rsample"):
+        gradient_variance(sbn, binary_points, estimators=["stl"], num_draws=2, progress=False)
+    with pytest.raises(ConfigError, match="--num-particles 1: VIMCO"):
+        gradient_variance(sbn, binary_points, estimators=["vimco"], num_draws=2,
+                          num_particles=1, progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """A tiny digits VAE trained 10 epochs on 500 points: far enough from its start that the
+    IWAE encoder gradient's signal fades with K (Rainforth et al. 2018)."""
+    out = tmp_path_factory.mktemp("snr_k") / "run"
+    config = TrainConfig(
+        dataset="digits", pair="mlp", pair_kwargs={"hidden": [16], "z_dim": 2},
+        epochs=10, batch_size=50, train_limit=500, device="cpu", out=str(out),
+    )  # fmt: skip
+    train(config, progress=False)
+    return out
+
+
+def test_snr_against_k_has_rainforths_shape(trained_dir, tmp_path):
+    """Seeded, 100 draws per K on 20 points. Measured encoder SNR (K = 1 -> 100): iwae 0.164
+    -> 0.129, iwae-dreg 0.34 -> 0.49; decoder 10 -> 76 for both. At K = 1 IWAE is the
+    reparameterized ELBO gradient and DReG is STL: the same draws."""
+    result = snr_against_k(trained_dir, ks=(100, 1), num_draws=100, batch_size=20, out=tmp_path,
+                           progress=False)  # fmt: skip
+    assert isinstance(result, SNRAgainstK) and result["ks"] == [1, 100]
+    series = result["estimators"]
+    assert list(series) == ["iwae", "iwae-dreg"]
+    for name in series:
+        assert all(len(values) == 2 for values in series[name].values()), name
+    iwae, dreg = series["iwae"], series["iwae-dreg"]
+    assert iwae["encoder_snr"][1] < iwae["encoder_snr"][0]
+    assert dreg["encoder_snr"][1] > 1.2 * dreg["encoder_snr"][0]
+    assert dreg["encoder_snr"][1] > 2 * iwae["encoder_snr"][1]
+    # the same estimator for the decoder (float32 sums in another order: 1e-6 apart)
+    assert iwae["decoder_snr"] == pytest.approx(dreg["decoder_snr"], rel=1e-4)
+    assert iwae["decoder_snr"][1] > 3 * iwae["decoder_snr"][0]
+    single = gradient_variance(trained_dir, estimators=["reparam", "stl"], num_draws=100,
+                               batch_size=20, save=False, progress=False)  # fmt: skip
+    for multi, one in (("iwae", "reparam"), ("iwae-dreg", "stl")):
+        for part in ("encoder", "decoder"):
+            expected = single["estimators"][one]["parts"][part]["snr"]
+            assert series[multi][f"{part}_snr"][0] == pytest.approx(expected, rel=1e-6)
+    saved = json.loads((tmp_path / "gradvar_snr_k.json").read_text())
+    assert saved["estimators"]["iwae"]["encoder_snr"] == iwae["encoder_snr"]
+    assert (tmp_path / "gradvar_snr_k.png").read_bytes()[:4] == b"\x89PNG"
+    assert "iwae-dreg enc. SNR" in result.summary()
+    with pytest.raises(ConfigError, match="vimco needs K >= 2"):
+        snr_against_k(trained_dir, ks=(1, 10), estimators=["vimco"], save=False)
+    with pytest.raises(ConfigError, match="--estimators stl: SNR against K is for the K-particle"):
+        snr_against_k(trained_dir, estimators=["stl"], save=False)

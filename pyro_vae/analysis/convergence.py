@@ -11,10 +11,19 @@ proposal the estimate is close after few samples; with the prior as proposal (th
 Carlo estimator) it can stay many nats low for any practical K, because almost all prior
 draws explain x badly: that is why amortized importance sampling is used.
 
+The estimator ``ais`` (annealed importance sampling, :mod:`pyro_vae.infer.ais`) sits beside
+them at matched compute: for each K it runs the most AIS steps S whose density-and-gradient
+evaluations per point (:func:`~pyro_vae.infer.ais.density_evaluations`: C chains of
+1 + (S - 1) L evaluations, L leapfrog steps, and as many for the pilot run's chains) are at
+most K (S = 1, plain importance sampling with the C chains, when none fits; :func:`ais_steps_for`).
+Every row carries its ``compute``, the density evaluations per point (IS: K), and the
+figure's x axis is that compute, so IS and AIS are compared at equal cost.
+
 References:
     Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     Wu, Burda, Salakhutdinov & Grosse (2017), On the Quantitative Analysis of Decoder-Based
         Generative Models.
+    Neal (2001), Annealed Importance Sampling.
 """
 
 from __future__ import annotations
@@ -32,8 +41,15 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vae.analysis.bdmc import AIS_ESTIMATORS, ais_in_batches, check_ais_arguments
 from pyro_vae.analysis.results import Result, figure_path
 from pyro_vae.analysis.subjects import Subject, amortized, subject, world_for
+from pyro_vae.infer.ais import (
+    AIS_CHAINS,
+    LEAPFROG_STEPS,
+    STEP_SIZE,
+    pilot_chains,
+)
 from pyro_vae.infer.compiled import CompiledLogWeights
 from pyro_vae.infer.distributed import World
 from pyro_vae.infer.estimators import (
@@ -52,6 +68,7 @@ from pyro_vae.runs.files import atomic_write_bytes, json_bytes
 __all__ = [
     "CONVERGENCE_COLUMNS",
     "Convergence",
+    "ais_steps_for",
     "convergence",
     "convergence_study",
     "exact_log_marginal",
@@ -70,7 +87,11 @@ CONVERGENCE_COLUMNS = (
     "elbo",
     "difference",
     "seconds",
+    "compute",
+    "ais_steps",
 )
+#: How the ``ais`` rows choose their steps (the JSON's ``ais["steps"]``).
+AIS_STEPS_RULE = "per K, the most whose density evaluations per point fit in K"
 #: Rows (point x repeat) per vectorized call, as ``evaluate``'s batch size; within a call the
 #: samples are chunked so that K * rows * x_dim stays bounded.
 ROWS_PER_CALL = 100
@@ -92,6 +113,15 @@ def exact_log_marginal(pair: Any, x: torch.Tensor) -> torch.Tensor | None:
             except NotImplementedError:
                 return None
     return None
+
+
+def ais_steps_for(compute: int, chains: int, leapfrog_steps: int) -> int:
+    """The most AIS steps S >= 1 whose density evaluations per point,
+    :func:`~pyro_vae.infer.ais.density_evaluations` (``chains`` chains and the pilot's of
+    1 + (S - 1) ``leapfrog_steps`` each), are at most ``compute``; 1 when none fits (one step
+    is importance sampling with the chains, ``chains`` evaluations)."""
+    runs = chains + pilot_chains(chains)
+    return 1 + max(0, (compute // runs - 1) // leapfrog_steps)
 
 
 def _repeated_estimates(
@@ -145,11 +175,12 @@ def _check_arguments(
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
         raise ConfigError(f"--ks must be sample counts >= 1, got {list(ks)}")
-    unknown = [name for name in estimators if name not in ESTIMATORS]
+    known = (*ESTIMATORS, *AIS_ESTIMATORS)
+    unknown = [name for name in estimators if name not in known]
     if unknown or not estimators:
         raise EstimatorError(
             f"--estimators {','.join(estimators)!r}: unknown {unknown}; choose from "
-            f"{', '.join(ESTIMATORS)}"
+            f"{', '.join(known)}"
         )
     if num_points < 1:
         raise ConfigError(f"--points must be >= 1, got {num_points}")
@@ -198,6 +229,10 @@ def convergence(
     save: bool | None = None,
     seed: int = 0,
     compile: bool = False,
+    ais_chains: int = AIS_CHAINS,
+    leapfrog_steps: int = LEAPFROG_STEPS,
+    step_size: float = STEP_SIZE,
+    ais_proposal: str = "guide",
 ) -> Convergence:
     """Estimates of log p(x) against K for each estimator, on the first ``num_points`` points.
 
@@ -213,7 +248,8 @@ def convergence(
     ``estimate`` (mean over points of the mean over repeats), ``stderr`` (mean over points of
     the standard deviation over repeats: the noise of one estimate), ``ess`` (mean effective
     sample size), ``elbo`` (mean log weight), ``seconds``, and ``difference`` = estimate -
-    ``reference``. The reference is the exact log p(x) (mean over the points) when the pair
+    ``reference``, and ``compute``: density evaluations per point (K for importance
+    sampling). The reference is the exact log p(x) (mean over the points) when the pair
     has a closed form (:func:`exact_log_marginal`), else the ``is`` estimate at the largest K
     (``reference_kind`` says which; None without either). With ``save`` (the default for a
     path, or when ``out`` is given), writes ``convergence.json``, ``convergence.csv`` and
@@ -226,10 +262,23 @@ def convergence(
     directory, and under torchrun the batches are shared among the ranks with the results of
     one process; rank 0 alone writes and returns the full summary to print.
 
+    ``"ais"`` in ``estimators`` adds annealed importance sampling at matched compute: for
+    each K, AIS from ``ais_proposal`` with ``ais_chains`` chains, HMC transitions of
+    ``leapfrog_steps`` steps (sizes tuned from ``step_size`` by a pilot run) and the most
+    steps whose density-and-gradient evaluations per point fit in K (:func:`ais_steps_for`;
+    the row's ``ais_steps``, and its ``compute``, pilot included, at most K unless one step
+    with the chains already exceeds it). Its ``ess`` is that of the chains' weights, its
+    ``elbo`` the mean AIS log weight; the JSON's ``ais`` holds the settings.
+
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
     ks, estimators = _check_arguments(ks, estimators, num_points, repeats)
+    ais = None
+    if any(name in AIS_ESTIMATORS for name in estimators):
+        check_ais_arguments(1, ais_chains, leapfrog_steps, step_size, ais_proposal)
+        ais = dict(chains=ais_chains, leapfrog_steps=leapfrog_steps, step_size=step_size,
+                   proposal=ais_proposal)  # fmt: skip
     ranks, device = world_for(source, device)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(num_points)  # fmt: skip
@@ -249,7 +298,7 @@ def convergence(
     if held.run is not None:
         run_dir = str(source) if isinstance(source, str | os.PathLike) else str(held.run.path)
     result = _convergence(held, run_dir, ks, estimators, repeats, seed,
-                          progress and ranks.is_main, compile, ranks)  # fmt: skip
+                          progress and ranks.is_main, compile, ranks, ais)  # fmt: skip
     if not ranks.is_main:  # rank 0 alone prints and writes
         return result
     for warning in result["warnings"]:
@@ -261,7 +310,7 @@ def convergence(
 
 def _convergence(held: Subject, run_dir: str | None, ks: list[int], estimators: list[str],
                  repeats: int, seed: int, progress: bool, compile: bool,
-                 ranks: World) -> Convergence:  # fmt: skip
+                 ranks: World, ais: dict[str, Any] | None = None) -> Convergence:  # fmt: skip
     """The study on ``held``'s points (see :func:`convergence`)."""
     x, y = held.x, held.y
     exact = exact_log_marginal(held.pair, x)
@@ -279,6 +328,12 @@ def _convergence(held: Subject, run_dir: str | None, ks: list[int], estimators: 
         tqdm(cells, desc="convergence", disable=not progress, unit="cell")
     ):
         cell_started = time.perf_counter()
+        cell_seed = seed * CELL_SEEDS + index * BATCH_SEEDS
+        if estimator in AIS_ESTIMATORS:
+            row = _ais_cell(held, k, repeats, cell_seed, compile, ranks, ais or {})
+            warnings += low_ess_warnings(row["ess"], ais["chains"], f"ais, K={k}")
+            results.append({**row, "seconds": time.perf_counter() - cell_started})
+            continue
         out_k = _repeated_estimates(view, held.info, x, k, repeats, estimator, y, compiled,
                                     batch_seed=seed * CELL_SEEDS + index * BATCH_SEEDS,
                                     ranks=ranks)  # fmt: skip
@@ -292,6 +347,8 @@ def _convergence(held: Subject, run_dir: str | None, ks: list[int], estimators: 
                 "ess": float(out_k["ess"].mean()),
                 "elbo": float(out_k["elbo"].mean()),
                 "seconds": time.perf_counter() - cell_started,
+                "compute": k,
+                "ais_steps": None,
             }
         )
     reference, reference_kind = _reference(results, exact, ks[-1])
@@ -311,6 +368,7 @@ def _convergence(held: Subject, run_dir: str | None, ks: list[int], estimators: 
             "estimators": estimators,
             "reference": reference,
             "reference_kind": reference_kind,
+            "ais": None if ais is None else {**ais, "steps": AIS_STEPS_RULE},
             "seed": seed,
             "device": context["device"],
             "ranks": ranks.size,
@@ -320,6 +378,36 @@ def _convergence(held: Subject, run_dir: str | None, ks: list[int], estimators: 
             "warnings": warnings,
         }
     )
+
+
+def _ais_cell(held: Subject, k: int, repeats: int, seed: int, compile: bool, ranks: World,
+              ais: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """One AIS row of the study: ``repeats`` AIS estimates per point of ``held`` with the
+    most steps whose compute fits in ``k`` (:func:`ais_steps_for`), batch b seeded by
+    ``seed + b``."""
+    steps = ais_steps_for(k, ais["chains"], ais["leapfrog_steps"])
+    n = held.x.shape[0]
+
+    def repeated(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.repeat(repeats, *[1] * (tensor.dim() - 1))
+
+    points = Subject(held.pair, held.info, repeated(held.x), repeated(held.labels),
+                     repeated(held.classes), held.run, held.context)  # fmt: skip
+    _, per_point, notes = ais_in_batches(points, batch_size=ROWS_PER_CALL, seed=seed,
+                                         steps=steps, compile=compile, progress=False,
+                                         ranks=ranks, **ais)  # fmt: skip
+    log_px = per_point["log_px"].reshape(repeats, n)
+    return {
+        "estimator": "ais",
+        "num_samples": k,
+        "estimate": float(log_px.mean()),
+        "stderr": float(log_px.std(dim=0, unbiased=True).mean()),
+        "ess": float(per_point["ess"].mean()),
+        "elbo": float(per_point["elbo"].mean()),
+        "compute": notes["density_evaluations_per_point"],
+        "ais_steps": steps,
+        "acceptance": notes["acceptance_mean"],
+    }
 
 
 def convergence_study(
@@ -341,7 +429,7 @@ def save_convergence(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     writer = csv.DictWriter(buffer, fieldnames=CONVERGENCE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in summary["results"]:
-        writer.writerow({key: row[key] for key in CONVERGENCE_COLUMNS})
+        writer.writerow({key: row.get(key) for key in CONVERGENCE_COLUMNS})
     atomic_write_bytes(paths["csv"], buffer.getvalue().encode())
     convergence_figure(summary, paths["png"])
     return paths
@@ -358,13 +446,14 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"{where}: {summary['num_points']} points x {summary['repeats']} repeats; "
         f"reference {ref_text}",
-        f"  {'estimator':10s} {'K':>7s} {'estimate':>10s} {'stderr':>8s} {'ess':>9s} "
-        f"{'minus ref':>10s} {'seconds':>8s}",
+        f"  {'estimator':10s} {'K':>7s} {'compute':>8s} {'estimate':>10s} {'stderr':>8s} "
+        f"{'ess':>9s} {'minus ref':>10s} {'seconds':>8s}",
     ]
     for row in summary["results"]:
         difference = "-" if row["difference"] is None else f"{row['difference']:.3f}"
         lines.append(
-            f"  {row['estimator']:10s} {row['num_samples']:7d} {row['estimate']:10.3f} "
+            f"  {row['estimator']:10s} {row['num_samples']:7d} "
+            f"{row.get('compute', row['num_samples']):8d} {row['estimate']:10.3f} "
             f"{row['stderr']:8.3f} {row['ess']:9.1f} {difference:>10s} {row['seconds']:8.2f}"
         )
     return lines

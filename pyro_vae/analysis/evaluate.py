@@ -26,12 +26,18 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vae.analysis.bdmc import (
+    AIS_ESTIMATORS,
+    ais_in_batches,
+    check_ais_arguments,
+    check_log_px_estimator,
+)
 from pyro_vae.analysis.results import Result
 from pyro_vae.analysis.subjects import Subject, subject, world_for
+from pyro_vae.infer.ais import AIS_CHAINS, AIS_STEPS, LEAPFROG_STEPS, STEP_SIZE
 from pyro_vae.infer.compiled import CompiledLogWeights
 from pyro_vae.infer.distributed import World
 from pyro_vae.infer.estimators import (
-    check_estimator,
     estimate_log_px_in_batches,
     evaluation_notes,
     evaluation_view,
@@ -142,7 +148,7 @@ class Evaluation(Result):
 
 def _check_arguments(estimator: str, num_samples: int, limit: int | None, batch_size: int,
                      local_fit_steps: int = 1, local_fit_lr: float = 1.0) -> None:  # fmt: skip
-    check_estimator(estimator)
+    check_log_px_estimator(estimator)
     if isinstance(local_fit_steps, bool) or not isinstance(local_fit_steps, int):
         raise ConfigError(f"--local-fit-steps must be an integer, got {local_fit_steps!r}")
     if local_fit_steps < 1:
@@ -178,6 +184,11 @@ def evaluate(
     compile: bool = False,
     local_fit_steps: int = LOCAL_FIT_STEPS,
     local_fit_lr: float = LOCAL_FIT_LR,
+    ais_steps: int = AIS_STEPS,
+    ais_chains: int = AIS_CHAINS,
+    leapfrog_steps: int = LEAPFROG_STEPS,
+    step_size: float = STEP_SIZE,
+    ais_proposal: str = "guide",
 ) -> Evaluation:
     """Estimate log p(x) by importance sampling, and the mean log weight, per data point.
 
@@ -216,10 +227,22 @@ def evaluate(
     (:class:`pyro_vae.infer.compiled.CompiledLogWeights`; ``compiled`` in the summary says how
     many graphs, or why it ran eagerly); with the same seed the numbers are the eager ones.
 
+    ``estimator="ais"``: annealed importance sampling from the guide (``ais_proposal``:
+    or the prior) with ``ais_steps`` HMC transitions of ``leapfrog_steps`` steps of
+    ``step_size`` (tuned per point by a pilot run), ``ais_chains`` chains per point, in place
+    of the K draws (:mod:`pyro_vae.infer.ais`); per point ``log_px_stderr`` too, and ``ais``
+    in the summary says the settings and the compute.
+
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+        Neal (2001), Annealed Importance Sampling.
     """
     _check_arguments(estimator, num_samples, limit, batch_size, local_fit_steps, local_fit_lr)
+    ais = None
+    if estimator in AIS_ESTIMATORS:
+        check_ais_arguments(ais_steps, ais_chains, leapfrog_steps, step_size, ais_proposal)
+        ais = dict(steps=ais_steps, chains=ais_chains, leapfrog_steps=leapfrog_steps,
+                   step_size=step_size, proposal=ais_proposal)  # fmt: skip
     ranks, device = world_for(source, device)
     held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
                    device=device, data_dir=data_dir, pair=pair).first(limit)  # fmt: skip
@@ -234,7 +257,7 @@ def evaluate(
         progress = sys.stderr.isatty()
     progress = progress and ranks.is_main
     result = _evaluate(held, num_samples, estimator, batch_size, seed, progress, compile, ranks,
-                       (local_fit_steps, local_fit_lr))  # fmt: skip
+                       (local_fit_steps, local_fit_lr), ais)  # fmt: skip
     if not ranks.is_main:  # rank 0 alone prints and writes
         return result
     for warning in result["warnings"]:
@@ -253,9 +276,12 @@ def evaluate(
 def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, seed: int,
               progress: bool, compile: bool, ranks: World,
               local_fit: tuple[int, float] = (LOCAL_FIT_STEPS, LOCAL_FIT_LR),
-              ) -> Evaluation:  # fmt: skip
+              ais: dict[str, Any] | None = None) -> Evaluation:  # fmt: skip
     """The estimates on ``held``'s points (see :func:`evaluate`); ``local_fit``: the steps
-    and learning rate of the fit of a guide's per-point params."""
+    and learning rate of the fit of a guide's per-point params; ``ais``: the AIS settings
+    (``estimator="ais"``)."""
+    if ais is not None:
+        return _evaluate_ais(held, estimator, batch_size, seed, progress, compile, ranks, ais)
     pair, info, x_all, y_all, classes = held.pair, held.info, held.x, held.y, held.classes
     local = LocalParams(info.local_params) if info.local_params else None
     compiled = None
@@ -325,3 +351,42 @@ def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, 
     if info.needs_labels:
         summary["conditioned_on_labels"] = "log p(x | y): the pair needs the labels y"
     return Evaluation(summary, {"log_px": log_px_t, "elbo": elbo_t, "ess": ess_t})
+
+
+def _evaluate_ais(held: Subject, estimator: str, batch_size: int, seed: int, progress: bool,
+                  compile: bool, ranks: World, ais: dict[str, Any]) -> Evaluation:  # fmt: skip
+    """AIS estimates on ``held``'s points (:func:`~pyro_vae.analysis.bdmc.ais_in_batches`),
+    in the keys of the importance-sampling evaluation: ``elbo`` is the mean AIS log weight,
+    ``ess`` that of the chains' weights, ``num_samples`` the chains."""
+    pyro.set_rng_seed(seed)
+    started = time.perf_counter()
+    view, per_point, notes = ais_in_batches(held, batch_size=batch_size, seed=seed,
+                                            compile=compile, progress=progress, ranks=ranks,
+                                            **ais)  # fmt: skip
+    log_px_t, elbo_t = per_point["log_px"], per_point["elbo"]
+    n = log_px_t.shape[0]
+    spread = float(log_px_t.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    summary = {
+        "log_px": float(log_px_t.mean()),
+        "elbo": float(elbo_t.mean()),
+        "gap": float((log_px_t - elbo_t).mean()),
+        "log_px_stderr": spread,
+        "elbo_stderr": float(elbo_t.std(unbiased=True) / math.sqrt(n)) if n > 1 else spread,
+        "log_px_stderr_per_point_mean": float(per_point["log_px_stderr"].mean()),
+        "ess_mean": float(per_point["ess"].mean()),
+        "num_points": n,
+        "num_samples": ais["chains"],
+        "estimator": estimator,
+        "ais": notes,
+        "compiled": None,
+        **held.context,
+        "ranks": ranks.size,
+        "seconds": time.perf_counter() - started,
+        "seed": seed,
+        **evaluation_notes(view),
+        "local_fit": None,
+        "warnings": [],
+    }
+    if held.info.needs_labels:
+        summary["conditioned_on_labels"] = "log p(x | y): the pair needs the labels y"
+    return Evaluation(summary, per_point)

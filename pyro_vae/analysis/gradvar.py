@@ -7,9 +7,13 @@ summarized per coordinate j of theta by
     Var_j = (1/(N-1)) sum_n (g_nj - mean_j)^2,      SNR_j = |mean_j| / sqrt(Var_j),
 
 then averaged over coordinates (Rainforth et al. 2018 use the same SNR to compare estimators).
-All estimators are unbiased, so they differ only in this noise: the reparameterized gradient
-is usually far less noisy than the score function, and baselines close part of that gap
-(Mnih & Gregor 2014).
+The ELBO's estimators are unbiased, so they differ only in this noise: the reparameterized
+gradient is usually far less noisy than the score function, and baselines close part of that
+gap (Mnih & Gregor 2014); sticking the landing (``stl``) drops the score term of log q, whose
+expectation is zero (Roeder et al. 2017). The rows ``iwae``, ``iwae-dreg`` and ``vimco`` are
+gradients of the K-particle IWAE bound instead (K = ``num_particles``): as K grows, IWAE's
+encoder gradient loses its signal, DReG's does not (Rainforth et al. 2018; Tucker et al. 2019);
+:mod:`pyro_vae.analysis.snr_k` draws that against K.
 
 Which tensors are "the pair's parameters" is decided by the pair's own modules, not by
 Pyro's global param store (:mod:`pyro_vae.analysis.parameters`); the draws and their
@@ -20,6 +24,10 @@ References:
     are Not Necessarily Better.
     Mnih & Gregor (2014), Neural Variational Inference and Learning in Belief Networks.
     Kingma & Welling (2014), Auto-Encoding Variational Bayes.
+    Roeder, Wu & Duvenaud (2017), Sticking the Landing.
+    Tucker, Lawson, Gu & Maddison (2019), Doubly Reparameterized Gradient Estimators for Monte
+    Carlo Objectives.
+    Mnih & Rezende (2016), Variational Inference for Monte Carlo Objectives.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from pyro_vae.infer.gradients import (
     score_function_blocker,
 )
 from pyro_vae.infer.handlers import unscaled
-from pyro_vae.pairs import FunctionPair
+from pyro_vae.pairs import FunctionPair, PairError
 from pyro_vae.pairs.labels import with_labels
 from pyro_vae.runs.checkpoints import BEST
 from pyro_vae.runs.config import ConfigError, TrainConfig
@@ -70,6 +78,9 @@ GRADVAR_PNG = "gradvar.png"
 DEFAULT_BASELINE_LR = 10 * TrainConfig().lr
 #: How many names a note lists.
 NAMES_IN_A_NOTE = 5
+#: The K of the multi-sample rows (iwae, iwae-dreg, vimco) unless told: Burda et al.'s
+#: middle setting; K = 1 would make IWAE the ELBO and leave VIMCO no other particle.
+DEFAULT_NUM_PARTICLES = 10
 
 
 class GradientVariance(Result):
@@ -92,7 +103,10 @@ class GradientVariance(Result):
         return gradient_variance_figure({**self, "split": self.get("split") or "x"}, target)
 
 
-def _check_arguments(estimators, num_draws, batch_size, baseline_steps) -> list[str]:
+def _check_arguments(estimators, num_draws, batch_size, baseline_steps,
+                     num_particles=DEFAULT_NUM_PARTICLES) -> list[str]:  # fmt: skip
+    if estimators is None:
+        estimators = list(GRADIENT_ESTIMATORS)
     names = [estimators] if isinstance(estimators, str) else list(estimators)
     unknown = [name for name in names if name not in GRADIENT_ESTIMATORS]
     if unknown or not names:
@@ -106,7 +120,39 @@ def _check_arguments(estimators, num_draws, batch_size, baseline_steps) -> list[
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if baseline_steps < 0:
         raise ConfigError(f"--baseline-steps must be >= 0, got {baseline_steps}")
+    if num_particles < 1:
+        raise ConfigError(
+            f"--num-particles must be >= 1 (the K of the bounds iwae, iwae-dreg, vimco), got "
+            f"{num_particles}"
+        )
     return names
+
+
+def held_minibatch(source: Any, x: Tensor | None, batch_size: int, what: str,
+                   **reopen: Any) -> Subject:  # fmt: skip
+    """The first ``batch_size`` points of what the user holds (see :func:`gradient_variance`),
+    for analysis ``what``; says on stderr when there are fewer."""
+    held = subject(source, x, **reopen).first(batch_size)
+    held = amortized(held, what)
+    if held.x.shape[0] < batch_size:
+        print(
+            f"note: --batch-size {batch_size}: only {held.x.shape[0]} points to draw from, so "
+            f"the minibatch is all {held.x.shape[0]} of them",
+            file=sys.stderr,
+        )
+    return held
+
+
+def baseline_settings(held: Subject, baseline_lr, baseline_hidden, baseline_beta) -> dict:
+    """The baseline settings: those given, else the run's, else TrainConfig's."""
+    config = held.run.config if held.run is not None else TrainConfig()
+    if baseline_lr is None:
+        baseline_lr = config.baseline_lr or 10 * config.lr
+    return {
+        "baseline_lr": baseline_lr,
+        "baseline_hidden": [int(h) for h in (baseline_hidden or config.baseline_hidden)],
+        "baseline_beta": config.baseline_beta if baseline_beta is None else baseline_beta,
+    }
 
 
 def gradient_variance(
@@ -115,9 +161,10 @@ def gradient_variance(
     *,
     labels: Any = None,
     guide: Any = None,
-    estimators: Sequence[str] = ("reparam", "score", "score+avg", "score+nn"),
+    estimators: Sequence[str] | None = None,
     num_draws: int = 100,
     batch_size: int = 100,
+    num_particles: int = DEFAULT_NUM_PARTICLES,
     split: str = "train",
     checkpoint: str = BEST,
     baseline_steps: int = 200,
@@ -142,6 +189,15 @@ def gradient_variance(
     whose split ``split`` is used when ``x`` is None (``checkpoint``, ``device``,
     ``data_dir`` and ``pair`` say how to reopen a path; dynamically binarized data get the
     fixed draw of evaluation). The minibatch is the first ``batch_size`` points.
+
+    ``estimators``: names from :data:`~pyro_vae.infer.gradients.GRADIENT_ESTIMATORS` (default:
+    all). ``reparam``, ``score``, ``score+avg``, ``score+nn`` and ``stl`` estimate the ELBO's
+    gradient from one z per point; ``iwae``, ``iwae-dreg`` and ``vimco`` that of the IWAE
+    bound with K = ``num_particles`` z per point. A row that cannot run on this guide is left
+    out with a note; if every row asked for is, that is a :class:`ConfigError` that says why:
+    ``stl`` and ``iwae-dreg`` need every site reparameterized (and, like the score rows, a
+    flow with an inverse), ``vimco`` a site that is not and K >= 2; ``iwae`` (Pyro's
+    ``RenyiELBO``) gives a site without ``rsample`` no gradient, so it is left out there too.
 
     For each estimator, ``num_draws`` draws of the gradient w.r.t. the pair's own
     parameters (its networks' tensors and its plain ``pyro.param`` sites, not a baseline's;
@@ -172,16 +228,10 @@ def gradient_variance(
         Rainforth et al. (2018), Tighter Variational Bounds are Not Necessarily Better.
         Mnih & Gregor (2014), Neural Variational Inference and Learning in Belief Networks.
     """
-    names = _check_arguments(estimators, num_draws, batch_size, baseline_steps)
-    held = subject(source, x, labels=labels, guide=guide, split=split, checkpoint=checkpoint,
-                   device=device, data_dir=data_dir, pair=pair).first(batch_size)  # fmt: skip
-    held = amortized(held, "gradvar")
-    if held.x.shape[0] < batch_size:
-        print(
-            f"note: --batch-size {batch_size}: only {held.x.shape[0]} points to draw from, so "
-            f"the minibatch is all {held.x.shape[0]} of them",
-            file=sys.stderr,
-        )
+    names = _check_arguments(estimators, num_draws, batch_size, baseline_steps, num_particles)
+    held = held_minibatch(source, x, batch_size, "gradvar", labels=labels, guide=guide,
+                          split=split, checkpoint=checkpoint, device=device,
+                          data_dir=data_dir, pair=pair)  # fmt: skip
     if save is None:
         save = isinstance(source, str | os.PathLike)
     if save and out is None and held.run is None:
@@ -189,17 +239,11 @@ def gradient_variance(
             "save=True writes gradvar.json and gradvar.png into a run directory; this pair has "
             "none. Pass out=FOLDER, or use the result (result.to_dict(), result.plot(path))"
         )
-    config = held.run.config if held.run is not None else TrainConfig()
-    if baseline_lr is None:
-        baseline_lr = config.baseline_lr or 10 * config.lr
-    settings = {
-        "baseline_lr": baseline_lr,
-        "baseline_hidden": [int(h) for h in (baseline_hidden or config.baseline_hidden)],
-        "baseline_beta": config.baseline_beta if baseline_beta is None else baseline_beta,
-    }
+    settings = baseline_settings(held, baseline_lr, baseline_hidden, baseline_beta)
     if progress is None:
         progress = sys.stderr.isatty()
-    result = _gradient_variance(held, names, num_draws, baseline_steps, settings, seed, progress)
+    result = measure(held, names, num_draws, baseline_steps, settings, seed, progress,
+                     num_particles)  # fmt: skip
     if save:
         from pyro_vae.analysis.plots import gradient_variance_figure  # matplotlib only when saving
 
@@ -210,10 +254,11 @@ def gradient_variance(
     return result
 
 
-def _gradient_variance(held: Subject, names: list[str], num_draws: int, baseline_steps: int,
-                       settings: dict[str, Any], seed: int,
-                       progress: bool) -> GradientVariance:  # fmt: skip
-    """The draws and their statistics on ``held``'s minibatch (see :func:`gradient_variance`)."""
+def measure(held: Subject, names: list[str], num_draws: int, baseline_steps: int,
+            settings: dict[str, Any], seed: int, progress: bool,
+            num_particles: int = DEFAULT_NUM_PARTICLES) -> GradientVariance:  # fmt: skip
+    """The draws and their statistics on ``held``'s minibatch (see :func:`gradient_variance`),
+    the multi-sample rows with K = ``num_particles``."""
     info, x = held.info, held.x
     # gradients of the pair's own ELBO: every site unscaled, whatever poutine.scale it declares
     pair = FunctionPair(unscaled(held.pair.model), unscaled(held.pair.guide))
@@ -228,10 +273,11 @@ def _gradient_variance(held: Subject, names: list[str], num_draws: int, baseline
     names_in_order = list(found)
     params = [found[name]["param"] for name in names_in_order]
     sizes = [p.numel() for p in params]
+    modules = list(_pair_modules_by_name(held.pair).values())  # STL and DReG stop them
 
     results: dict[str, Any] = {}
-    skipped = _skip_score_estimators(pair.guide, x, names)
-    names = [name for name in names if name not in skipped]
+    skipped = _skipped_estimators(pair.guide, x, names, num_particles)
+    asked, names = names, [name for name in names if name not in skipped]
     zero_everywhere = set(names_in_order)
     started = time.perf_counter()
     try:
@@ -241,7 +287,8 @@ def _gradient_variance(held: Subject, names: list[str], num_draws: int, baseline
             pyro.set_rng_seed(seed)
             module = spec.make_baselines(pair.guide, x, settings["baseline_hidden"])
             guide = spec.make_guide(pair.guide, beta=settings["baseline_beta"], module=module)
-            elbo = spec.make_elbo(max_plate_nesting=info.max_plate_nesting)
+            particles = num_particles if spec.multi_sample else 1
+            elbo = spec.make_elbo(info.max_plate_nesting, particles, modules=modules)
             warm = baseline_steps if spec.baseline != "none" else 0
             bar = tqdm(total=warm + num_draws, desc=f"gradvar {name}", disable=not progress,
                        unit="draw", leave=False)  # fmt: skip
@@ -249,8 +296,15 @@ def _gradient_variance(held: Subject, names: list[str], num_draws: int, baseline
                              lr=settings["baseline_lr"], params=params,
                              on_step=bar.update)  # fmt: skip
             began = time.perf_counter()
-            draws = gradient_draws(pair.model, guide, x, elbo, params, num_draws,
-                                   on_draw=bar.update)  # fmt: skip
+            try:
+                draws = gradient_draws(pair.model, guide, x, elbo, params, num_draws,
+                                       on_draw=bar.update)  # fmt: skip
+            except PairError as error:  # a new objective refuses what no guide trace showed
+                bar.close()
+                if spec.objective is None or len(asked) == 1:
+                    raise
+                skipped[name] = f"{name} skipped: {error}"
+                continue
             seconds = (time.perf_counter() - began) / num_draws
             bar.close()
             if not bool(draws.any()):
@@ -268,15 +322,21 @@ def _gradient_variance(held: Subject, names: list[str], num_draws: int, baseline
             }
             summary["groups"] = {n: gradient_statistics(chunks[n]) for n in names_in_order}
             summary["baseline"] = spec.baseline
+            summary["num_particles"] = particles
             summary["description"] = spec.description
             results[name] = summary
             del draws, chunks
     finally:
         forget_baselines()
+    if not results:  # every row asked for refused the guide when drawn
+        raise ConfigError(
+            f"--estimators {','.join(asked)}: none can run on this pair: "
+            + "; ".join(skipped.values())
+        )
 
     zero_names = [n for n in names_in_order if n in zero_everywhere] if results else []
     notes = (
-        _notes(pair.guide, x, names)
+        _notes(pair.guide, x, names, num_particles)
         + _site_notes(info)
         + list(skipped.values())
         + _stale_notes(found, held)
@@ -287,6 +347,7 @@ def _gradient_variance(held: Subject, names: list[str], num_draws: int, baseline
             "estimators": results,
             "num_draws": num_draws,
             "batch_size": int(x.shape[0]),
+            "num_particles": num_particles,
             "num_parameters": int(sum(sizes)),
             **held.context,
             "baseline_steps": baseline_steps,
@@ -332,28 +393,71 @@ def _zero_notes(zero_names: list[str], num_estimators: int) -> list[str]:
     ]
 
 
-def _skip_score_estimators(guide: Any, x: Tensor, names: list[str]) -> dict[str, str]:
-    """The score-function estimators among ``names`` that cannot run on this guide (a flow
-    without an inverse), each with the note saying so; all of them refused: ConfigError."""
-    scored = [name for name in names if GRADIENT_ESTIMATORS[name].score_function]
-    reason = score_function_blocker(guide, x) if scored else None
-    if reason is None:
-        return {}
-    if len(scored) == len(names):
+def _skipped_estimators(guide: Any, x: Tensor, names: list[str],
+                        num_particles: int) -> dict[str, str]:  # fmt: skip
+    """The estimators among ``names`` that cannot run on this guide, each with the note
+    saying why: the score rows on a flow without an inverse (they need log q at a draw held
+    fixed, as do ``stl`` and ``iwae-dreg``, which also need every site reparameterized),
+    ``vimco`` on a guide without a site that is not reparameterized, or with K < 2. All of
+    them refused: ConfigError."""
+    reasons: dict[str, str] = {}
+    blocker = score_function_blocker(guide, x)
+    discrete = non_reparameterized_sites(guide, x)
+    for name in names:
+        spec = GRADIENT_ESTIMATORS[name]
+        if blocker is not None and spec.score_function:
+            reasons[name] = blocker
+        elif blocker is not None and spec.guide_sites == "reparameterized" and name != "iwae":
+            reasons[name] = f"{blocker}, and {name} evaluates log q at the draw with stopped params"
+        elif spec.objective == "iwae" and discrete:
+            reasons[name] = (
+                f"guide site(s) {discrete} have no rsample, and Pyro's RenyiELBO weights their "
+                "score term by alpha / (1 - alpha), 0 for the IWAE bound: their parameters get "
+                "no gradient (vimco measures this guide)"
+            )
+        elif spec.guide_sites == "reparameterized" and discrete:
+            reasons[name] = (
+                f"guide site(s) {discrete} have no rsample, and {name} differentiates through "
+                "the guide's draws (vimco or the score rows take such sites)"
+            )
+        elif spec.guide_sites == "score" and not discrete:
+            reasons[name] = (
+                "every guide site is reparameterized, so there is no score-function term for "
+                "VIMCO's baselines (iwae-dreg and iwae measure this guide)"
+            )
+        elif spec.objective == "vimco" and num_particles < 2:
+            reasons[name] = (
+                f"--num-particles {num_particles}: VIMCO's baseline for each particle is "
+                "formed from the others, so it needs K >= 2"
+            )
+    if blocker is not None and all(GRADIENT_ESTIMATORS[name].score_function for name in names):
         raise ConfigError(
-            f"--estimators {','.join(names)}: every one takes the score function, and {reason}; "
-            "add reparam, or train the guide with an IAF flow"
+            f"--estimators {','.join(names)}: every one takes the score function, and "
+            f"{blocker}; add reparam, or train the guide with an IAF flow"
         )
-    return {name: f"{name} skipped: {reason}" for name in scored}
+    if reasons and len(reasons) == len(names):
+        raise ConfigError(
+            f"--estimators {','.join(names)}: none can run on this pair: "
+            + "; ".join(f"{name}: {why}" for name, why in reasons.items())
+        )
+    return {name: f"{name} skipped: {why}" for name, why in reasons.items()}
 
 
-def _notes(guide: Any, x: Tensor, names: list[str]) -> list[str]:
-    """What a reader of the table must know about this guide: sites without ``rsample``
-    (discrete ones) are differentiated by the score function under every estimator."""
+def _notes(guide: Any, x: Tensor, names: list[str], num_particles: int) -> list[str]:
+    """What a reader of the table must know: which rows take K particles, and, for a guide
+    with sites without ``rsample`` (discrete ones), that ``reparam`` takes the score function
+    there."""
+    notes = []
+    multi = [name for name in names if GRADIENT_ESTIMATORS[name].multi_sample]
+    if multi:
+        notes.append(
+            f"{', '.join(multi)}: gradients of the IWAE bound with K = {num_particles} "
+            "particles per point (--num-particles); the other rows draw one z per point"
+        )
     discrete = non_reparameterized_sites(guide, x)
     if not discrete or "reparam" not in names:
-        return []
-    return [
+        return notes
+    return notes + [
         f"'reparam' is not reparameterized here: the guide's sites {discrete} have no rsample, "
         "so Trace_ELBO takes the score function there, without Rao-Blackwellization or a "
         "baseline"
@@ -386,7 +490,8 @@ def without_groups(result: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(result: dict[str, Any]) -> str:
     """An aligned text table: one row per estimator."""
-    header = ("estimator", "variance", "SNR", "enc. var", "dec. var", "ms/draw")
+    header = ("estimator", "K", "variance", "SNR", "enc. var", "dec. var", "enc. SNR",
+              "dec. SNR", "ms/draw")  # fmt: skip
     rows = [header]
     for name, summary in result["estimators"].items():
         parts = summary.get("parts", {})
@@ -397,10 +502,13 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(
             (
                 name,
+                str(summary.get("num_particles", 1)),
                 number(summary["variance"]),
                 number(summary["snr"]),
                 number(parts.get("encoder", {}).get("variance")),
                 number(parts.get("decoder", {}).get("variance")),
+                number(parts.get("encoder", {}).get("snr")),
+                number(parts.get("decoder", {}).get("snr")),
                 f"{1000 * summary['seconds']:.2f}",
             )
         )
@@ -420,6 +528,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 __all__ = [
     "DEFAULT_BASELINE_LR",
+    "DEFAULT_NUM_PARTICLES",
     "GRADVAR_JSON",
     "GRADVAR_PNG",
     "GradientVariance",

@@ -163,14 +163,16 @@ def latent_map_figure(coordinates: Any, labels: Any, path: str | os.PathLike, *,
 
 
 def convergence_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Save estimates of log p(x) +- the spread of one estimate against K (log axis), one line
-    per estimator, with the reference (exact log p(x), or IS at the largest K) as a line."""
+    """Save estimates of log p(x) +- the spread of one estimate against compute, one line per
+    estimator, with the reference (exact log p(x), or IS at the largest K) as a line. The x
+    axis (log scale) is the density evaluations per point: K for importance sampling, the
+    density-and-gradient evaluations of AIS (pilot included), so both sit on one axis."""
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for estimator in summary["estimators"]:
         rows = [row for row in summary["results"] if row["estimator"] == estimator]
         ax.errorbar(
-            [row["num_samples"] for row in rows],
+            [row.get("compute", row["num_samples"]) for row in rows],
             [row["estimate"] for row in rows],
             yerr=[row["stderr"] for row in rows],
             marker="o",
@@ -182,13 +184,36 @@ def convergence_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path
         label = "exact log p(x)" if kind == "exact" else f"{kind}, K={max(summary['ks'])}"
         ax.axhline(summary["reference"], color="black", linestyle="--", linewidth=1, label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("samples K")
+    ax.set_xlabel("compute: density evaluations per point (IS: K)")
     ax.set_ylabel("log p(x) estimate (nats, mean over points)")
     ax.set_title(
         f"{summary['split']}: {summary['num_points']} points, {summary['repeats']} repeats"
     )
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, path)
+
+
+def bdmc_figure(summary: dict[str, Any], per_point: dict[str, Any],
+                path: str | os.PathLike) -> Path:  # fmt: skip
+    """Save BDMC's lower (forward AIS) and upper (reverse AIS) bound of log p(x) per
+    simulated point, points sorted by the lower bound, with the gap shaded."""
+    import numpy as np
+
+    path = Path(path)
+    lower = np.asarray(per_point["lower"], dtype=float)
+    upper = np.asarray(per_point["upper"], dtype=float)
+    order = np.argsort(lower)
+    positions = np.arange(len(lower))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(4.5, 0.08 * len(lower) + 3)), 3.6))
+    ax.fill_between(positions, lower[order], upper[order], color="C1", alpha=0.3, label="gap")
+    ax.plot(positions, upper[order], "v", color="C3", markersize=3, label="upper (reverse AIS)")
+    ax.plot(positions, lower[order], "^", color="C0", markersize=3, label="lower (forward AIS)")
+    ax.set_xlabel("simulated point (sorted by the lower bound)")
+    ax.set_ylabel("log p(x) (nats)")
+    ax.set_title(f"BDMC: mean gap {summary['bdmc_gap']:.3f} nats, {summary['ais']['steps']} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 
@@ -337,5 +362,32 @@ def gradient_variance_figure(summary: dict[str, Any], path: str | os.PathLike) -
     fig.suptitle(
         f"gradients on {summary['batch_size']} {summary['split']} points, "
         f"{summary['num_draws']} draws each"
+    )
+    return save_figure(fig, path)
+
+
+def snr_against_k_figure(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Save the encoder's and the decoder's gradient SNR against K (log-log), one line per
+    estimator: the shape of Rainforth et al. (2018)'s figure (``pyro-vae gradvar
+    --snr-vs-k``)."""
+    path = Path(path)
+    ks = summary["ks"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
+    for ax, part in zip(axes, ("encoder", "decoder"), strict=True):
+        for i, (name, series) in enumerate(summary["estimators"].items()):
+            values = [v if v is not None and v > 0 else float("nan") for v in series[f"{part}_snr"]]
+            # dashed and open after the first: equal decoder lines (iwae, iwae-dreg) both show
+            ax.plot(ks, values, marker="os^"[i % 3], linestyle=("-", "--", ":")[i % 3],
+                    fillstyle="full" if i == 0 else "none", label=name)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("K (particles per point)")
+        ax.set_ylabel("signal-to-noise ratio")
+        ax.set_title(part)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend()
+    fig.suptitle(
+        f"gradient SNR against K on {summary['batch_size']} {summary.get('split') or 'x'} "
+        f"points, {summary['num_draws']} draws per K"
     )
     return save_figure(fig, path)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from pyro_vae.analysis.diagnose import DiagnoseError
 from pyro_vae.cli.analyses import (
+    _add_bdmc,
     _add_convergence,
     _add_diagnose,
     _add_evaluate,
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_gradvar,
         _add_diagnose,
         _add_latents,
+        _add_bdmc,
     ):
         add(subparsers)
     return parser

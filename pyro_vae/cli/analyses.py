@@ -11,7 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
+from pyro_vae.analysis.bdmc import AIS_ESTIMATORS
+from pyro_vae.analysis.gradvar import DEFAULT_NUM_PARTICLES
+from pyro_vae.analysis.snr_k import DEFAULT_KS
 from pyro_vae.cli.options import _add_launch_options, _comma_list
+from pyro_vae.infer.ais import AIS_CHAINS, AIS_STEPS, LEAPFROG_STEPS, PROPOSALS, STEP_SIZE
 from pyro_vae.infer.distributed import world
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.gradients import GRADIENT_ESTIMATORS
@@ -90,11 +94,12 @@ def _add_evaluate(subparsers) -> None:
                    help="data points per chunk (default %(default)s)")  # fmt: skip
     p.add_argument(
         "--estimator",
-        choices=list(ESTIMATORS),
+        choices=[*ESTIMATORS, *AIS_ESTIMATORS],
         default="is",
-        help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo) "
-        "(default %(default)s)",
+        help="proposal: is = the guide q(z|x), prior = p(z) (naive Monte Carlo), ais = "
+        "annealed importance sampling with HMC (the --ais-* flags) (default %(default)s)",
     )
+    _add_ais_options(p)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -121,6 +126,28 @@ def _add_evaluate(subparsers) -> None:
     p.set_defaults(run=_run_evaluate)
 
 
+def _add_ais_options(p) -> None:
+    """The AIS settings of evaluate --estimator ais and bdmc."""
+    p.add_argument("--ais-steps", type=int, default=AIS_STEPS, metavar="T",
+                   help="AIS: annealing steps (betas, sigmoidal schedule) (default "
+                   "%(default)s)")  # fmt: skip
+    p.add_argument("--ais-chains", type=int, default=AIS_CHAINS, metavar="C",
+                   help="AIS: independent chains per point (default %(default)s)")  # fmt: skip
+    p.add_argument("--leapfrog-steps", type=int, default=LEAPFROG_STEPS, metavar="L",
+                   help="AIS: leapfrog steps per HMC transition (default %(default)s)")  # fmt: skip
+    p.add_argument("--step-size", type=float, default=STEP_SIZE, metavar="EPS",
+                   help="AIS: initial leapfrog step size, tuned per point toward acceptance "
+                   "0.65 by a pilot run (default %(default)s)")  # fmt: skip
+    p.add_argument("--ais-proposal", choices=PROPOSALS, default="guide",
+                   help="AIS: where the chains start, q(z|x) or p(z) (default "
+                   "%(default)s)")  # fmt: skip
+
+
+def _ais_options(args) -> dict:
+    return dict(ais_steps=args.ais_steps, ais_chains=args.ais_chains,
+                leapfrog_steps=args.leapfrog_steps, step_size=args.step_size)  # fmt: skip
+
+
 def _run_evaluate(args) -> int:
     from pyro_vae.analysis.evaluate import evaluate
 
@@ -133,6 +160,8 @@ def _run_evaluate(args) -> int:
         compile=args.compile,
         local_fit_steps=args.local_fit_steps,
         local_fit_lr=args.local_fit_lr,
+        ais_proposal=args.ais_proposal,
+        **_ais_options(args),
         **_run_options(args),
     )
     if not world().is_main:  # rank 0 of a sharded evaluation prints
@@ -141,13 +170,47 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _add_bdmc(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bdmc",
+        help="bidirectional Monte Carlo: AIS bounds of log p(x) on data simulated from the model",
+        description="Simulate (x, z) from the run's model, then per point the forward AIS "
+        "estimate of log p(x) (a stochastic lower bound) and the reverse AIS estimate from the "
+        "exact z (a stochastic upper bound); write bdmc.json and bdmc.png.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
+    p.add_argument("--num-points", type=int, default=100, metavar="N",
+                   help="points simulated from the model (default %(default)s)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="simulated points per chunk (default %(default)s)")  # fmt: skip
+    _add_ais_options(p)
+    p.add_argument("--compile", action="store_true",
+                   help="compile the densities' graph with torch.compile (default: the traced "
+                   "graph as it is)")  # fmt: skip
+    _add_run_options(p, out_help="folder for the files (default: RUN_DIR)")
+    p.set_defaults(run=_run_bdmc)
+
+
+def _run_bdmc(args) -> int:
+    from pyro_vae.analysis.bdmc import bdmc
+
+    summary = bdmc(args.run_dir, num_points=args.num_points, batch_size=args.batch_size,
+                   proposal=args.ais_proposal, compile=args.compile, **_ais_options(args),
+                   **_run_options(args))  # fmt: skip
+    print(json.dumps(summary.to_dict()) if args.json else summary.summary())
+    return 0
+
+
 def _add_convergence(subparsers) -> None:
     p = subparsers.add_parser(
         "convergence",
-        help="log p(x) estimates against the number of samples K, per estimator",
+        help="log p(x) estimates against compute (K), per estimator: IS, prior, AIS",
         description="For the first points of a split, draw --repeats independent estimates "
         "of log p(x) per point for each estimator and K; write convergence.json, .csv and "
-        ".png (estimate +- the spread of one estimate against K, with a reference).",
+        ".png (estimate +- the spread of one estimate against compute, with a reference). "
+        "The x axis is compute: density evaluations per point, K for importance sampling; "
+        "'ais' runs, for each K, the most AIS steps whose density-and-gradient evaluations "
+        "(chains, leapfrog steps and the pilot run included) fit in K.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     p.add_argument(
@@ -162,8 +225,18 @@ def _add_convergence(subparsers) -> None:
         type=_comma_list(str),
         default=["is", "prior"],
         metavar="E1,E2",
-        help=f"from {', '.join(ESTIMATORS)} (default is,prior)",
+        help=f"from {', '.join(ESTIMATORS)}, ais (default is,prior)",
     )
+    p.add_argument("--ais-chains", type=int, default=AIS_CHAINS, metavar="C",
+                   help="ais: chains per point (default %(default)s)")  # fmt: skip
+    p.add_argument("--leapfrog-steps", type=int, default=LEAPFROG_STEPS, metavar="L",
+                   help="ais: leapfrog steps per HMC transition (default %(default)s)")  # fmt: skip
+    p.add_argument("--step-size", type=float, default=STEP_SIZE, metavar="EPS",
+                   help="ais: initial leapfrog step size, tuned by a pilot run (default "
+                   "%(default)s)")  # fmt: skip
+    p.add_argument("--ais-proposal", choices=PROPOSALS, default="guide",
+                   help="ais: where the chains start, q(z|x) or p(z) (default "
+                   "%(default)s)")  # fmt: skip
     p.add_argument("--points", type=int, default=10, metavar="N",
                    help="first N points of the split (default %(default)s)")  # fmt: skip
     p.add_argument(
@@ -194,6 +267,10 @@ def _run_convergence(args) -> int:
         num_points=args.points,
         repeats=args.repeats,
         compile=args.compile,
+        ais_chains=args.ais_chains,
+        leapfrog_steps=args.leapfrog_steps,
+        step_size=args.step_size,
+        ais_proposal=args.ais_proposal,
         **_run_options(args),
     )
     if not world().is_main:  # rank 0 of a sharded study prints
@@ -205,18 +282,43 @@ def _run_convergence(args) -> int:
 def _add_gradvar(subparsers) -> None:
     p = subparsers.add_parser(
         "gradvar",
-        help="variance and SNR of gradient estimators (reparameterized, score function, baselines)",
+        help="variance and SNR of gradient estimators (reparameterized, score function, "
+        "baselines, STL, IWAE, DReG, VIMCO)",
         description="On one fixed minibatch of a trained run, draw --num-draws gradients of "
         "the loss per estimator and report the per-coordinate variance and signal-to-noise "
-        "ratio, averaged over the pair's parameters; write gradvar.json and gradvar.png.",
+        "ratio, averaged over the pair's parameters; write gradvar.json and gradvar.png. "
+        "With --snr-vs-k, the encoder's and decoder's SNR of iwae and iwae-dreg against K "
+        "instead (gradvar_snr_k.json and .png).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_DIR_HELP)
     p.add_argument(
         "--estimators",
         type=_comma_list(str),
-        default=list(GRADIENT_ESTIMATORS),
+        default=None,
         metavar="E1,E2",
-        help=f"from {', '.join(GRADIENT_ESTIMATORS)} (default: all)",
+        help=f"from {', '.join(GRADIENT_ESTIMATORS)} (default: all; rows that cannot run "
+        "on the pair are left out with a note; with --snr-vs-k: iwae,iwae-dreg)",
+    )
+    p.add_argument(
+        "--num-particles",
+        type=int,
+        default=DEFAULT_NUM_PARTICLES,
+        metavar="K",
+        help="particles per point of the K-particle bounds iwae, iwae-dreg and vimco (the "
+        "other rows draw one z per point) (default %(default)s)",
+    )
+    p.add_argument(
+        "--snr-vs-k",
+        action="store_true",
+        help="encoder and decoder SNR against K for iwae and iwae-dreg (Rainforth et al. "
+        "2018's figure), at --ks",
+    )
+    p.add_argument(
+        "--ks",
+        type=_comma_list(int),
+        default=list(DEFAULT_KS),
+        metavar="K1,K2",
+        help="the K of --snr-vs-k (default %(default)s)",
     )
     p.add_argument(
         "--num-draws",
@@ -242,11 +344,25 @@ def _add_gradvar(subparsers) -> None:
 def _run_gradvar(args) -> int:
     from pyro_vae.analysis.gradvar import gradient_variance, without_groups
 
+    if args.snr_vs_k:
+        from pyro_vae.analysis.snr_k import DEFAULT_SNR_ESTIMATORS, snr_against_k
+
+        result = snr_against_k(
+            args.run_dir,
+            ks=args.ks,
+            estimators=args.estimators or DEFAULT_SNR_ESTIMATORS,
+            num_draws=args.num_draws,
+            batch_size=args.batch_size,
+            **_run_options(args),
+        )
+        print(json.dumps(result.to_dict()) if args.json else result.summary())
+        return 0
     result = gradient_variance(
         args.run_dir,
         estimators=args.estimators,
         num_draws=args.num_draws,
         batch_size=args.batch_size,
+        num_particles=args.num_particles,
         baseline_steps=args.baseline_steps,
         **_run_options(args),
     )

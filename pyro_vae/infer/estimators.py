@@ -269,6 +269,11 @@ def chunk_size_for(num_points: int, x_dim: int, max_elements: int = 2**24) -> in
     return max(1, max_elements // max(1, num_points * x_dim))
 
 
+def default_max_elements(device: torch.device) -> int:
+    """K * B * D per chunk: 2**22 on the CPU, where larger buffers are page-faulted at each."""
+    return 2**22 if device.type == "cpu" else 2**24
+
+
 class PriorProposal:
     """The model's prior p(z) as a proposal program: the model run forward with its observed
     sites hidden, so its latents are drawn from p(z) and the weights are p(x,z)/p(z) = p(x|z).
@@ -337,7 +342,7 @@ def estimate_log_px(
     num_samples: int,
     *,
     max_plate_nesting: int = 1,
-    max_elements: int = 2**24,
+    max_elements: int | None = None,
     vectorize: bool | None = None,
     estimator: str = "is",
     y: torch.Tensor | None = None,
@@ -362,7 +367,7 @@ def estimate_log_px(
     References:
         Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, eq. 8.
     """
-    spec = check_estimator(estimator)
+    spec, bound = check_estimator(estimator), max_elements or default_max_elements(x.device)
     with evaluation_mode(pair):
         log_weights = log_importance_weights(
             pair.model,
@@ -370,7 +375,7 @@ def estimate_log_px(
             x,
             num_samples,
             max_plate_nesting=max_plate_nesting,
-            chunk_size=chunk_size_for(x.shape[0], x[0].numel(), max_elements),
+            chunk_size=chunk_size_for(x.shape[0], x[0].numel(), bound),
             vectorize=vectorize,
             data_plate=pair.info.data_plate if isinstance(pair, EvaluationPair) else None,
             y=y,

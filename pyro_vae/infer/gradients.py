@@ -1,5 +1,7 @@
 """Gradient estimators of the ELBO: reparameterized, score function, and score function with
-baselines, one entry each in :data:`GRADIENT_ESTIMATORS`.
+baselines, one entry each in :data:`GRADIENT_ESTIMATORS`; with them the estimators of the
+objectives Pyro lacks (``stl``, and the K-particle bounds ``iwae``, ``iwae-dreg``, ``vimco``
+of :mod:`pyro_vae.infer.objectives`), so ``gradvar`` measures them side by side.
 
 For a guide q_phi(z|x) the gradient of the ELBO L = E_q[log p(x, z) - log q_phi(z|x)] has two
 unbiased Monte-Carlo estimators. The *reparameterized* one differentiates through
@@ -47,6 +49,7 @@ from pyro.poutine.runtime import get_plates
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import Tensor, nn
 
+from pyro_vae.infer.objectives import make_objective
 from pyro_vae.nn import mlp
 from pyro_vae.pairs import is_sample_site
 
@@ -433,15 +436,31 @@ def forget_stale_optimizers(optimizer: pyro.optim.PyroOptim) -> None:
 @dataclass(frozen=True)
 class GradientEstimatorSpec:
     """One gradient estimator of the ELBO: a Pyro loss and how to turn a guide into the one
-    it differentiates (forced score function or not, which baseline)."""
+    it differentiates (forced score function or not, which baseline).
 
-    elbo: type[pyro.infer.ELBO]
+    ``objective`` names an entry of :data:`~pyro_vae.infer.objectives.OBJECTIVES` whose loss
+    this estimator is (the multi-sample bounds and STL); ``multi_sample`` says its K is the
+    bound's (``--num-particles``); ``guide_sites`` is the guides it applies to: ``"any"``,
+    ``"reparameterized"`` (every latent site has ``rsample``) or ``"score"`` (at least one
+    site has none).
+    """
+
+    elbo: type[pyro.infer.ELBO] | None
     score_function: bool
     baseline: str
     description: str
+    objective: str | None = None
+    multi_sample: bool = False
+    guide_sites: str = "any"
 
-    def make_elbo(self, max_plate_nesting: int = 1, num_particles: int = 1) -> pyro.infer.ELBO:
-        """The loss object; ``num_particles > 1`` averages that many vectorized particles."""
+    def make_elbo(self, max_plate_nesting: int = 1, num_particles: int = 1,
+                  modules: Sequence[nn.Module] = ()) -> pyro.infer.ELBO:  # fmt: skip
+        """The loss object; ``num_particles > 1`` averages that many vectorized particles
+        (the K of the bound for an estimator with an ``objective``). ``modules``: the pair's
+        networks, which STL and DReG stop in log q."""
+        if self.objective is not None:
+            return make_objective(self.objective, num_particles,
+                                  max_plate_nesting=max_plate_nesting, modules=modules)  # fmt: skip
         return self.elbo(
             num_particles=num_particles,
             vectorize_particles=num_particles > 1,
@@ -486,5 +505,40 @@ GRADIENT_ESTIMATORS: dict[str, GradientEstimatorSpec] = {
     ),
     "score+nn": GradientEstimatorSpec(
         pyro.infer.TraceGraph_ELBO, True, "nn", "score function, neural baseline b(x) (NVIL)"
+    ),
+    "stl": GradientEstimatorSpec(
+        None,
+        False,
+        "none",
+        "sticking the landing: the ELBO with log q at stopped params",
+        objective="stl",
+        guide_sites="reparameterized",
+    ),
+    "iwae": GradientEstimatorSpec(
+        None,
+        False,
+        "none",
+        "RenyiELBO(alpha=0): the IWAE bound's gradient, K particles",
+        objective="iwae",
+        multi_sample=True,
+        guide_sites="reparameterized",  # RenyiELBO gives a score site's params no gradient
+    ),
+    "iwae-dreg": GradientEstimatorSpec(
+        None,
+        False,
+        "none",
+        "the IWAE bound, doubly reparameterized guide gradient (DReG)",
+        objective="iwae-dreg",
+        multi_sample=True,
+        guide_sites="reparameterized",
+    ),
+    "vimco": GradientEstimatorSpec(
+        None,
+        False,
+        "none",
+        "the IWAE bound, score function with VIMCO's leave-one-out baselines",
+        objective="vimco",
+        multi_sample=True,
+        guide_sites="score",
     ),
 }

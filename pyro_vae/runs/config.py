@@ -212,6 +212,21 @@ class TrainConfig:
                 f"uses baselines (Trace_ELBO, TraceMeanField_ELBO and RenyiELBO ignore them); "
                 f"got --objective {self.objective}"
             )
+        from pyro_vae.infer.objectives import OBJECTIVES
+
+        spec = OBJECTIVES.get(self.objective)
+        if spec is not None and self.num_particles < spec.min_particles:
+            raise ConfigError(
+                f"--objective {self.objective} needs --num-particles >= {spec.min_particles}: "
+                f"its baseline for each particle is formed from the other particles (got "
+                f"{self.num_particles}); e.g. --num-particles 5"
+            )
+        if self.score_function and spec is not None and spec.stops_guide:
+            raise ConfigError(
+                f"--score-function cannot train with --objective {self.objective}: it "
+                "differentiates through the guide's draws; use --objective vimco (the "
+                "multi-sample score function) or tracegraph"
+            )
         if self.score_function and self.objective == "meanfield":
             raise ConfigError(
                 "--score-function cannot train with --objective meanfield: TraceMeanField_ELBO "

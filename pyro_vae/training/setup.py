@@ -40,6 +40,7 @@ from pyro_vae.pairs import (
     PairInfo,
     check_pair,
     evaluation_mode,
+    pair_modules,
     resolve_spec,
 )
 from pyro_vae.pairs.label_encoding import choose_label_encoding, resolve_classify_loss
@@ -76,6 +77,7 @@ from pyro_vae.training.svi import (
     _objective,
     at_probe_rows,
     base_rates,
+    check_objective,
     local_params,
     training_guide,
 )
@@ -151,7 +153,7 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
     if local is not None:  # the validation points have no per-point params of their own
         valid_x, num_valid = valid_x[:0], 0
 
-    elbo = _objective(config, info)
+    elbo = _objective(config, info, pair_modules(pair))
     # a pair whose labels are optional is probed unlabelled: its discrete sites show there
     probe_args = program_args(probe[:2], _probe_labels(labels, probe[:2]) if info.needs_labels
                               else None)  # fmt: skip
@@ -160,6 +162,7 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
         guide, _ = training_guide(pair, config, probe_args, device)
         if OBJECTIVES[config.objective].enumerates:
             _check_enumeration(elbo, pair.model, guide, probe_args, config)
+        check_objective(elbo, config, pair.model, guide, probe_args)
     optimizer = make_optimizer(config, base_rates(config))
     scheduler = EpochScheduler(optimizer, config)
     model = pair.model if local is None else local(pair.model)

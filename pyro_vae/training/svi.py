@@ -24,15 +24,17 @@ from pyro_vae.infer.gradients import (
 )
 from pyro_vae.infer.handlers import TrainingScales
 from pyro_vae.infer.objectives import OBJECTIVES, enumerated_guide, make_objective
+from pyro_vae.infer.surrogate_elbos import SurrogateELBO
 from pyro_vae.pairs import PairError, PairInfo, evaluation_mode, pair_modules
 from pyro_vae.pairs.local_params import LocalParams
 from pyro_vae.runs.config import ConfigError, TrainConfig
 from pyro_vae.training.outputs import _log
 
 
-def _objective(config: TrainConfig, info: PairInfo):
+def _objective(config: TrainConfig, info: PairInfo, modules: list[nn.Module]):
     """The loss of ``--objective`` with ``--num-particles``, as the checked pair allows it
-    (particles vectorized where the pair vectorizes, its plate nesting)."""
+    (particles vectorized where the pair vectorizes, its plate nesting; ``modules``, the
+    pair's networks, for the objectives that stop the guide's parameters)."""
     if config.num_particles > 1 and not info.vectorizable:
         _log("note: the pair does not vectorize over particles; particles run in a loop")
     elbo = make_objective(
@@ -41,6 +43,7 @@ def _objective(config: TrainConfig, info: PairInfo):
         vectorize=info.vectorizable,
         max_plate_nesting=info.max_plate_nesting,
         alpha=config.alpha,
+        modules=modules,
     )
     _recommend_enumeration(config, info)
     return elbo
@@ -101,6 +104,28 @@ def base_rates(config: TrainConfig) -> Callable[[str], float]:
         return config.lr
 
     return lr_for
+
+
+def check_objective(elbo, config: TrainConfig, model, guide, args: tuple) -> None:
+    """Refuse, before training, a guide the objective cannot train: ``--objective iwae``
+    with a site that is not reparameterized (Pyro's ``RenyiELBO`` scales that site's score
+    term by alpha / (1 - alpha), which is 0 at alpha = 0: its encoder would get no gradient at
+    all), and for the objectives of :mod:`pyro_vae.infer.surrogate_elbos` one loss on the
+    probe batch (its random draws undone): a site that is not reparameterized for
+    stl/iwae-dreg, none that is for vimco, a network it cannot stop."""
+    if config.objective == "iwae":
+        sites = non_reparameterized_sites(guide, *args)
+        if sites:
+            raise PairError(
+                f"--objective iwae: guide site {sites[0]!r} is not reparameterized, and Pyro's "
+                "RenyiELBO(alpha=0) gives such a site no gradient (its score term is scaled by "
+                "alpha / (1 - alpha) = 0), so the guide would not train. Use --objective vimco "
+                "(the IWAE bound with leave-one-out baselines) for the same bound"
+            )
+    if not isinstance(elbo, SurrogateELBO):
+        return
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        elbo.loss(model, guide, *args)
 
 
 def _check_enumeration(elbo, model, guide, args: tuple, config: TrainConfig) -> None:

@@ -77,9 +77,10 @@ class CompiledSVI:
                  max_graphs: int = MAX_GRAPHS, cuda_graphs: bool = True) -> None:  # fmt: skip
         self.model, self.guide, self.optim = model, guide, optim
         self.cuda_graphs = cuda_graphs
-        self.loss_args = dict(objective=objective, num_particles=num_particles, alpha=alpha,
-                              max_plate_nesting=max_plate_nesting)  # fmt: skip
         self.modules = list(modules)
+        self.loss_args = dict(objective=objective, num_particles=num_particles, alpha=alpha,
+                              max_plate_nesting=max_plate_nesting,
+                              modules=self.modules)  # fmt: skip
         self.scales = scales
         self.eager = eager
         self.strict = strict

@@ -28,8 +28,10 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import Tensor, nn
 
+from pyro_vae.infer.surrogates import SURROGATE_OBJECTIVES, surrogate
+
 #: Objectives whose loss is a static function of the traces (``--compile``).
-TRACEABLE_OBJECTIVES = ("elbo", "meanfield", "iwae", "renyi")
+TRACEABLE_OBJECTIVES = ("elbo", "meanfield", "iwae", "renyi", *SURROGATE_OBJECTIVES)
 
 #: Why the other objectives train eagerly under ``--compile`` (the note the run prints).
 UNTRACED_OBJECTIVES = {
@@ -124,6 +126,7 @@ def traced_loss(
     num_particles: int = 1,
     alpha: float = 0.5,
     max_plate_nesting: int = 1,
+    modules: Sequence[nn.Module] = (),
 ) -> Tensor:
     """The differentiable training loss of ``objective`` from the programs' traces: equal in
     value and gradients to Pyro's estimator on the same draws, for a reparameterized guide.
@@ -131,10 +134,15 @@ def traced_loss(
         elbo, meanfield:  -(1/K) sum_k sum_i log w_ki
         iwae, renyi:      -1/(1-alpha) sum_i [logsumexp_k (1-alpha) log w_ki - log K]
 
-    over particles k and the points i of the independent plates (:func:`log_weights`).
+    over particles k and the points i of the independent plates (:func:`log_weights`);
+    ``stl``, ``iwae-dreg`` and ``vimco`` are the surrogates of
+    :func:`pyro_vae.infer.surrogates.surrogate` (``modules``: the networks they stop).
     """
     if objective not in TRACEABLE_OBJECTIVES:
         raise UntraceableError(_objective_reason(objective))
+    if objective in SURROGATE_OBJECTIVES:
+        return surrogate(objective, model, guide, args, num_particles=num_particles,
+                         max_plate_nesting=max_plate_nesting, modules=modules).loss  # fmt: skip
     weights = log_weights(
         model,
         guide,
@@ -171,7 +179,7 @@ def untraceable_reason(model: Callable, guide: Callable, args: Sequence[Any],
             continue
         if site["infer"].get("enumerate"):
             return f"guide site {name!r} is enumerated"
-        if not getattr(site["fn"], "has_rsample", False):
+        if not getattr(site["fn"], "has_rsample", False) and objective != "vimco":
             return (
                 f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterized: "
                 "its gradient needs the score function"
@@ -202,7 +210,7 @@ class PairLoss(nn.Module):
             )
         self.pair = pair
         self.loss_args = dict(objective=objective, num_particles=num_particles, alpha=alpha,
-                              max_plate_nesting=max_plate_nesting)  # fmt: skip
+                              max_plate_nesting=max_plate_nesting, modules=[pair])  # fmt: skip
 
     def forward(self, *batch: Tensor) -> Tensor:
         return traced_loss(self.pair.model, self.pair.guide, batch, **self.loss_args)
