@@ -8,8 +8,9 @@ gradients. Both run on the IWAE paper's 1-stochastic-layer net (784-200-200-50 t
 Bernoulli decoder), untrained, on random binary points: speed does not depend on the weights
 or the data.
 
-Reported, per point: AIS with its densities as the traced ``make_fx`` graph (the default) and,
-with ``--compiled``, compiled by ``torch.compile``; IS eager and compiled
+Reported, per point (the median of ``--repeats`` timed runs after a warm-up, and its ratio
+to compiled IS in the same process): AIS with its densities as the traced ``make_fx`` graph
+(the default) and, with ``--compiled``, compiled by ``torch.compile``; IS eager and compiled
 (``evaluate --compile``), all on the same points.
 
     OMP_NUM_THREADS=1 python benchmarks/ais_speed.py --points 20 --steps 50 --chains 4
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import pyro
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--leapfrog-steps", type=int, default=10)
     parser.add_argument("--compiled", action="store_true", help="also AIS under torch.compile")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -55,9 +58,12 @@ def main() -> None:
     def timed(name: str, run, warm: bool = True) -> None:
         if warm:  # trace or compile outside the timing
             run()
-        started = time.perf_counter()
-        run()
-        results[name] = (time.perf_counter() - started) / args.points
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - started) / args.points)
+        results[name] = statistics.median(times)
 
     with evaluation_mode(pair), pyro.validation_enabled(False):
         for graph in ("traced", "compiled") if args.compiled else ("traced",):
@@ -70,10 +76,14 @@ def main() -> None:
             timed(name, lambda trace_fn=trace_fn: estimate_log_px(
                 view, x, compute, max_plate_nesting=info.max_plate_nesting,
                 trace_fn=trace_fn))  # fmt: skip
+    reference = results["is compiled"]  # the ratio is against IS in this same process
     for name, seconds in results.items():
-        print(f"{name:14s} {1000 * seconds:10.1f} ms per point")
+        print(f"{name:14s} {1000 * seconds:10.1f} ms per point  {seconds / reference:6.1f} x IS "
+              "compiled")  # fmt: skip
     print(json.dumps({
         "seconds_per_point": results,
+        "ratio_to_is_compiled": {name: seconds / reference for name, seconds in results.items()},
+        "repeats": args.repeats,
         "density_evaluations_per_point": compute,
         "steps": args.steps, "chains": args.chains, "leapfrog_steps": args.leapfrog_steps,
         "points": args.points, "device": args.device, "num_threads": torch.get_num_threads(),

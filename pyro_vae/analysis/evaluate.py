@@ -103,6 +103,19 @@ def evaluation_stem(split: str, estimator: str = "is") -> str:
     return f"evaluation_{split}" if estimator == "is" else f"evaluation_{split}_{estimator}"
 
 
+#: What the summary's ``elbo`` and ``gap`` are for an estimator whose mean log weight is not
+#: the ELBO of q: its line in the text summary, and the JSON's ``elbo_meaning``.
+ELBO_LABELS = {"prior": "mean log w", "ais": "mean log w"}
+ELBO_MEANINGS = {
+    "is": "'elbo' is the ELBO of q, the mean log weight of the guide's draws; 'gap' is log p(x) "
+    "minus it, KL(q(z|x) || p(z|x)) on average",
+    "prior": "with --estimator prior, 'elbo' is E_p(z)[log p(x|z)], the mean log weight of "
+    "draws from the prior, not the ELBO of q; 'gap' is log p(x) minus it",
+    "ais": "with --estimator ais, 'elbo' is the mean log AIS weight over the chains (a looser "
+    "stochastic lower bound of log p(x)), not the ELBO of q; 'gap' is log p(x) minus it",
+}
+
+
 class Evaluation(Result):
     """What :func:`evaluate` found: means over the points (the JSON keys ``log_px``,
     ``elbo``, ``gap``, their standard errors, ``ess_mean``, ...) and, in ``per_point``, the
@@ -120,10 +133,13 @@ class Evaluation(Result):
             f"{where}: {self['num_points']} points, K={self['num_samples']}, "
             f"estimator {self['estimator']}",
             f"  log p(x) ~ {self['log_px']:.3f} +- {self['log_px_stderr']:.3f} nats",
-            f"  ELBO       {self['elbo']:.3f} +- {self['elbo_stderr']:.3f} nats",
+            f"  {ELBO_LABELS.get(self['estimator'], 'ELBO'):10s} {self['elbo']:.3f} +- "
+            f"{self['elbo_stderr']:.3f} nats",
             f"  gap        {self['gap']:.3f} nats   (mean ESS {self['ess_mean']:.1f}, "
             f"{self['seconds']:.1f}s)",
         ]
+        if self.get("elbo_meaning") and self["estimator"] in ELBO_LABELS:
+            lines.append(f"  ({self['elbo_meaning']})")
         if "accuracy" in self:
             lines.append(f"  accuracy   {self['accuracy']:.4f} (argmax q(y|x))")
         if "cluster_accuracy" in self:
@@ -334,6 +350,7 @@ def _evaluate(held: Subject, num_samples: int, estimator: str, batch_size: int, 
         "num_points": n,
         "num_samples": num_samples,
         "estimator": estimator,
+        "elbo_meaning": ELBO_MEANINGS.get(estimator),
         "compiled": None
         if compiled is None
         else {"graphs": len(compiled.graphs), "fallback": compiled.fallback_reason},
@@ -377,6 +394,7 @@ def _evaluate_ais(held: Subject, estimator: str, batch_size: int, seed: int, pro
         "num_points": n,
         "num_samples": ais["chains"],
         "estimator": estimator,
+        "elbo_meaning": ELBO_MEANINGS["ais"],
         "ais": notes,
         "compiled": None,
         **held.context,

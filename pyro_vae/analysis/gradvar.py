@@ -32,7 +32,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -56,7 +55,7 @@ from pyro_vae.analysis.parameters import (
     _stale_notes,
     pair_parameters,
 )
-from pyro_vae.analysis.results import Result, figure_path
+from pyro_vae.analysis.results import Result, aligned_lines, figure_path, number_cell
 from pyro_vae.analysis.subjects import Subject, amortized, subject
 from pyro_vae.infer.gradients import (
     GRADIENT_ESTIMATORS,
@@ -493,12 +492,9 @@ def format_table(result: dict[str, Any]) -> str:
     header = ("estimator", "K", "variance", "SNR", "enc. var", "dec. var", "enc. SNR",
               "dec. SNR", "ms/draw")  # fmt: skip
     rows = [header]
+    number = number_cell
     for name, summary in result["estimators"].items():
         parts = summary.get("parts", {})
-
-        def number(value):
-            return "-" if value is None or not math.isfinite(value) else f"{value:.3g}"
-
         rows.append(
             (
                 name,
@@ -512,12 +508,7 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{1000 * summary['seconds']:.2f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                  enumerate(zip(row, widths, strict=True)))
-        for row in rows
-    ]  # fmt: skip
+    lines = aligned_lines(rows)
     title = (
         f"gradient variance on {result['batch_size']} {result.get('split') or 'x'} points, "
         f"{result['num_draws']} draws, {result['num_parameters']} parameters"

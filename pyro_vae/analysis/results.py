@@ -10,6 +10,7 @@ text, and ``plot(path)`` the figure the command line draws, where it draws one.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -53,4 +54,20 @@ def figure_path(path: str | os.PathLike, default_name: str) -> Path:
     return path / default_name
 
 
-__all__ = ["Result", "figure_path"]
+def number_cell(value: float | None) -> str:
+    """A table cell for a number: three significant digits, ``-`` for none or not finite."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
+def aligned_lines(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as text lines in columns: the first column left-aligned (a name), the
+    others right-aligned (numbers), two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                  for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    ]  # fmt: skip
+
+
+__all__ = ["Result", "aligned_lines", "figure_path", "number_cell"]

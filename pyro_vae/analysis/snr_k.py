@@ -20,7 +20,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ from pyro_vae.analysis.gradvar import (
     measure,
 )
 from pyro_vae.analysis.parameters import PARTS
-from pyro_vae.analysis.results import Result, figure_path
+from pyro_vae.analysis.results import Result, aligned_lines, figure_path, number_cell
 from pyro_vae.infer.gradients import GRADIENT_ESTIMATORS
 from pyro_vae.runs.checkpoints import BEST
 from pyro_vae.runs.config import ConfigError
@@ -192,18 +191,13 @@ def format_snr_table(result: dict[str, Any]) -> str:
     names = list(result["estimators"])
     header = ("K", *[f"{name} {part[:3]}. SNR" for name in names for part in PARTS])
     rows = [header]
-
-    def number(value):
-        return "-" if value is None or not math.isfinite(value) else f"{value:.3g}"
-
     for i, k in enumerate(result["ks"]):
         cells = [str(k)]
         for name in names:
             for part in PARTS:
-                cells.append(number(result["estimators"][name][f"{part}_snr"][i]))
+                cells.append(number_cell(result["estimators"][name][f"{part}_snr"][i]))
         rows.append(tuple(cells))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = aligned_lines(rows)
     title = (
         f"gradient SNR against K on {result['batch_size']} {result.get('split') or 'x'} points, "
         f"{result['num_draws']} draws per K"

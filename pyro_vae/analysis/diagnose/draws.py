@@ -21,7 +21,12 @@ from tqdm.auto import tqdm
 
 from pyro_vae.infer.compiled import CompiledByShape
 from pyro_vae.infer.distributed import World
-from pyro_vae.infer.estimators import chunk_size_for, log_weights_of_traces, particle_traces
+from pyro_vae.infer.estimators import (
+    chunk_size_for,
+    default_max_elements,
+    log_weights_of_traces,
+    particle_traces,
+)
 from pyro_vae.pairs import PairInfo, data_plate_dim
 
 #: Points per block of draws from q(z|x); block j of a diagnosis with ``seed`` draws from
@@ -210,7 +215,8 @@ def _block_draws(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], info
     kl_method: dict[str, str | None] = {}
     conditional = {s.name: False for s in latents}
     log_weights = []
-    chunk = chunk_size_for(num_points, x[0].numel()) if info.vectorizable else 1
+    bound = default_max_elements(x.device)
+    chunk = chunk_size_for(num_points, x[0].numel(), bound) if info.vectorizable else 1
     bar = tqdm(total=num_samples, desc="q(z|x) draws", disable=not progress, unit="draw",
                leave=False)  # fmt: skip
     done = 0

@@ -25,7 +25,12 @@ from tqdm.auto import tqdm
 from pyro_vae.analysis.diagnose.draws import GuideDraws, LatentSite, _base_distribution
 from pyro_vae.analysis.diagnose.errors import DiagnoseError
 from pyro_vae.infer.compiled import CompiledByShape, CompiledLogWeights
-from pyro_vae.infer.estimators import chunk_size_for, log_importance_weights, log_mean_exp
+from pyro_vae.infer.estimators import (
+    chunk_size_for,
+    default_max_elements,
+    log_importance_weights,
+    log_mean_exp,
+)
 from pyro_vae.pairs import PairInfo, pair_modules
 
 
@@ -173,7 +178,7 @@ def inference_gaps(pair: Any, x: torch.Tensor, latents: Sequence[LatentSite], in
             x,
             num_samples,
             max_plate_nesting=info.max_plate_nesting,
-            chunk_size=chunk_size_for(x.shape[0], x[0].numel()),
+            chunk_size=chunk_size_for(x.shape[0], x[0].numel(), default_max_elements(x.device)),
             vectorize=info.vectorizable,
             data_plate=info.data_plate,
             trace_fn=compiled,
