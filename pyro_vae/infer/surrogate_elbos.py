@@ -92,7 +92,10 @@ class IWAE_DReG(SurrogateELBO):  # noqa: N801 - Pyro's naming (Trace_ELBO)
 
 class VIMCO(SurrogateELBO):
     """The IWAE bound with VIMCO's leave-one-out baselines for the guide's sites that are not
-    reparameterized (Mnih & Rezende 2016); K = ``num_particles`` >= 2."""
+    reparameterized (Mnih & Rezende 2016); K = ``num_particles`` >= 2. On a batch where every
+    site is reparameterized (a labelled batch of a semi-supervised pair) it is the IWAE bound
+    with its reparameterized gradient; ``pyro-vae train`` refuses a guide with no such site
+    on its probe batch."""
 
     objective = "vimco"
 

@@ -158,10 +158,13 @@ def latent_sites(trace: Any) -> list[tuple[str, dict]]:
     ]
 
 
-def check_sites(objective: str, guide_trace: Any) -> list[str]:
+def check_sites(objective: str, guide_trace: Any, require_score: bool = False) -> list[str]:
     """The guide's sites that are not reparameterized, after refusing a guide ``objective``
     cannot train: a site without ``rsample`` (or enumerated) for ``stl`` and ``iwae-dreg``;
-    a guide with none for ``vimco``. The message names the site and what to use instead."""
+    with ``require_score``, a guide with none for ``vimco`` (training checks its probe batch
+    so; a single batch without one, a labelled batch of a semi-supervised pair, is the IWAE
+    bound with its reparameterized gradient). The message names the site and what to use
+    instead."""
     scored = []
     for name, site in latent_sites(guide_trace):
         if site["infer"].get("enumerate"):
@@ -179,7 +182,7 @@ def check_sites(objective: str, guide_trace: Any) -> list[str]:
             "--objective vimco (multi-sample score function) or tracegraph (baselines)"
             + ("" if len(scored) == 1 else f" (also: {', '.join(scored[1:])})")
         )
-    if objective == "vimco" and not scored:
+    if objective == "vimco" and require_score and not scored:
         raise PairError(
             "--objective vimco: every latent site of the guide is reparameterized, so there "
             "is no score-function term for VIMCO's baselines; train it with --objective "

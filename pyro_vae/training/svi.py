@@ -11,6 +11,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro import poutine
 from torch import nn
 
 from pyro_vae.infer.compiled import CompiledSVI, untraceable_reason
@@ -25,6 +26,7 @@ from pyro_vae.infer.gradients import (
 from pyro_vae.infer.handlers import TrainingScales
 from pyro_vae.infer.objectives import OBJECTIVES, enumerated_guide, make_objective
 from pyro_vae.infer.surrogate_elbos import SurrogateELBO
+from pyro_vae.infer.surrogates import check_sites
 from pyro_vae.pairs import PairError, PairInfo, evaluation_mode, pair_modules
 from pyro_vae.pairs.local_params import LocalParams
 from pyro_vae.runs.config import ConfigError, TrainConfig
@@ -125,6 +127,8 @@ def check_objective(elbo, config: TrainConfig, model, guide, args: tuple) -> Non
     if not isinstance(elbo, SurrogateELBO):
         return
     with torch.random.fork_rng(devices=[]), torch.no_grad():
+        if config.objective == "vimco":
+            check_sites("vimco", poutine.trace(guide).get_trace(*args), require_score=True)
         elbo.loss(model, guide, *args)
 
 
