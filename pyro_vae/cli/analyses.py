@@ -126,11 +126,13 @@ def _add_evaluate(subparsers) -> None:
     p.set_defaults(run=_run_evaluate)
 
 
-def _add_ais_options(p) -> None:
-    """The AIS settings of evaluate --estimator ais and bdmc."""
-    p.add_argument("--ais-steps", type=int, default=AIS_STEPS, metavar="T",
-                   help="AIS: annealing steps (betas, sigmoidal schedule) (default "
-                   "%(default)s)")  # fmt: skip
+def _add_ais_options(p, steps: bool = True) -> None:
+    """The AIS settings of evaluate --estimator ais and bdmc; convergence takes all but
+    ``--ais-steps`` (``steps=False``: its steps follow from each K)."""
+    if steps:
+        p.add_argument("--ais-steps", type=int, default=AIS_STEPS, metavar="T",
+                       help="AIS: annealing steps (betas, sigmoidal schedule) (default "
+                       "%(default)s)")  # fmt: skip
     p.add_argument("--ais-chains", type=int, default=AIS_CHAINS, metavar="C",
                    help="AIS: independent chains per point (default %(default)s)")  # fmt: skip
     p.add_argument("--leapfrog-steps", type=int, default=LEAPFROG_STEPS, metavar="L",
@@ -227,16 +229,7 @@ def _add_convergence(subparsers) -> None:
         metavar="E1,E2",
         help=f"from {', '.join(ESTIMATORS)}, ais (default is,prior)",
     )
-    p.add_argument("--ais-chains", type=int, default=AIS_CHAINS, metavar="C",
-                   help="ais: chains per point (default %(default)s)")  # fmt: skip
-    p.add_argument("--leapfrog-steps", type=int, default=LEAPFROG_STEPS, metavar="L",
-                   help="ais: leapfrog steps per HMC transition (default %(default)s)")  # fmt: skip
-    p.add_argument("--step-size", type=float, default=STEP_SIZE, metavar="EPS",
-                   help="ais: initial leapfrog step size, tuned by a pilot run (default "
-                   "%(default)s)")  # fmt: skip
-    p.add_argument("--ais-proposal", choices=PROPOSALS, default="guide",
-                   help="ais: where the chains start, q(z|x) or p(z) (default "
-                   "%(default)s)")  # fmt: skip
+    _add_ais_options(p, steps=False)
     p.add_argument("--points", type=int, default=10, metavar="N",
                    help="first N points of the split (default %(default)s)")  # fmt: skip
     p.add_argument(
