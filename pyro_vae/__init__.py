@@ -84,7 +84,9 @@ from pyro_vae.infer.objectives import OBJECTIVES, make_objective
 from pyro_vae.infer.surrogate_elbos import STL_ELBO, VIMCO, IWAE_DReG
 from pyro_vae.pairs import PAIRS, VAE, build_pair, check_pair
 from pyro_vae.runs.config import TrainConfig
+from pyro_vae.runs.loggers import MLflowLogger, RunLogger, TensorBoardLogger
 from pyro_vae.runs.reopen import Run, load_run
+from pyro_vae.sweeps import SweepResult, sweep
 from pyro_vae.training.fitting import fit
 from pyro_vae.training.train import RunResult, train
 
@@ -107,12 +109,16 @@ __all__ = [
     "Evaluation",
     "GradientVariance",
     "LatentMap",
+    "MLflowLogger",
     "PosteriorDiagnosis",
     "Result",
     "Run",
+    "RunLogger",
     "RunResult",
     "Samples",
     "SNRAgainstK",
+    "SweepResult",
+    "TensorBoardLogger",
     "TrainConfig",
     "bdmc",
     "build_pair",
@@ -134,6 +140,7 @@ __all__ = [
     "sample",
     "score_function",
     "snr_against_k",
+    "sweep",
     "train",
     "with_baseline",
 ]

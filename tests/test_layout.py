@@ -21,7 +21,8 @@ ALLOWED = {
     "runs": {"base", "data", "pairs", "infer", "runs"},
     "training": {"base", "data", "pairs", "infer", "runs", "training"},
     "analysis": {"base", "data", "pairs", "infer", "runs", "analysis"},
-    "cli": {"base", "data", "pairs", "infer", "runs", "training", "analysis", "cli"},
+    "sweeps": {"base", "data", "pairs", "infer", "runs", "training", "analysis", "sweeps"},
+    "cli": {"base", "data", "pairs", "infer", "runs", "training", "analysis", "sweeps", "cli"},
 }
 #: Modules at the top of the package that are not a stage: the package's front door, the
 #: entry point and the old module paths that forward to the new ones.

@@ -22,7 +22,8 @@ import pyro
 import torch
 from pyro import poutine
 
-from pyro_vae.pairs import PairError, data_plate_dim, evaluation_mode
+from pyro_vae.infer.pair_draws import per_point
+from pyro_vae.pairs import PairError, evaluation_mode
 from pyro_vae.pairs.labels import program_args
 
 #: The layouts, in the order they are tried.
@@ -31,20 +32,6 @@ LAYOUTS = ("images", "image parts", "vectors")
 
 class NothingToDraw(PairError):
     """``sample`` found nothing it could draw for a pair; the message says why per row."""
-
-
-def per_point(site: dict, tensor: torch.Tensor, num_points: int,
-              data_plate: str | None = None) -> torch.Tensor | None:  # fmt: skip
-    """``tensor`` (a value or a mean of ``site``) as ``(num_points, values per point)`` in
-    the order of the data plate; None for a site outside that plate."""
-    found = data_plate_dim(site, num_points, data_plate)
-    if found is None:
-        return None
-    event_dims = len(site["fn"].event_shape)
-    batch_dims = tensor.dim() - event_dims
-    axis = batch_dims + found[1]
-    tensor = tensor.movedim(axis, 0) if axis >= 0 else tensor.unsqueeze(0)
-    return tensor.expand(num_points, *tensor.shape[1:]).reshape(num_points, -1)
 
 
 def _model_trace(pair: Any, x: torch.Tensor, y: torch.Tensor | None):

@@ -35,10 +35,15 @@ from pyro_vae.analysis.sample_kinds import (
     drawn_mask,
     observed_positions,
     observed_values,
-    per_point,
 )
 from pyro_vae.analysis.subjects import Subject, amortized, as_pair, is_run_source, subject
 from pyro_vae.infer.estimators import evaluation_view
+from pyro_vae.infer.pair_draws import (
+    as_images,
+    cannot_draw,
+    observed_means,
+    prior_samples,
+)
 from pyro_vae.pairs import PairError, evaluation_mode, pair_modules
 from pyro_vae.pairs.labels import (
     LABEL_ENCODINGS,
@@ -52,26 +57,6 @@ from pyro_vae.runs.config import ConfigError
 from pyro_vae.runs.files import atomic_write_bytes
 
 
-def _observed_means(trace, observed_sites: tuple[str, ...], num_points: int,
-                    data_plate: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Per observed site, the mean of its distribution (a draw from it where it has no mean),
-    as ``(num_points, values per point)`` in the order of the data plate."""
-    means = {}
-    for name in observed_sites:
-        site = trace.nodes[name]
-        try:
-            mean = site["fn"].mean
-        except NotImplementedError:  # a draw, not the observed value a replayed trace holds
-            try:
-                mean = site["fn"].sample() if site["is_observed"] else site["value"]
-            except NotImplementedError:
-                raise PairError(_cannot_draw(name, site["fn"])) from None
-        mean = per_point(site, mean, num_points, data_plate)
-        if mean is not None:
-            means[name] = mean
-    return means
-
-
 def reconstructions(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
                     data_plate: str | None = None,
                     y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
@@ -81,48 +66,7 @@ def reconstructions(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
     with torch.no_grad(), evaluation_mode(pair):
         guide_trace = poutine.trace(pair.guide).get_trace(*args)
         model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args)
-    return _observed_means(model_trace, observed_sites, x.shape[0], data_plate)
-
-
-def prior_samples(pair: Any, x: torch.Tensor, observed_sites: tuple[str, ...],
-                  data_plate: str | None = None, y: torch.Tensor | None = None,
-                  label_site: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """E[x | z] with z ~ p(z), per observed site.
-
-    ``x`` sets the batch size (the model's data plate) and is otherwise unused where the model
-    only observes it: ``poutine.uncondition`` draws every observed site. A model that
-    conditions on part of ``x`` (the visible half of an image) draws given that part, so a
-    placeholder batch of zeros there means samples given zeros.
-
-    With labels ``y``: samples of those classes, z ~ p(z) (or p(z|y)) and x ~ p(x|y,z). The
-    model is called with ``y``; a ``label_site`` the labels observe (M2's y) stays observed
-    at its labelled value while the data sites are drawn."""
-    prior_model = getattr(pair, "prior_model", None)  # an EvaluationPair holds globals fixed
-    model = prior_model() if prior_model is not None else poutine.uncondition(pair.model)
-    args = program_args(x, y)
-    with torch.no_grad(), evaluation_mode(pair):
-        if label_site is not None and y is not None:
-            labelled = poutine.trace(pair.model).get_trace(*args)
-            value = labelled.nodes[label_site]["value"]
-            model = poutine.condition(model, data={label_site: value})
-        trace = poutine.trace(model).get_trace(*args)
-    return _observed_means(trace, observed_sites, x.shape[0], data_plate)
-
-
-def as_images(means: dict[str, torch.Tensor], image_shape: tuple[int, ...]):
-    """The observed sites' means laid out as images: one site the size of an image, else all
-    sites concatenated in model order when together they are; ``None`` and the reason if not."""
-    size = math.prod(image_shape)
-    whole = [name for name, mean in means.items() if mean.shape[1] == size]
-    if len(means) == 1 and whole:
-        return means[whole[0]], None
-    if means and sum(mean.shape[1] for mean in means.values()) == size:
-        return torch.cat(list(means.values()), dim=1), None
-    found = ", ".join(f"{name!r} ({mean.shape[1]} values)" for name, mean in means.items())
-    return None, (
-        f"the observed sites {found} do not together make an image of shape {image_shape} "
-        f"({size} values)"
-    )
+    return observed_means(model_trace, observed_sites, x.shape[0], data_plate)
 
 
 def sampled_classes(
@@ -385,7 +329,7 @@ def _sample(held: Subject, num: int, seed: int, image_shape: tuple[int, ...] | N
         try:
             means = draw(view, x, info.observed_sites, info.data_plate)
         except NotImplementedError:  # pyro drew an observed site its distribution cannot draw
-            skipped.append(f"{row_label}s: {_cannot_draw()}")
+            skipped.append(f"{row_label}s: {cannot_draw()}")
             continue
         except Exception as error:  # a pair whose model cannot run unconditioned, ...
             skipped.append(f"{row_label}s: {type(error).__name__}: {error}")
@@ -446,19 +390,6 @@ def _laid_out(layout: Layout, drawn: list[tuple[str, dict[str, torch.Tensor]]], 
         else:
             rows.append((name, images[:num]))
     return rows
-
-
-def _cannot_draw(name: str | None = None, fn: Any = None) -> str:
-    """Why a likelihood that only scores x (a distribution with a log_prob, no mean and no
-    sample) gives nothing to draw."""
-    while hasattr(fn, "base_dist"):  # the user's distribution inside Independent, Expanded...
-        fn = fn.base_dist
-    where = "a distribution of the model" if fn is None else (
-        f"observed site {name!r}: {type(fn).__name__}")  # fmt: skip
-    return (
-        f"{where} has no .mean and no .sample() (NotImplementedError), so nothing can be "
-        "drawn from it"
-    )
 
 
 def _image_shape(shape: Any) -> tuple[int, int, int]:

@@ -25,6 +25,7 @@ from pyro_vae.cli.analyses import (
     _add_sample,
 )
 from pyro_vae.cli.catalog import _add_list
+from pyro_vae.cli.sweep import _add_sweep
 from pyro_vae.cli.train import _add_train
 from pyro_vae.data import DataError
 from pyro_vae.infer.distributed import (
@@ -43,6 +44,7 @@ from pyro_vae.runs.checkpoints import CheckpointError
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.runs.files import WriteError
 from pyro_vae.runs.lock import RunInUseError
+from pyro_vae.sweeps.errors import SweepError
 from pyro_vae.training.train import TrainingError
 
 USER_ERRORS = (
@@ -55,6 +57,7 @@ USER_ERRORS = (
     ObjectiveError,
     PairError,
     RunInUseError,
+    SweepError,
     TrainingError,
     WriteError,
 )
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_diagnose,
         _add_latents,
         _add_bdmc,
+        _add_sweep,
     ):
         add(subparsers)
     return parser

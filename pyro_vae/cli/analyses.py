@@ -22,6 +22,7 @@ from pyro_vae.infer.gradients import GRADIENT_ESTIMATORS
 from pyro_vae.infer.local_fit import LOCAL_FIT_LR, LOCAL_FIT_STEPS
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.runs.files import jsonable
+from pyro_vae.runs.loggers import attach
 from pyro_vae.training.train import prepare_run_dir
 
 _RUN_DIR_HELP = "a run directory written by pyro-vae train (required)"
@@ -168,7 +169,8 @@ def _run_evaluate(args) -> int:
     )
     if not world().is_main:  # rank 0 of a sharded evaluation prints
         return 0
-    print(json.dumps(summary.to_dict()) if args.json else summary.summary())
+    print(json.dumps(summary.to_dict()) if args.json else summary.summary(), flush=True)
+    attach(args.run_dir, "evaluate", summary)  # into the run's TensorBoard/MLflow, if any
     return 0
 
 
@@ -427,7 +429,8 @@ def _run_diagnose(args) -> int:
         **_run_options(args),
     )
     if world().is_main:  # rank 0 of a sharded diagnosis prints
-        print(json.dumps(summary.to_dict()) if args.json else summary.summary())
+        print(json.dumps(summary.to_dict()) if args.json else summary.summary(), flush=True)
+        attach(args.run_dir, "diagnose", summary)  # into the run's TensorBoard/MLflow, if any
     # rank 0 goes on alone after the shared draws (gaps, NUTS): the others leave now
     world().close(wait=False)
     return 0

@@ -7,6 +7,8 @@ import argparse
 
 from pyro_vae.cli.options import _add_launch_options, _comma_list, _json_object
 from pyro_vae.data import BINARIZATIONS, DATASETS
+from pyro_vae.data.images import IMAGE_MODES
+from pyro_vae.data.lazy import LAZY_MODES
 from pyro_vae.infer.compiled import COMPILE_MODES
 from pyro_vae.infer.distributed import world
 from pyro_vae.infer.gradients import BASELINES
@@ -42,8 +44,8 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument(
         "--dataset",
-        help=f"data set name ({', '.join(DATASETS)}) or a .npy/.npz path (default "
-        f"{_DEFAULT.dataset})",
+        help=f"data set name ({', '.join(DATASETS)}), a .npy/.npz/.csv path, or a folder of "
+        f"PNG/JPEG images (class subfolders give labels) (default {_DEFAULT.dataset})",
     )
     p.add_argument(
         "--data-dir",
@@ -196,6 +198,7 @@ def _add_train(subparsers) -> None:
         help="also checkpoint every N SVI steps inside an epoch (default 0: at epoch ends); "
         "a resumed run continues from the step, bit for bit",
     )
+    _add_log_options(p)
     p.add_argument(
         "--drop-last",
         action="store_const",
@@ -304,6 +307,7 @@ def _add_train(subparsers) -> None:
         help="scaling of .npy/.npz values: auto (uint8 arrays of image shape /255, counts "
         "kept), none, 255 (default auto)",
     )
+    _add_data_source_options(p)
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -312,6 +316,82 @@ def _add_train(subparsers) -> None:
     )
     _add_launch_options(p)
     p.set_defaults(run=_run_train)  # fmt: skip
+
+
+def _add_data_source_options(p) -> None:
+    """Flags of image folders, .csv tables and memory-mapped sets (pyro_vae.data.sources)."""
+    p.add_argument(
+        "--image-size",
+        metavar="N|HxW",
+        help="image folder: resize every image to N x N or H x W pixels (default: the size "
+        "the images share; required when they differ)",
+    )
+    p.add_argument(
+        "--image-mode",
+        choices=IMAGE_MODES,
+        help="image folder: grey (1 channel) or rgb (3); auto: grey when every image is "
+        "(default auto)",
+    )
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        metavar="F",
+        help="image folder or .csv table without its own split: fraction of the points held "
+        "out for validation, drawn with --seed (default 0.1)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        metavar="F",
+        help="the same for the test split (default 0.1)",
+    )
+    p.add_argument(
+        "--label-column",
+        metavar="NAME",
+        help=".csv table: the column of class labels (a header name, or a 0-based index "
+        "without a header); integers or strings, numbered in sorted order (default: none)",
+    )
+    p.add_argument(
+        "--lazy",
+        nargs="?",
+        const="on",
+        choices=LAZY_MODES,
+        help="memory-map a .npy file or an image folder's decoded cache instead of loading "
+        "it: on, off, or auto (when it passes a quarter of the memory available; default)",
+    )
+
+
+def _add_log_options(p) -> None:
+    """--log and the settings of its loggers (pyro_vae.runs.loggers)."""
+    p.add_argument(
+        "--log",
+        type=_comma_list(str),
+        metavar="LOGGERS",
+        help="where the run's numbers go, comma-separated: csv (metrics.csv and metrics.png, "
+        "always written: resume and every analysis read them), tensorboard (event files in "
+        "RUN/tensorboard), mlflow (an MLflow run; see --mlflow-uri); e.g. --log "
+        "csv,tensorboard,mlflow. Each epoch's metrics, the KL per latent dimension, sample "
+        "grids and the config as hyperparameters (default csv)",
+    )
+    p.add_argument(
+        "--log-images-every",
+        type=int,
+        metavar="N",
+        help="a grid of prior samples every N epochs and at the last, for image data, to "
+        f"tensorboard/mlflow (0: none; default {_DEFAULT.log_images_every})",
+    )
+    p.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="MLflow tracking URI: sqlite:///FILE.db, a server http://HOST:PORT, ... (default: "
+        "$MLFLOW_TRACKING_URI, else sqlite:///PARENT/mlflow.db in the folder holding --out, "
+        "one store for its runs); the run's id is kept in RUN/mlflow_run.json",
+    )
+    p.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help=f"MLflow experiment, created if missing (default {_DEFAULT.mlflow_experiment})",
+    )
 
 
 def _run_train(args) -> int:

@@ -277,5 +277,6 @@ def _resolve_array_path(name: str, roots: list[Path]) -> Path:
     searched = "\n".join(f"  {candidate.resolve()}" for candidate in candidates)
     raise DataError(
         f"data file {name!r} not found. Searched:\n{searched}\n"
-        "Pass an existing .npy/.npz path, or a path relative to --data-dir / PYRO_VAE_DATA_DIR."
+        "Pass an existing .npy/.npz/.csv path (or a folder of images), or a path relative to "
+        "--data-dir / PYRO_VAE_DATA_DIR."
     )

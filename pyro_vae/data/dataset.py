@@ -24,7 +24,11 @@ class Dataset:
     `labels` holds one int64 tensor of class indices in [0, num_classes) per split, row i
     labelling row i of that split; None (and `num_classes` None) for a set without labels.
     `missing_labels_reason` says why labels are absent when that is the user's to fix (label
-    files not found); `split_labels` raises it.
+    files not found); `split_labels` raises it. `class_names` names class i (an image folder's
+    class subfolders, a table's label values), where the source names its classes.
+
+    `lazy` is True when the splits are tensors over a memory-mapped file (see
+    `pyro_vae.data.lazy`): `to("cpu")` and slicing keep them there; `with_valid_size` refuses.
     """
 
     name: str
@@ -37,6 +41,8 @@ class Dataset:
     labels: dict[str, torch.Tensor] | None = None
     num_classes: int | None = None
     missing_labels_reason: str | None = None
+    class_names: tuple[str, ...] | None = None
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         size = int(np.prod(self.image_shape))
@@ -106,7 +112,15 @@ class Dataset:
     def with_valid_size(self, num_valid: int) -> Dataset:
         """A copy whose validation split is the last ``num_valid`` rows of train + valid (in
         that order: the named sets' validation rows are the tail of their training file), and
-        whose training split is the rest; 0 trains on all of them. Labels follow their rows."""
+        whose training split is the rest; 0 trains on all of them. Labels follow their rows.
+        A memory-mapped set is refused: pooling train and valid would copy both whole."""
+        if self.lazy:
+            raise DataError(
+                f"--valid-size {num_valid}: data set {self.name!r} is memory-mapped (--lazy), "
+                "and re-cutting train + valid would copy both into memory; keep the split it "
+                "has (drop --valid-size; an image folder takes --valid-fraction), or pass "
+                "--lazy off to load it whole"
+            )
         pooled = torch.cat([self.train, self.valid])
         if not 0 <= num_valid <= pooled.shape[0] - 2:
             raise DataError(
@@ -131,7 +145,8 @@ class Dataset:
         return (
             f"Dataset(name={self.name!r}, {sizes}, image_shape={self.image_shape}, "
             f"binary={self.binary}, pixel_scale={self.pixel_scale}, "
-            f"num_classes={self.num_classes}, device={self.train.device})"
+            f"num_classes={self.num_classes}, device={self.train.device}"
+            + (", lazy=True)" if self.lazy else ")")
         )
 
 
@@ -141,7 +156,9 @@ def _no_labels_message(name: str) -> str:
     unlabelled = [key for key, spec in DATASETS.items() if spec.num_classes is None]
     return (
         f"data set {name!r} has no class labels: {' and '.join(unlabelled)} carry none, nor do "
-        ".npy files and single-array .npz files. For labels use "
-        f"{', '.join(labelled[:-1])} or {labelled[-1]}, or save an .npz with arrays y_train, "
-        "y_valid, y_test (integer class indices, one per example) beside train, valid, test."
+        ".npy files, single-array .npz files, image folders without class subfolders and .csv "
+        f"tables without --label-column. For labels use {', '.join(labelled[:-1])} or "
+        f"{labelled[-1]}, put images in one subfolder per class, name a .csv table's class "
+        "column with --label-column, or save an .npz with arrays y_train, y_valid, y_test "
+        "(integer class indices, one per example) beside train, valid, test."
     )

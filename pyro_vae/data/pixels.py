@@ -89,6 +89,11 @@ _BATCH_BINARIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 BINARIZATIONS = tuple(_BATCH_BINARIZERS)
 
 
-def _is_binary(tensor: torch.Tensor) -> bool:
-    """True when every value is exactly 0 or 1."""
-    return bool(((tensor == 0) | (tensor == 1)).all())
+def _is_binary(tensor: torch.Tensor, block: int = 4096) -> bool:
+    """True when every value is exactly 0 or 1; read `block` rows at a time, so a
+    memory-mapped set is never held whole."""
+    for start in range(0, tensor.shape[0], block):
+        rows = tensor[start : start + block]
+        if not bool(((rows == 0) | (rows == 1)).all()):
+            return False
+    return True

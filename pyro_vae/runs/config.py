@@ -71,8 +71,23 @@ class TrainConfig:
     kl_warmup_start: float = 0.0
     # How .npy/.npz values are scaled: auto (uint8 images / 255, counts as they are), none, 255.
     pixel_scale: str = "auto"
+    # Image folders and .csv tables, and memory-mapped sets (--lazy): see
+    # pyro_vae.data.sources; image_size None is the size the images share.
+    image_size: str | None = None
+    image_mode: str = "auto"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    label_column: str | None = None
+    lazy: str = "auto"
     # Mid-epoch checkpoints every N SVI steps (0: at the end of each epoch only).
     checkpoint_every: int = 0
+    # Loggers besides metrics.csv/metrics.png, always written (pyro_vae.runs.loggers): csv,
+    # tensorboard, mlflow; sample grids every N epochs (0: none); MLflow's tracking URI (None:
+    # $MLFLOW_TRACKING_URI, else sqlite:///PARENT/mlflow.db beside the run) and experiment.
+    log: list[str] = field(default_factory=lambda: ["csv"])
+    log_images_every: int = 5
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "pyro-vae"
     # Labels (pyro_vae.pairs.labels), for pairs whose programs take them: y as class indices or
     # one-hot rows (auto: the first the pair's programs take; the run records its choice); how
     # many training points keep theirs (None: all; 0: none; balanced and seeded); labelled
@@ -154,6 +169,12 @@ class TrainConfig:
             raise ConfigError(
                 f"--pixel-scale {self.pixel_scale!r}: choose from {', '.join(PIXEL_SCALE_CHOICES)}"
             )
+        from pyro_vae.data.sources import source_settings_problem
+
+        if problem := source_settings_problem(
+            self.image_size, self.image_mode, self.valid_fraction, self.test_fraction, self.lazy
+        ):
+            raise ConfigError(problem)
         from pyro_vae.infer.compiled import COMPILE_MODES
         from pyro_vae.infer.objectives import ENUMERATE_STRATEGIES
         from pyro_vae.pairs.label_encoding import CLASSIFY_LOSS_CHOICES, LABEL_ENCODING_CHOICES
@@ -175,6 +196,10 @@ class TrainConfig:
         except OptimizerError as error:
             raise ConfigError(str(error)) from error
         self._validate_labels()
+        from pyro_vae.runs.loggers.settings import log_settings_problem
+
+        if problem := log_settings_problem(self.log, self.log_images_every):
+            raise ConfigError(problem)
         if not isinstance(self.pair_kwargs, dict):
             raise ConfigError(f"--pair-kwargs must be a JSON object, got {self.pair_kwargs!r}")
         self._validate_gradient_estimator()
@@ -385,6 +410,9 @@ def conform_types(values: Mapping[str, Any], source: str, *, toml: bool = False)
     pixel_scale = values.get("pixel_scale")
     if pixel_scale == 255 and not isinstance(pixel_scale, bool):
         values["pixel_scale"] = "255"  # a TOML number for the string choice
+    image_size = values.get("image_size")
+    if _is_integer(image_size):
+        values["image_size"] = str(image_size)  # image_size = 28 for "28"
     conformed, problems = {}, []
     for key, value in values.items():
         conformed[key] = _conform(FIELD_TYPES[key], value)
@@ -483,8 +511,10 @@ def unused_settings(config: TrainConfig) -> dict[str, tuple[str, str]]:
     from pyro_vae.infer.gradients import BASELINES
     from pyro_vae.infer.objectives import OBJECTIVES
     from pyro_vae.infer.optimizers import unused_optimizer_settings
+    from pyro_vae.runs.loggers.settings import unused_log_settings
 
     unused = dict(unused_optimizer_settings(config))
+    unused.update(unused_log_settings(config))
     objective = OBJECTIVES.get(config.objective)
     if objective is not None and not objective.uses_alpha:
         fixed = f" (it fixes alpha at {objective.alpha:g})" if objective.alpha is not None else ""
@@ -525,11 +555,9 @@ def unused_settings(config: TrainConfig) -> dict[str, tuple[str, str]]:
             f"scaled to [0, 1]{scaled}",
             "pass your own .npy/.npz file as --dataset",
         )
-    if config.dataset.lower().endswith((".npy", ".npz")):
-        unused["download"] = (
-            f"it fetches the named data sets; --dataset {config.dataset} is a file of yours",
-            "name a data set (pyro-vae list)",
-        )
+    from pyro_vae.data.sources import unused_source_settings
+
+    unused.update(unused_source_settings(config.dataset))  # --image-size, --download, ...
     if not config.download:
         unused["base_url"] = (
             "it is where --download fetches missing files from; without --download nothing "

@@ -35,7 +35,7 @@ EVAL_BINARIZE_SEED = 12345
 #: epoch on and is recorded in each epoch's row (``lr``), so diverged runs can go on slower.
 RESUMABLE_CHANGES = (
     "epochs", "out", "data_dir", "download", "base_url", "lr", "baseline_lr", "checkpoint_every",
-    "compile",
+    "compile", "log", "log_images_every", "mlflow_uri", "mlflow_experiment", "lazy",
 )  # fmt: skip
 
 
@@ -69,6 +69,12 @@ def load_data(config: TrainConfig, device: torch.device, data_dir: str | None = 
         binarize="static" if config.binarize == "static" else "none",
         seed=config.seed,
         pixel_scale=config.pixel_scale,
+        image_size=config.image_size,
+        image_mode=config.image_mode,
+        valid_fraction=config.valid_fraction,
+        test_fraction=config.test_fraction,
+        label_column=config.label_column,
+        lazy=config.lazy,
     )
     if config.binarize == "dynamic":
         low, high = data.train.min().item(), data.train.max().item()

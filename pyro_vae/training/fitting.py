@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ def fit(
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    loggers: Sequence[Any] = (),
     **settings: Any,
 ) -> RunResult:
     """Train ``pair`` (an object with ``model`` and ``guide``) in place by SVI.
@@ -133,6 +134,8 @@ def fit(
     ``pyro-vae evaluate OUT`` reopens the run from anywhere. ``out=None``: the run lives in
     a temporary folder that is removed when training ends, and the trained pair is what you
     keep. ``on_epoch(row)`` gets each epoch's metrics, ``on_step(metrics)`` each step's.
+    ``loggers``: logger objects (``TensorBoardLogger(log_dir)``, ``MLflowLogger(...)``) that
+    get the run's metrics, sample grids and configuration, as ``log=`` settings' loggers do.
 
     Returns the :class:`~pyro_vae.training.train.RunResult` (``pair``, ``history``, ``config``, and
     ``run_dir``, None without ``out``).
@@ -154,7 +157,7 @@ def fit(
         dataset = _data_source(data, valid, test, labels, folder)
         config = TrainConfig(dataset=dataset, out=str(run_dir), **settings)
         result = train(config, pair=pair, resume=resume, progress=progress, on_epoch=on_epoch,
-                       on_step=on_step)  # fmt: skip
+                       on_step=on_step, loggers=loggers)  # fmt: skip
     if out is None:
         result.run_dir = None
         result.config.out = None

@@ -105,6 +105,7 @@ class TrainingSetup:
     classify: pyro.infer.SVI | None  # model_classify/guide_classify on labelled batches
     progress: bool  # draw a progress bar
     local: LocalParams | None = None  # a guide's per-point params at each batch's rows
+    image_shape: tuple[int, ...] | None = None  # one point as an image (C, H, W)
 
 
 def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, resume: bool,
@@ -144,6 +145,7 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
     _check_checkpoint_every(config, plan)
     probe = probe_batch(data, config)
     points = partial(train_points, data, config)  # for a guide that is not amortized
+    image_shape = tuple(data.image_shape)
     del data  # a rank of a distributed run keeps its shard only (train_x, valid_x)
     labels, info = _checked_pair(config, pair, probe, labels, points)
     scales = TrainingScales(data_plate=info.data_plate)
@@ -190,7 +192,7 @@ def set_up(config: TrainConfig, run_dir: Path, pair: Any, record_object: bool, r
                          batch_size=batch_size, info=info, scales=scales,
                          points_per_step=points_per_step, optimizer=optimizer,
                          scheduler=scheduler, svi=svi, classify=classify,
-                         progress=progress, local=local)  # fmt: skip
+                         progress=progress, local=local, image_shape=image_shape)  # fmt: skip
     return setup, run
 
 
@@ -260,7 +262,9 @@ def defaults_for(config: TrainConfig) -> TrainConfig:
     for key in ("model", "guide"):
         if getattr(config, key):
             setattr(config, key, resolve_spec(getattr(config, key)))
-    if config.dataset.endswith((".npy", ".npz")):
+    if config.dataset.lower().endswith((".npy", ".npz", ".csv")) or (
+        spec is None and config.dataset.strip() and Path(config.dataset).expanduser().is_dir()
+    ):  # a folder of images
         config.dataset = str(Path(config.dataset).expanduser().resolve())
     if BASELINES[config.baseline].fixed_batch_size and not config.drop_last:
         # Pyro keeps the decaying average per data point with the first batch's shape.

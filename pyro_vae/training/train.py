@@ -24,7 +24,7 @@ directory's files and the result).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from pyro_vae.runs.checkpoints import (  # noqa: F401 -- importable from here as
 from pyro_vae.runs.config import ConfigError, TrainConfig
 from pyro_vae.runs.faults import fault_point
 from pyro_vae.runs.lock import StopSignals, remove_stale_temporaries, run_lock
+from pyro_vae.runs.loggers import RunLogger
 from pyro_vae.runs.reopen import (  # noqa: F401 -- importable from here as before
     CONFIG,
     read_config,
@@ -69,6 +70,7 @@ from pyro_vae.training.outputs import (  # noqa: F401 -- importable from here as
 )
 from pyro_vae.training.progress import _Progress, _save_in_progress, _saved_at
 from pyro_vae.training.records import record_pair_object  # noqa: F401 -- as before
+from pyro_vae.training.run_logging import TrainingLoggers
 from pyro_vae.training.setup import TrainingSetup, defaults_for, set_up
 from pyro_vae.training.steps import _agree_on_stop, _batch, _stopped, _svi_step
 from pyro_vae.training.svi import base_rates, training_guide  # noqa: F401 -- as before
@@ -87,6 +89,7 @@ def train(
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    loggers: Sequence[RunLogger] = (),
 ) -> RunResult:
     """Train a pair by SVI as ``config`` says, writing the run directory ``config.out``.
 
@@ -98,6 +101,10 @@ def train(
     lock; SIGINT/SIGTERM stop the run after the current step, with that step saved.
     ``on_epoch(row)`` receives each epoch's row of ``metrics.csv``; ``on_step(metrics)`` the
     ``epoch``, ``step``, ``loss`` (of this step's batch) and ``beta`` after every SVI step.
+    ``loggers``: logger objects (:class:`~pyro_vae.runs.loggers.TensorBoardLogger`,
+    :class:`~pyro_vae.runs.loggers.MLflowLogger`, a :class:`~pyro_vae.runs.loggers.RunLogger`
+    of your own) that get what the loggers of ``config.log`` get (:mod:`.run_logging`), and
+    are closed when the run ends.
 
     Under torchrun (``WORLD_SIZE`` > 1) this process is one rank of a data-parallel run
     (:mod:`pyro_vae.infer.distributed`): every rank trains on its shard with ``batch_size / R``
@@ -109,6 +116,7 @@ def train(
         config.pair = "<pair object>"  # replaced once the data set's shape is known
     config = defaults_for(config.validate())
     warn_unused_settings(config)
+    TrainingLoggers.check(config)
     if config.out is None:
         raise ConfigError("--out RUN_DIR is required: the run directory to write")
     ranks, config.device = current_world(config.device)
@@ -119,13 +127,27 @@ def train(
     with run_lock(run_dir) if ranks.is_main else nullcontext(), StopSignals() as stop:
         if ranks.is_main:
             remove_stale_temporaries(run_dir, own=RUN_FILES)
-        return _train(config, run_dir, pair, record_object, resume, progress, (on_epoch, on_step),
-                      stop)  # fmt: skip
+        return _train(config, run_dir, pair, record_object, resume, progress,
+                      (on_epoch, on_step, loggers), stop)  # fmt: skip
 
 
 def _train(config, run_dir, pair, record_object, resume, progress, callbacks, stop) -> RunResult:
-    on_epoch, on_step = callbacks
+    on_epoch, on_step, loggers = callbacks
     setup, run = set_up(config, run_dir, pair, record_object, resume, progress)
+    logs = TrainingLoggers.open(config, run_dir, loggers, run.history if resume else None)
+    try:
+        result = _epochs(setup, run, config, run_dir, (on_epoch, on_step), stop, logs)
+    except BaseException:
+        logs.close("KILLED" if stop.requested else "FAILED")
+        raise
+    logs.close("FINISHED")
+    return result
+
+
+def _epochs(setup: TrainingSetup, run: _Progress, config: TrainConfig, run_dir: Path,
+            callbacks, stop: StopSignals, logs: TrainingLoggers) -> RunResult:  # fmt: skip
+    """The loop over epochs, from where ``run`` stands to ``config.epochs``."""
+    on_epoch, on_step = callbacks
     pair, plan, ranks = setup.pair, setup.plan, world()
     saved = _saved_at(run)
     growth = LossGrowth(config, run.history)
@@ -165,6 +187,7 @@ def _train(config, run_dir, pair, record_object, resume, progress, callbacks, st
         run = _save_epoch(setup, run, row, config, run_dir)
         saved = _saved_at(run)
         _log_epoch(row, config)
+        logs.epoch(setup, row, config)
         if on_epoch is not None:
             on_epoch(row)
         _agree_on_stop(stop, ranks)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch.distributions import constraints
@@ -27,6 +26,8 @@ from pyro_vae.infer.estimators import (
     log_weights_of_traces,
     particle_traces,
 )
+from pyro_vae.infer.pair_draws import base_distribution as _base_distribution
+from pyro_vae.infer.pair_draws import site_kl
 from pyro_vae.pairs import PairInfo, data_plate_dim
 
 #: Points per block of draws from q(z|x); block j of a diagnosis with ``seed`` draws from
@@ -50,12 +51,6 @@ class LatentSite:
 
     def labels(self) -> list[str]:
         return [f"{self.name}[{i}]" for i in range(self.size)]
-
-
-def _base_distribution(fn: Any) -> Any:
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    return fn
 
 
 def _base_support(support: Any) -> Any:
@@ -105,16 +100,6 @@ def _per_point(tensor: torch.Tensor, site: dict, event_dims: int, num_draws: int
     tensor = tensor.movedim(data_axis, 1)
     tensor = tensor.expand(num_draws, num_points, *tensor.shape[2:])
     return tensor.reshape(num_draws, num_points, -1)
-
-
-def _per_dimension(fn: Any) -> Any:
-    """The distribution of each latent coordinate alone (marginals), or None if unknown."""
-    fn = _base_distribution(fn)
-    if isinstance(fn, torch.distributions.MultivariateNormal):
-        return dist.Normal(fn.loc, fn.variance.sqrt())
-    if len(fn.event_shape) == 0:
-        return fn
-    return None
 
 
 def _moments(fn: Any, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,18 +293,12 @@ def _chunk_statistics(pair: Any, x: torch.Tensor, k: int, latents: Sequence[Late
         value = guide_site["value"]
         mean, variance = _moments(guide_site["fn"], value)
         kl = torch.zeros_like(flat(value)[0])
-        q_dims = _per_dimension(guide_site["fn"])
-        p_dims = _per_dimension(model_site["fn"])
-        if q_dims is None or p_dims is None:
+        per_draw, method = site_kl(guide_site["fn"], model_site["fn"], value)
+        if per_draw is None:
             kl_method[latent.name] = None
         else:
-            try:
-                per_draw = torch.distributions.kl_divergence(q_dims, p_dims)
-                kl_method.setdefault(latent.name, "analytic")
-            except NotImplementedError:
-                per_draw = q_dims.log_prob(value) - p_dims.log_prob(value)
-                kl_method.setdefault(latent.name, "monte carlo")
-            kl = flat(per_draw.expand(value.shape)).sum(0)
+            kl_method.setdefault(latent.name, method)
+            kl = flat(per_draw).sum(0)
         # a site whose q depends on x only has one mean for all draws, bit for bit
         moved = (flat(mean) != flat(mean)[:1]).any()
         outputs += [flat(value), flat(mean).sum(0), flat(variance).sum(0),
