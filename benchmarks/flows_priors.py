@@ -26,18 +26,15 @@ has not reached its budget). ``--smoke`` runs every row for a few seconds on ``d
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _rows import last_json_line, pyro_vae, train_command, train_seconds, train_until
 
 #: name -> (--pair-kwargs, extra train flags)
 ROWS: dict[str, tuple[dict, list[str]]] = {
@@ -53,34 +50,6 @@ ROWS: dict[str, tuple[dict, list[str]]] = {
 PYTHAE = {"VAE": 89.78, "VampPrior": 85.79, "IWAE k=50": 86.82}
 
 
-def _pyro_vae(*args: str, env: dict, log: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pyro_vae", *args]
-    with log.open("a") as handle:
-        handle.write("$ pyro-vae " + " ".join(args) + "\n")
-        handle.flush()
-        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=handle, text=True)
-        handle.write(done.stdout)
-    if done.returncode != 0:
-        raise RuntimeError(f"pyro-vae {args[0]} failed (exit {done.returncode}); see {log}")
-    return done
-
-
-def _train_seconds(run_dir: Path) -> list[float]:
-    """Training seconds (steps only) at the end of each finished epoch, summed from the start."""
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with path.open() as handle:
-        per_epoch = [float(row["train_seconds"]) for row in csv.DictReader(handle)]
-    return list(itertools.accumulate(per_epoch))
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _train(name: str, run_dir: Path, args, env: dict, log: Path) -> float:
     """Train until the training process has used the budget of CPU seconds, then SIGTERM it
     (the engine saves and stops). CPU time, not wall time: other work on the machine slows a
@@ -92,30 +61,17 @@ def _train(name: str, run_dir: Path, args, env: dict, log: Path) -> float:
     if spent >= budget:
         return spent
     kwargs, extra = ROWS[name]
-    command = [sys.executable, "-m", "pyro_vae", "train", "--dataset", args.dataset,
-               "--pair", "mlp", "--pair-kwargs", json.dumps(kwargs), *extra,
-               "--lr-schedule", "iwae", "--adam-eps", "1e-4", "--batch-size", "100",
-               "--seed", str(args.seed), "--no-progress", "--out", str(run_dir)]  # fmt: skip
+    flags = ["--dataset", args.dataset, "--pair", "mlp", "--pair-kwargs", json.dumps(kwargs),
+             *extra, "--lr-schedule", "iwae", "--adam-eps", "1e-4", "--batch-size", "100",
+             "--seed", str(args.seed)]  # fmt: skip
     if args.compile:
-        command.append("--compile")
-    if (run_dir / "checkpoint.pt").exists():
-        command.append("--resume")
-    with log.open("a") as handle:
-        handle.write("$ " + " ".join(command[2:]) + "\n")
-        handle.flush()
-        process = subprocess.Popen(command, env=env, stdout=handle, stderr=handle)
-        used = 0.0
-        while process.poll() is None:
-            time.sleep(1)
-            try:
-                used = _cpu_seconds(process.pid)
-            except (FileNotFoundError, ProcessLookupError):
-                break
-            spent_path.write_text(str(spent + used))
-            if spent + used >= budget:
-                process.send_signal(signal.SIGTERM)
-                process.wait()
-                break
+        flags.append("--compile")
+
+    def over_budget(cpu: float, wall: float) -> bool:
+        spent_path.write_text(str(spent + cpu))
+        return spent + cpu >= budget
+
+    _, used, _ = train_until(train_command(run_dir, flags), env, log, over_budget)
     spent += used
     spent_path.write_text(str(spent))
     if spent < budget:
@@ -132,16 +88,16 @@ def _row(name: str, args, out: Path) -> dict:
     if done_path.exists():
         return json.loads(done_path.read_text())
     cpu = _train(name, run_dir, args, env, log)
-    seconds = _train_seconds(run_dir)
+    seconds = train_seconds(run_dir)
     per_epoch = [b - a for a, b in zip([0.0, *seconds[:-1]], seconds)]
-    evaluation = json.loads(_pyro_vae(
+    evaluation = json.loads(last_json_line(pyro_vae(
         "evaluate", str(run_dir), "--num-samples", str(args.eval_samples), "--limit",
         str(args.eval_points), "--json", "--no-progress", env=env, log=log,
-    ).stdout.strip().splitlines()[-1])  # fmt: skip
-    diagnosis = json.loads(_pyro_vae(
+    )))  # fmt: skip
+    diagnosis = json.loads(last_json_line(pyro_vae(
         "diagnose", str(run_dir), "--points", str(args.diagnose_points), "--num-samples",
         str(args.diagnose_samples), "--json", "--no-progress", env=env, log=log,
-    ).stdout.strip().splitlines()[-1])  # fmt: skip
+    )))  # fmt: skip
     khat = diagnosis["khat"]  # None where k-hat is infinite: unreliable too
     unreliable = sum(1 for k in khat if k is None or k > 0.7) / len(khat)
     row = {

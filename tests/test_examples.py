@@ -1,6 +1,7 @@
 """Every example script and notebook runs in smoke mode; a new one must be listed here."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -122,6 +123,46 @@ def test_data_parallel_benchmark_runs_one_and_two_ranks(tmp_path):
     assert summary["runs"]["2"]["efficiency"] > 0
     evaluation = summary["evaluation"]
     assert evaluation["1"]["log_px"] == pytest.approx(evaluation["2"]["log_px"], rel=1e-6)
+
+
+PAPER_ROWS = ("burda-vae", "burda-iwae-dreg-k5", "pythae-vae", "pythae-vampprior")
+
+
+def test_paper_rows_benchmark_runs_in_smoke_mode(tmp_path):
+    """benchmarks/paper_rows.py --smoke, without a data folder: every row trained 2 epochs on
+    the digits and evaluated (K=10, 50 test points), one row.json each; a rerun skips them,
+    --table reads them back beside the papers' figures, --list states every protocol."""
+    script = str(ROOT / "benchmarks" / "paper_rows.py")
+    env = {key: value for key, value in os.environ.items() if key != "PYRO_VAE_DATA_DIR"}
+    out = tmp_path / "paper"
+
+    def paper_rows(*args):
+        result = subprocess.run([sys.executable, script, *args], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    paper_rows("--smoke", "--out", str(out))
+    rows = {name: json.loads((out / name / "row.json").read_text()) for name in PAPER_ROWS}
+    for name, row in rows.items():
+        assert row["epochs"] == 2 and row["eval_points"] == 50 and row["eval_samples"] == 10
+        # 64 binary pixels: better than 64 log 2 = 44.4 nats, and the ELBO below log p(x)
+        assert -64 * math.log(2) < row["test_elbo"] <= row["test_log_px"] < 0, name
+        assert row["test_log_px_stderr"] > 0 and row["deviations"] and row["protocol"]
+        assert row["train_wall_seconds"] > 0 and row["train_cpu_seconds"] > 0
+        assert row["machine"]["cores"] >= 1 and row["machine"]["threads"] == 2
+    assert rows["burda-vae"]["paper_nll"] == {"VAE k=1": 86.76}
+    assert rows["pythae-vampprior"]["paper_nll"] == {"pythae VampPrior": 85.79}
+
+    before = {name: (out / name / "row.json").stat().st_mtime_ns for name in PAPER_ROWS}
+    paper_rows("--smoke", "--out", str(out))  # every row.json exists: nothing is redone
+    assert before == {name: (out / name / "row.json").stat().st_mtime_ns for name in PAPER_ROWS}
+    table = paper_rows("--table", "--out", str(out))
+    for name, row in rows.items():
+        assert f"| {name} |" in table and f"{-row['test_log_px']:.2f}" in table
+    assert "86.76" in table and "batch 100 (paper 20)" in table
+    listing = paper_rows("--list")
+    assert all(f"{name} (paper test NLL" in listing for name in PAPER_ROWS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

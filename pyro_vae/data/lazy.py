@@ -53,9 +53,13 @@ def wants_lazy(lazy: str, num_bytes: int) -> bool:
 
 def open_lazy_npy(path: Path) -> np.ndarray:
     """The array in an .npy file, memory-mapped copy-on-write."""
+    from pyro_vae.data.arrays import _PICKLED
+
     try:
         return np.load(path, mmap_mode="c", allow_pickle=False)
     except (OSError, ValueError) as error:
+        if "Python objects" in str(error) or "allow_pickle" in str(error):  # an object array
+            raise DataError(f"{path} {_PICKLED}") from error
         raise DataError(f"{path} could not be memory-mapped ({error}); is it corrupt?") from error
 
 
@@ -126,7 +130,12 @@ def load_lazy_npy(
     if lazy == "off":
         return None
     _check_array_file_magic(path)
-    array = open_lazy_npy(path)
+    try:
+        array = open_lazy_npy(path)
+    except DataError:
+        if lazy == "on":
+            raise
+        return None  # auto: loaded whole, which says what is wrong with the file
     if not wants_lazy(lazy, array.size * 4):
         return None
     divisor = _ARRAY_DIVISORS[pixel_scale](array)

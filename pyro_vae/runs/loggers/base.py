@@ -2,7 +2,7 @@
 to a place where researchers compare runs (TensorBoard, MLflow).
 
 Loggers only write what they are given; what is logged, and when, is decided by whoever
-calls them: the training loop (:mod:`pyro_vae.training.logging`), ``pyro-vae evaluate`` and
+calls them: the training loop (:mod:`pyro_vae.training.run_logging`), ``pyro-vae evaluate`` and
 ``pyro-vae diagnose`` (:func:`~pyro_vae.runs.loggers.attach`), or your own SVI loop. Every
 step is an epoch number.
 """
