@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pyro_vae.runs.figures import save_figure
 from pyro_vae.runs.files import atomic_write_bytes
 from pyro_vae.sweeps.errors import require_optuna
 
@@ -107,6 +106,8 @@ def draw_plots(study: Any, sweep_dir: Path) -> tuple[dict[str, Path], list[str]]
     that could not be drawn."""
     optuna = require_optuna()
     from optuna.visualization import matplotlib as plots
+
+    from pyro_vae.runs.figures import save_figure  # matplotlib only when plots are drawn
 
     paths, notes = {}, []
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
