@@ -257,6 +257,8 @@ def test_digits_is_default_and_offline(clean_env):
     assert torch.equal(dataset.train, expected[:1297])
     assert torch.equal(dataset.valid, expected[1297:1497])
     assert torch.equal(dataset.test, expected[1497:])
+    target = torch.from_numpy(load_digits().target.astype(np.int64))
+    assert torch.equal(torch.cat([dataset.labels[s] for s in data.SPLITS]), target)
     assert dataset.image_shape == (1, 8, 8)
     assert dataset.train.max().item() == 1.0 and dataset.train.min().item() == 0.0
     assert not list(clean_env.parent.glob("cache/**/*"))  # nothing written anywhere

@@ -63,7 +63,9 @@ def fit_guide_to_posterior_marginals(pair, x):
         marginals = torch.softmax(log_joint, -1) @ states
         target = torch.logit(marginals.clamp(1e-6, 1 - 1e-6))
         design = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], -1)
-        solution = torch.linalg.lstsq(design, target).solution
+        # the minimum-norm solution by SVD: torch's default CPU driver (gelsy) took this full-
+        # rank 8 x 11 design as rank 5 and left residuals near 2 in the logits
+        solution = torch.linalg.pinv(design) @ target
         pair.encoder.net[0].weight.copy_(solution[:-1].T)
         pair.encoder.net[0].bias.copy_(solution[-1])
 
