@@ -34,7 +34,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _rows import last_json_line, pyro_vae, train_command, train_seconds, train_until
+from _rows import (
+    exit_on_sigterm,
+    last_json_line,
+    pyro_vae,
+    train_command,
+    train_seconds,
+    train_until,
+)
 
 #: name -> (--pair-kwargs, extra train flags)
 ROWS: dict[str, tuple[dict, list[str]]] = {
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="digits, a few seconds per row, small K: checks the script runs",
     )
     args = parser.parse_args(argv)  # fmt: skip
+    exit_on_sigterm()
     names = [name.strip() for name in args.rows.split(",") if name.strip()]
     unknown = [name for name in names if name not in ROWS]
     if unknown:

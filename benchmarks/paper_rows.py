@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,15 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from _rows import last_json_line, metrics, pyro_vae, train_command, train_until
+from _rows import (
+    exit_on_sigterm,
+    gemm_gflops,
+    last_json_line,
+    metrics,
+    pyro_vae,
+    train_command,
+    train_until,
+)
 
 #: Burda et al.'s optimizer: Adam, betas 0.9/0.999, eps 1e-4, the paper's learning-rate stages.
 BURDA_FLAGS = ["--pair", "mlp", "--lr-schedule", "iwae", "--adam-eps", "1e-4",
@@ -175,6 +184,11 @@ def _train(name: str, row: Row, run_dir: Path, args, env: dict, log: Path) -> di
     return spent
 
 
+def spread(values: list[float]) -> list[float] | None:
+    """[min, median, max] of ``values`` (None for none)."""
+    return [min(values), statistics.median(values), max(values)] if values else None
+
+
 def run_row(name: str, args, out: Path) -> dict:
     """Train and evaluate one row; its JSON is ``OUT/NAME/row.json``."""
     row, run_dir = ROWS[name], out / name
@@ -193,6 +207,8 @@ def run_row(name: str, args, out: Path) -> dict:
     if args.compile:
         evaluate.append("--compile")
     history = metrics(run_dir)
+    epoch_seconds = [float(epoch["train_seconds"]) for epoch in history]
+    gflops = gemm_gflops(args.threads)
     started = time.monotonic()
     evaluation = json.loads(last_json_line(pyro_vae(*evaluate, env=env, log=log)))
     result = {
@@ -206,12 +222,14 @@ def run_row(name: str, args, out: Path) -> dict:
         "eval_samples": args.eval_samples,
         "eval_points": evaluation.get("num_points", args.eval_points),
         "epochs": len(history),
-        "train_step_seconds": sum(float(epoch["train_seconds"]) for epoch in history),
+        "train_step_seconds": sum(epoch_seconds),
+        # min, median, max: a shared host's speed moves, and an epoch's time with it
+        "epoch_seconds_range": spread(epoch_seconds),
         "train_wall_seconds": spent["wall_seconds"],
         "train_cpu_seconds": spent["cpu_seconds"],
         "eval_seconds": time.monotonic() - started,  # the command: start-up, compile, data
         "eval_compute_seconds": evaluation.get("seconds"),
-        "machine": machine(args.threads),
+        "machine": {**machine(args.threads), "gemm_gflops_before_eval": round(gflops, 1)},
         "command": f"python benchmarks/paper_rows.py --row {name} --out {out}",
         "run_dir": str(run_dir),
     }
@@ -223,18 +241,22 @@ def table(results: list[dict]) -> str:
     """Markdown: our test NLL beside the paper's, the times and the machine, then deviations."""
     lines = [
         "| row | paper test NLL | our test NLL (s.e.) | our test −ELBO | epochs | "
-        "train wall min | train CPU min | eval s |",
-        "|---|---|---|---|---|---|---|---|",
+        "train wall min | train CPU min | epoch s (min / median / max) | eval s | "
+        "GEMM GFLOP/s at eval |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for r in results:
         paper = "; ".join(f"{label} {nll:.2f}" for label, nll in r["paper_nll"].items())
         stderr = r["test_log_px_stderr"]
         ours = f"{-r['test_log_px']:.2f}" + (f" ({stderr:.2f})" if stderr is not None else "")
+        seconds = r.get("epoch_seconds_range")  # rows measured before it was kept have none
+        seconds = " / ".join(f"{s:.1f}" for s in seconds) if seconds else "—"
+        gflops = r["machine"].get("gemm_gflops_before_eval", "—")
         lines.append(
             f"| {r['row']} | {paper} | {ours} | {-r['test_elbo']:.2f} | {r['epochs']} | "
             f"{r['train_wall_seconds'] / 60:.1f} | {r['train_cpu_seconds'] / 60:.1f} | "
-            f"{r['eval_seconds']:.0f} |"
+            f"{seconds} | {r['eval_seconds']:.0f} | {gflops} |"
         )
         notes.append(f"- {r['row']}: {r['protocol']}. Deviations: {'; '.join(r['deviations'])}.")
     if results:
@@ -308,6 +330,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="every row on digits, 2 epochs, K=10 on 50 test points, eager, 1 thread",
     )
     args = parser.parse_args(argv)  # fmt: skip
+    exit_on_sigterm()
     if args.list:
         for name, row in ROWS.items():
             paper = ", ".join(f"{label} {nll}" for label, nll in row.paper.items())

@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jupytext
@@ -151,6 +153,9 @@ def test_paper_rows_benchmark_runs_in_smoke_mode(tmp_path):
         assert row["test_log_px_stderr"] > 0 and row["deviations"] and row["protocol"]
         assert row["train_wall_seconds"] > 0 and row["train_cpu_seconds"] > 0
         assert row["machine"]["cores"] >= 1 and row["machine"]["threads"] == 1
+        assert row["machine"]["gemm_gflops_before_eval"] > 0
+        fastest, median, slowest = row["epoch_seconds_range"]
+        assert 0 < fastest <= median <= slowest <= row["train_step_seconds"]
     assert rows["burda-vae"]["paper_nll"] == {"VAE k=1": 86.76}
     assert rows["pythae-vampprior"]["paper_nll"] == {"pythae VampPrior": 85.79}
 
@@ -163,6 +168,39 @@ def test_paper_rows_benchmark_runs_in_smoke_mode(tmp_path):
     assert "86.76" in table and "batch 100 (paper 20)" in table
     listing = paper_rows("--list")
     assert all(f"{name} (paper test NLL" in listing for name in PAPER_ROWS)
+
+
+def test_a_table_benchmark_stopped_by_sigterm_stops_its_trainer_too(tmp_path):
+    """SIGTERM to paper_rows.py (or flows_priors.py) reaches the trainer it runs, which saves
+    and stops, rather than killing the script and leaving the trainer running unwatched."""
+    ready, saved = tmp_path / "ready", tmp_path / "saved"
+    trainer = (
+        "import pathlib, signal, sys, time\n"
+        f"def save(signum, frame):\n    pathlib.Path({str(saved)!r}).write_text('saved')\n"
+        "    sys.exit(130)\n"
+        "signal.signal(signal.SIGTERM, save)\n"
+        f"pathlib.Path({str(ready)!r}).write_text('ready')\n"
+        "time.sleep(60)\n"
+    )
+    script = tmp_path / "row.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "from pathlib import Path\n"
+        "from _rows import exit_on_sigterm, train_until\n"
+        "exit_on_sigterm()\n"
+        f"train_until([sys.executable, '-c', {trainer!r}], dict(os.environ),\n"
+        f"            Path({str(tmp_path / 'log')!r}), lambda cpu, wall: False)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script)])
+    for _ in range(300):
+        if ready.exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert ready.exists(), "the trainer never started"
+    process.terminate()
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert saved.read_text() == "saved"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
