@@ -64,10 +64,23 @@ def train_command(run_dir: Path, flags: list[str]) -> list[str]:
     return command
 
 
+#: The trainers :func:`train_until` is running now, in any thread.
+TRAINERS: set[subprocess.Popen] = set()
+
+
 def exit_on_sigterm() -> None:
-    """Make SIGTERM to this script a ``SystemExit``, so that :func:`train_until` passes it on
-    to the trainer (which saves and stops) instead of dying and leaving the trainer running."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    """Make SIGTERM to this script stop its trainers first: each is sent SIGTERM (it saves and
+    stops) and waited for, then the script exits 143. Python runs the handler in the main
+    thread while the rows train in worker threads, so it signals the trainers itself."""
+
+    def stop(signum, frame):
+        for process in list(TRAINERS):
+            process.send_signal(signal.SIGTERM)
+        for process in list(TRAINERS):
+            process.wait()
+        os._exit(128 + signum)  # the worker threads would go on waiting; nothing is left to do
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def gemm_gflops(threads: int, side: int = 1024, seconds: float = 2.0) -> float:
@@ -104,6 +117,7 @@ def train_until(
         handle.flush()
         started = time.monotonic()
         process = subprocess.Popen(command, env=env, stdout=handle, stderr=handle)
+        TRAINERS.add(process)
         used, stopped = 0.0, False
         try:
             while process.poll() is None:
@@ -119,6 +133,8 @@ def train_until(
             process.send_signal(signal.SIGTERM)
             process.wait()
             raise
+        finally:
+            TRAINERS.discard(process)
         code = process.wait()
     if code != 0 and not (stopped and code == 130):
         raise RuntimeError(f"pyro-vae train failed (exit {code}); see {log}")

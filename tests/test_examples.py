@@ -188,9 +188,13 @@ def test_a_table_benchmark_stopped_by_sigterm_stops_its_trainer_too(tmp_path):
         f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
         "from pathlib import Path\n"
         "from _rows import exit_on_sigterm, train_until\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
         "exit_on_sigterm()\n"
-        f"train_until([sys.executable, '-c', {trainer!r}], dict(os.environ),\n"
-        f"            Path({str(tmp_path / 'log')!r}), lambda cpu, wall: False)\n"
+        "def row():\n"
+        f"    train_until([sys.executable, '-c', {trainer!r}], dict(os.environ),\n"
+        f"                Path({str(tmp_path / 'log')!r}), lambda cpu, wall: False)\n"
+        "with ThreadPoolExecutor(max_workers=1) as pool:  # as the scripts run their rows\n"
+        "    list(pool.map(lambda _: row(), [0]))\n"
     )
     process = subprocess.Popen([sys.executable, str(script)])
     for _ in range(300):
