@@ -83,26 +83,6 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def gemm_gflops(threads: int, side: int = 1024, seconds: float = 2.0) -> float:
-    """This machine's fp32 ``torch.mm`` rate now (GFLOP/s, ``threads`` torch threads): shared
-    hosts change speed over hours, so a row's times come with the rate they ran at."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(side, side), torch.randn(side, side)
-        out = torch.empty(side, side)
-        torch.mm(a, b, out=out)
-        started, count = time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            torch.mm(a, b, out=out)
-            count += 1
-        return 2 * side**3 * count / (time.perf_counter() - started) / 1e9
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_until(
     command: list[str], env: dict, log: Path, stop: Callable[[float, float], bool]
 ) -> tuple[float, float, bool]:

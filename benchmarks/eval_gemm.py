@@ -44,6 +44,7 @@ from typing import Any
 
 import pyro
 import torch
+from _gemm import GemmSet, median_seconds
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -71,38 +72,6 @@ def matmul_flops(pair: Any, points: int, samples: int, chunk: int, batch_size: i
     encoder = sum(2 * i * o for i, o in linear_shapes(pair.encoder))
     chunks_per_batch = math.ceil(samples / chunk)
     return points * samples * decoder + points * chunks_per_batch * encoder
-
-
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-class GemmSet:
-    """``torch.mm`` into reused buffers at a list of (rows, in, out) shapes; ``seconds()``
-    times one pass over them all (their FLOP-weighted rate is the yardstick)."""
-
-    def __init__(self, shapes: list[tuple[int, int, int]]) -> None:
-        self.shapes = shapes
-        self.operands = [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n))
-                         for m, k, n in shapes]  # fmt: skip
-        self.flops = [2 * m * k * n for m, k, n in shapes]
-
-    def run(self, index: int | None = None) -> None:
-        for i, (a, b, out) in enumerate(self.operands):
-            if index is None or i == index:
-                torch.mm(a, b, out=out)
-
-    def rates(self, repeats: int) -> list[float]:
-        """GFLOP/s of each shape alone."""
-        return [self.flops[i] / median_seconds(lambda i=i: self.run(i), repeats, 2) / 1e9
-                for i in range(len(self.shapes))]  # fmt: skip
 
 
 def evaluation_run(view: Any, info: Any, x: torch.Tensor, samples: int, batch_size: int,

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+from _gemm import gemm_gflops
 from _rows import (
     exit_on_sigterm,
-    gemm_gflops,
     last_json_line,
     metrics,
     pyro_vae,

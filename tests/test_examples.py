@@ -1,5 +1,6 @@
 """Every example script and notebook runs in smoke mode; a new one must be listed here."""
 
+import contextlib
 import json
 import math
 import os
@@ -196,15 +197,20 @@ def test_a_table_benchmark_stopped_by_sigterm_stops_its_trainer_too(tmp_path):
         "with ThreadPoolExecutor(max_workers=1) as pool:  # as the scripts run their rows\n"
         "    list(pool.map(lambda _: row(), [0]))\n"
     )
-    process = subprocess.Popen([sys.executable, str(script)])
-    for _ in range(300):
-        if ready.exists() or process.poll() is not None:
-            break
-        time.sleep(0.1)
-    assert ready.exists(), "the trainer never started"
-    process.terminate()
-    assert process.wait(timeout=30) == 128 + signal.SIGTERM
-    assert saved.read_text() == "saved"
+    # its own process group: whatever the outcome, nothing of it outlives the test
+    process = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
+    try:
+        for _ in range(300):
+            if ready.exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), "the trainer never started"
+        process.terminate()
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+        assert saved.read_text() == "saved"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
