@@ -109,7 +109,7 @@ def train_until(
                 if not stopped and stop(used, time.monotonic() - started):
                     process.send_signal(signal.SIGTERM)
                     stopped = True
-        except BaseException:  # this script interrupted: the trainer saves and stops too
+        except BaseException:  # the watching failed (the stop rule, /proc): stop the trainer too
             process.send_signal(signal.SIGTERM)
             process.wait()
             raise
